@@ -1,0 +1,17 @@
+"""crfcore: dense CRFs on a Numba permutohedral lattice, with exact gradients.
+
+Public entry points
+-------------------
+meanfield
+    Mean-field inference (post-processing of any segmentation).
+meanfield_fwd, meanfield_bwd
+    The forward pass with residuals and the exact backward of the unrolled iterations (CRF as RNN).
+Lattice
+    The permutohedral lattice: Gaussian filtering in feature space and its exact transpose.
+"""
+
+from .lattice import Lattice
+from .meanfield import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
+
+__all__ = ["Lattice", "meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "MeanfieldResiduals", "potts"]
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""Numba compilation settings shared by every kernel of crfcore.
+
+Kept in one place (as stumpy's ``config.py`` does) so that a change of policy is one edit.
+``fastmath`` leaves out ``nnan`` and ``ninf``: infinities and NaN checks keep working.
+"""
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: Options for serial kernels.
+JIT = dict(nogil=True, cache=True, fastmath=FASTMATH)
+
+#: Options for kernels with a ``prange`` loop.
+PJIT = dict(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)

@@ -1,0 +1,69 @@
+"""Input checks shared by the public functions: one dtype rule, one place."""
+
+import numbers
+
+import numpy as np
+
+
+def supported_float_type(dtype):
+    """The float dtype computations run in for an input of ``dtype``.
+
+    float32 and float64 are kept; any other real float (float16, longdouble) becomes float32.
+    Anything else returns None (the caller raises with its argument's name).
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return np.dtype(np.float64)
+    if dtype.kind == "f":
+        return np.dtype(np.float32)
+    return None
+
+
+def as_float_array(x, name, *, dtype=None):
+    """``x`` as a C-contiguous float32/float64 array (a copy where needed; inputs are never modified).
+
+    Parameters
+    ----------
+    x : array_like
+        The input.
+    name : str
+        The argument's name, for error messages.
+    dtype : numpy dtype, optional
+        Force this dtype instead of the dtype rule of :func:`supported_float_type`.
+    """
+    arr = np.asarray(x)
+    if dtype is None:
+        dtype = supported_float_type(arr.dtype)
+        if dtype is None:
+            raise TypeError(
+                f"`{name}` must be a floating-point array (float32 or float64), got dtype {arr.dtype}; "
+                f"convert it with `.astype(np.float32)`"
+            )
+    elif arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`{name}` must be a real numeric array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_finite(arr, name):
+    """Raise ValueError when ``arr`` holds NaN or infinity."""
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s); clean or clip it before calling")
+
+
+def check_nonempty(arr, name):
+    if arr.size == 0:
+        raise ValueError(f"`{name}` is empty (shape {arr.shape}); pass at least one element")
+
+
+def positive_scalar(x, name):
+    """``x`` as a positive finite float, or a clear error."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (numbers.Real, np.ndarray, np.generic)):
+        raise TypeError(f"`{name}` must be a positive real number, got {type(x).__name__}")
+    x = np.asarray(x)
+    if x.ndim != 0:
+        raise TypeError(f"`{name}` must be a scalar, got an array of shape {x.shape}")
+    x = float(x)
+    if not np.isfinite(x) or x <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {x}")
+    return x

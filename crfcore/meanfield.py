@@ -1,0 +1,408 @@
+"""Mean-field inference in a fully connected CRF with Gaussian edge potentials, forward and backward.
+
+Model (Krähenbühl & Koltun 2011, eq. 1-3): unaries ``-logits``; pairwise ``mu(l, l') * k(f_i, f_j)`` with
+``k = W_spatial * k_spatial + W_bilateral * k_bilateral``. One mean-field step (their eq. 4, written as
+CRF-as-RNN, Zheng et al. 2015)::
+
+    Q_0 = softmax(U)
+    S_t = K_spatial Q_{t-1},  B_t = K_bilateral Q_{t-1}          (message passing, normalised filters)
+    Z_t = U - (S_t W_spatial^T + B_t W_bilateral^T) mu^T         (weighting + compatibility transform)
+    Q_t = softmax(Z_t)
+
+``meanfield_fwd`` returns ``Q_T`` (or the refined logits ``Z_T``) and the residuals; ``meanfield_bwd`` runs the
+iterations in reverse (densecrf's ``DenseCRF::gradient``) for the exact gradient of the unrolled loop.
+"""
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _meanfield_kernels as MK
+from ._validation import as_float_array, check_finite, check_nonempty, positive_scalar
+from .features import bilateral_features, spatial_features
+from .lattice import Lattice
+
+NORMALIZATIONS = ("symmetric", "after", "before", "none")
+OUTPUTS = ("probs", "logits")
+
+
+class CrfParams(NamedTuple):
+    """Validated parameters of a dense CRF."""
+
+    n_iter: int
+    theta_alpha: float
+    theta_beta: float
+    theta_gamma: float
+    w_spatial: object  # float or (L, L) float64 array
+    w_bilateral: object  # float or (L, L) float64 array
+    compat: np.ndarray  # (L, L) float64, the label compatibility mu
+    normalization: str
+    spatial_dims: int
+
+
+class Kernel:
+    """A Gaussian kernel on a lattice with its normalisation: ``apply(x) = diag(post) K diag(pre) x``.
+
+    ``normalization`` follows densecrf: ``"symmetric"`` is ``D^-1/2 K D^-1/2``, ``"after"`` is ``D^-1 K``
+    (crfasrnn's), ``"before"`` is ``K D^-1`` and ``"none"`` is ``K``, where ``D = diag(K 1)``.
+    """
+
+    def __init__(self, features, normalization, dtype):
+        self.lattice = Lattice(features)
+        n = self.lattice.num_points
+        norm = self.lattice.apply(np.ones((n, 1)), np.empty((n, 1)))[:, 0]
+        self.pre = self.post = None
+        if normalization == "symmetric":
+            self.pre = self.post = (1.0 / np.sqrt(norm + 1e-20)).astype(dtype)
+        elif normalization == "after":
+            self.post = (1.0 / (norm + 1e-20)).astype(dtype)
+        elif normalization == "before":
+            self.pre = (1.0 / (norm + 1e-20)).astype(dtype)
+
+    def apply(self, x, out, transpose=False):
+        pre, post = (self.post, self.pre) if transpose else (self.pre, self.post)
+        return self.lattice.apply(x, out, transpose=transpose, pre=pre, post=post)
+
+
+class MeanfieldResiduals(NamedTuple):
+    """What the backward needs: the kernels of each image and the iterates of the forward."""
+
+    params: CrfParams
+    output: str
+    shape: tuple  # the logits' shape
+    dtype: np.dtype
+    kernels: list  # per image: (spatial Kernel, bilateral Kernel)
+    q_in: np.ndarray  # (B, T, N, L): Q_{t-1}, the input of each iteration
+    s: np.ndarray  # (B, T, N, L): K_spatial Q_{t-1}
+    b: np.ndarray  # (B, T, N, L): K_bilateral Q_{t-1}
+    q_out: np.ndarray  # (B, N, L): Q_T
+
+
+class MeanfieldGrads(NamedTuple):
+    """Gradients of a scalar loss w.r.t. the mean-field inputs (the image gets none)."""
+
+    logits: np.ndarray
+    compat: np.ndarray  # (L, L)
+    w_spatial: object  # float or (L, L), as the weight was given
+    w_bilateral: object
+
+
+def _weight(w, name, n_labels):
+    if isinstance(w, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a real number or an ({n_labels}, {n_labels}) array, got a bool")
+    if isinstance(w, numbers.Real) or (isinstance(w, (np.ndarray, np.generic)) and np.ndim(w) == 0):
+        arr = np.asarray(w)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"`{name}` must be real, got dtype {arr.dtype}")
+        w = float(arr)
+        if not np.isfinite(w):
+            raise ValueError(f"`{name}` must be finite, got {w}")
+        return w
+    arr = np.asarray(w)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`{name}` must be a real number or an ({n_labels}, {n_labels}) array, got {arr.dtype}")
+    if arr.shape != (n_labels, n_labels):
+        raise ValueError(
+            f"`{name}` must be a scalar or have shape ({n_labels}, {n_labels}) for {n_labels} labels, "
+            f"got shape {arr.shape}"
+        )
+    arr = np.array(arr, dtype=np.float64)
+    check_finite(arr, name)
+    return arr
+
+
+def potts(n_labels):
+    """The Potts compatibility ``mu(l, l') = [l != l']`` as an ``(L, L)`` matrix."""
+    return 1.0 - np.eye(n_labels)
+
+
+def check_params(n_labels, *, n_iter, theta_alpha, theta_beta, theta_gamma, w_spatial, w_bilateral, compat,
+                 normalization, spatial_dims=2):
+    """Validate the CRF parameters for ``n_labels`` labels; return a :class:`CrfParams`."""
+    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (numbers.Integral, np.integer)):
+        raise TypeError(f"`n_iter` must be an int, got {type(n_iter).__name__}")
+    if n_iter < 0:
+        raise ValueError(f"`n_iter` must be >= 0, got {n_iter}")
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if compat is None:
+        compat = potts(n_labels)
+    else:
+        compat = _weight(compat, "compat", n_labels)
+        if not isinstance(compat, np.ndarray):
+            raise ValueError(f"`compat` must be None (Potts) or an ({n_labels}, {n_labels}) array, got a scalar")
+    return CrfParams(
+        n_iter=int(n_iter),
+        theta_alpha=positive_scalar(theta_alpha, "theta_alpha"),
+        theta_beta=positive_scalar(theta_beta, "theta_beta"),
+        theta_gamma=positive_scalar(theta_gamma, "theta_gamma"),
+        w_spatial=_weight(w_spatial, "w_spatial", n_labels),
+        w_bilateral=_weight(w_bilateral, "w_bilateral", n_labels),
+        compat=compat,
+        normalization=normalization,
+        spatial_dims=int(spatial_dims),
+    )
+
+
+def _check_inputs(logits, image, spatial_dims):
+    if isinstance(spatial_dims, (bool, np.bool_)) or not isinstance(spatial_dims, (numbers.Integral, np.integer)):
+        raise TypeError(f"`spatial_dims` must be an int, got {type(spatial_dims).__name__}")
+    if spatial_dims < 1:
+        raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
+    u = as_float_array(logits, "logits")
+    if u.ndim < spatial_dims + 1:
+        raise ValueError(
+            f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes, got shape {u.shape}"
+        )
+    check_nonempty(u, "logits")
+    if u.shape[-1] < 2:
+        raise ValueError(f"`logits` has {u.shape[-1]} label(s) in its last axis; a CRF needs L >= 2")
+    check_finite(u, "logits")
+    img = np.asarray(image)
+    if img.dtype.kind not in "fiu" or img.dtype == np.bool_:
+        raise TypeError(f"`image` must be a real numeric array (uint8 or float), got dtype {img.dtype}")
+    if img.shape == u.shape[:-1]:
+        img = img[..., None]  # single-channel image given without its channel axis
+    if img.shape[:-1] != u.shape[:-1]:
+        raise ValueError(
+            f"`image` has shape {img.shape} but `logits` has shape {u.shape}; all axes but the last must match "
+            f"(batch and spatial): resize one to match"
+        )
+    check_nonempty(img, "image")
+    img = np.ascontiguousarray(img, dtype=np.float64)
+    check_finite(img, "image")
+    return u, img
+
+
+def _combined(params):
+    """``A = mu W`` for both kernels, so that ``Z = U - S A_s^T - B A_b^T``."""
+    mu = params.compat
+    a_s = mu * params.w_spatial if np.ndim(params.w_spatial) == 0 else mu @ params.w_spatial
+    a_b = mu * params.w_bilateral if np.ndim(params.w_bilateral) == 0 else mu @ params.w_bilateral
+    return a_s, a_b
+
+
+def build_kernels(image_flat, spatial_shape, params, dtype):
+    """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)`` float64)."""
+    ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
+    kb = Kernel(
+        bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta),
+        params.normalization,
+        dtype,
+    )
+    return ks, kb
+
+
+def forward_one(u, ks, kb, a_s, a_b, n_iter, trace=None):
+    """Mean field on one image: ``u`` ``(N, L)``; returns ``(Z_T, Q_T)``; fills ``trace`` if given."""
+    q = np.empty_like(u)
+    MK.softmax_rows(u, q)
+    z = u.copy()
+    s = np.empty_like(u)
+    b = np.empty_like(u)
+    a_s_t = np.ascontiguousarray(a_s.T, dtype=u.dtype)
+    a_b_t = np.ascontiguousarray(a_b.T, dtype=u.dtype)
+    for t in range(n_iter):
+        if trace is not None:
+            trace[0][t] = q
+            s, b = trace[1][t], trace[2][t]
+        ks.apply(q, s)
+        kb.apply(q, b)
+        np.matmul(s, a_s_t, out=z)
+        z += b @ a_b_t
+        np.subtract(u, z, out=z)
+        MK.softmax_rows(z, q)
+    return z, q
+
+
+def backward_one(dz, ks, kb, a_s, a_b, q_in, s, b):
+    """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, dA_s, dA_b)``."""
+    du = np.zeros_like(dz)
+    da_s = np.zeros(a_s.shape)
+    da_b = np.zeros(a_b.shape)
+    a_s_c = np.ascontiguousarray(a_s, dtype=dz.dtype)
+    a_b_c = np.ascontiguousarray(a_b, dtype=dz.dtype)
+    ds = np.empty_like(dz)
+    db = np.empty_like(dz)
+    dq = np.empty_like(dz)
+    tmp = np.empty_like(dz)
+    for t in range(q_in.shape[0] - 1, -1, -1):
+        du += dz
+        # Z = U - S A_s^T - B A_b^T
+        da_s -= dz.T.astype(np.float64) @ s[t]
+        da_b -= dz.T.astype(np.float64) @ b[t]
+        np.matmul(dz, a_s_c, out=ds)
+        np.matmul(dz, a_b_c, out=db)
+        ks.apply(ds, dq, transpose=True)
+        kb.apply(db, tmp, transpose=True)
+        dq += tmp
+        np.negative(dq, out=dq)
+        MK.softmax_rows_bwd(q_in[t], dq, dz)
+    du += dz
+    return du, da_s, da_b
+
+
+def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0,
+                  w_bilateral=10.0, w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2,
+                  output="probs", keep_residuals=True):
+    """Mean-field forward pass returning the output and the residuals for :func:`meanfield_bwd`.
+
+    Parameters are those of :func:`meanfield`, plus:
+
+    Parameters
+    ----------
+    output : {"probs", "logits"}
+        ``"probs"`` returns ``Q_T``; ``"logits"`` returns the refined logits ``Z_T`` whose softmax is ``Q_T``
+        (crfasrnn's output; ``logits`` themselves when ``n_iter == 0``).
+    keep_residuals : bool
+        False skips storing the iterates (inference only); the residuals are then None.
+
+    Returns
+    -------
+    out : ndarray
+        Shape and dtype of ``logits`` (float16 and other floats become float32).
+    residuals : MeanfieldResiduals or None
+        Holds the lattices (built once per image, reused by the backward) and, per iteration, ``Q_{t-1}``,
+        ``K_s Q_{t-1}`` and ``K_b Q_{t-1}``: ``3 * L * itemsize`` bytes per pixel per iteration.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
+    u, img = _check_inputs(logits, image, spatial_dims)
+    params = check_params(
+        u.shape[-1], n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
+        w_spatial=w_spatial, w_bilateral=w_bilateral, compat=compat, normalization=normalization,
+        spatial_dims=spatial_dims,
+    )
+    spatial_shape = u.shape[-1 - spatial_dims:-1]
+    n = int(np.prod(spatial_shape))
+    n_lab = u.shape[-1]
+    u3 = u.reshape(-1, n, n_lab)
+    img3 = img.reshape(-1, n, img.shape[-1])
+    n_batch = u3.shape[0]
+    a_s, a_b = _combined(params)
+    out = np.empty_like(u3)
+    q_out = np.empty_like(u3)
+    kernels = []
+    if keep_residuals:
+        trace_shape = (n_batch, params.n_iter, n, n_lab)
+        q_in, s, b = (np.empty(trace_shape, dtype=u.dtype) for _ in range(3))
+    for i in range(n_batch):
+        ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
+        trace = (q_in[i], s[i], b[i]) if keep_residuals else None
+        z, q = forward_one(u3[i], ks, kb, a_s, a_b, params.n_iter, trace)
+        out[i] = q if output == "probs" else z
+        q_out[i] = q
+        if keep_residuals:
+            kernels.append((ks, kb))
+    out = out.reshape(u.shape)
+    if not keep_residuals:
+        return out, None
+    res = MeanfieldResiduals(params, output, u.shape, u.dtype, kernels, q_in, s, b, q_out)
+    return out, res
+
+
+def meanfield_bwd(residuals, grad):
+    """Exact gradient of the unrolled mean field, given the output's gradient ``grad``.
+
+    Parameters
+    ----------
+    residuals : MeanfieldResiduals
+        From :func:`meanfield_fwd`.
+    grad : array_like
+        Gradient of the loss w.r.t. the forward's output, same shape as the output.
+
+    Returns
+    -------
+    MeanfieldGrads
+        ``logits`` (shape and dtype of the forward's logits), ``compat`` ``(L, L)`` (also when the forward used
+        the Potts default) and ``w_spatial`` / ``w_bilateral`` (a float or ``(L, L)``, as they were given).
+    """
+    if not isinstance(residuals, MeanfieldResiduals):
+        raise TypeError("`residuals` must be the second value returned by meanfield_fwd(..., keep_residuals=True)")
+    g = as_float_array(grad, "grad", dtype=residuals.dtype)
+    if g.shape != residuals.shape:
+        raise ValueError(f"`grad` must have the output's shape {residuals.shape}, got {g.shape}")
+    check_finite(g, "grad")
+    p = residuals.params
+    n_batch, n_iter, n, n_lab = residuals.q_in.shape
+    g3 = g.reshape(n_batch, n, n_lab)
+    a_s, a_b = _combined(p)
+    d_logits = np.empty_like(g3)
+    da_s = np.zeros((n_lab, n_lab))
+    da_b = np.zeros((n_lab, n_lab))
+    for i in range(n_batch):
+        if residuals.output == "probs":
+            dz = np.empty_like(g3[i])
+            MK.softmax_rows_bwd(residuals.q_out[i], g3[i], dz)
+        else:
+            dz = g3[i].copy()
+        ks, kb = residuals.kernels[i]
+        du, das, dab = backward_one(dz, ks, kb, a_s, a_b, residuals.q_in[i], residuals.s[i], residuals.b[i])
+        d_logits[i] = du
+        da_s += das
+        da_b += dab
+    # A_s = mu W_s, A_b = mu W_b
+    ws = p.w_spatial if np.ndim(p.w_spatial) else p.w_spatial * np.eye(n_lab)
+    wb = p.w_bilateral if np.ndim(p.w_bilateral) else p.w_bilateral * np.eye(n_lab)
+    d_compat = da_s @ ws.T + da_b @ wb.T
+    d_ws = p.compat.T @ da_s
+    d_wb = p.compat.T @ da_b
+    d_ws = float(np.trace(d_ws)) if np.ndim(p.w_spatial) == 0 else d_ws
+    d_wb = float(np.trace(d_wb)) if np.ndim(p.w_bilateral) == 0 else d_wb
+    return MeanfieldGrads(d_logits.reshape(residuals.shape), d_compat, d_ws, d_wb)
+
+
+def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
+              w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
+    """Dense-CRF mean-field inference (Krähenbühl & Koltun 2011): refine per-pixel class scores.
+
+    Parameters
+    ----------
+    logits : array_like, shape (..., *spatial, L)
+        Unnormalised class scores (higher is more likely), e.g. a network's output before softmax; the unary
+        potential is ``-logits``. Leading axes are a batch. float32 or float64 (other floats become float32).
+    image : array_like, shape (..., *spatial, C)
+        The image that guides the bilateral kernel, same leading and spatial shape as ``logits``; uint8 or
+        float in its own units (``theta_beta`` is in those units); any number of channels. A single-channel
+        image may omit its channel axis.
+    n_iter : int, default 5
+        Mean-field iterations; 0 returns ``softmax(logits)``.
+    theta_alpha : float, default 80.0
+        Bilateral kernel width in pixels (pydensecrf's bilateral ``sxy``).
+    theta_beta : float, default 13.0
+        Bilateral kernel width in image units (pydensecrf's ``srgb``).
+    theta_gamma : float, default 3.0
+        Spatial (smoothness) kernel width in pixels (pydensecrf's Gaussian ``sxy``).
+    w_bilateral, w_spatial : float or (L, L) array, defaults 10.0 and 3.0
+        Kernel weights (pydensecrf's ``compat`` of each pairwise term); an ``(L, L)`` matrix mixes labels as
+        crfasrnn's ``bilateral_ker_weights`` / ``spatial_ker_weights`` do.
+    compat : (L, L) array or None
+        Label compatibility ``mu(l, l')``, the penalty for labels ``l`` and ``l'`` at similar pixels. None is
+        Potts, ``mu = 1 - I``.
+    normalization : {"symmetric", "after", "before", "none"}
+        Kernel normalisation: densecrf's default ``"symmetric"``, crfasrnn's ``"after"``.
+    spatial_dims : int, default 2
+        Number of spatial axes: 2 for images, 3 for volumes.
+
+    Returns
+    -------
+    ndarray
+        Probabilities ``Q`` with the shape of ``logits``, summing to 1 over the last axis.
+
+    Examples
+    --------
+    >>> import numpy as np, crfcore
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    >>> logits = rng.normal(size=(32, 48, 2)).astype(np.float32)
+    >>> q = crfcore.meanfield(logits, image, n_iter=5)
+    >>> q.shape, q.dtype
+    ((32, 48, 2), dtype('float32'))
+    """
+    q, _ = meanfield_fwd(
+        logits, image, n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
+        w_bilateral=w_bilateral, w_spatial=w_spatial, compat=compat, normalization=normalization,
+        spatial_dims=spatial_dims, output="probs", keep_residuals=False,
+    )
+    return q

@@ -39,3 +39,62 @@ def softmax_rows_bwd(q, dq, out):
         for k in range(n_lab):
             out[i, k] = q[i, k] * (dq[i, k] - dot)
 
+
+
+@njit(**PJIT)
+def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q):
+    """Compatibility transform and softmax, fused: ``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)``.
+
+    With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel.
+    """
+    n, n_lab = u.shape
+    for i in prange(n):
+        if potts:
+            ts = 0.0
+            tb = 0.0
+            for k in range(n_lab):
+                ts += s[i, k]
+                tb += b[i, k]
+            for k in range(n_lab):
+                z[i, k] = u[i, k] - c_s * (ts - s[i, k]) - c_b * (tb - b[i, k])
+        else:
+            for k in range(n_lab):
+                acc = u[i, k]
+                for j in range(n_lab):
+                    acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
+                z[i, k] = acc
+        mx = z[i, 0]
+        for k in range(1, n_lab):
+            if z[i, k] > mx:
+                mx = z[i, k]
+        tot = 0.0
+        for k in range(n_lab):
+            e = np.exp(z[i, k] - mx)
+            q[i, k] = e
+            tot += e
+        inv = 1.0 / tot
+        for k in range(n_lab):
+            q[i, k] *= inv
+
+
+@njit(**PJIT)
+def combine_bwd(dz, a_s, a_b, potts, c_s, c_b, ds, db):
+    """Backward of the compatibility transform (without its sign): ``dS = dZ A_s``, ``dB = dZ A_b``."""
+    n, n_lab = dz.shape
+    for i in prange(n):
+        if potts:
+            tot = 0.0
+            for k in range(n_lab):
+                tot += dz[i, k]
+            for k in range(n_lab):
+                ds[i, k] = c_s * (tot - dz[i, k])
+                db[i, k] = c_b * (tot - dz[i, k])
+        else:
+            for k in range(n_lab):
+                acc_s = 0.0
+                acc_b = 0.0
+                for j in range(n_lab):
+                    acc_s += dz[i, j] * a_s[j, k]
+                    acc_b += dz[i, j] * a_b[j, k]
+                ds[i, k] = acc_s
+                db[i, k] = acc_b

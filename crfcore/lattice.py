@@ -119,20 +119,24 @@ class Lattice:
             self._ones[dtype] = np.ones(self.num_points, dtype=dtype)
         return self._ones[dtype]
 
-    def apply(self, values, out, *, transpose=False, pre=None, post=None):
+    def workspace(self, n_channels, dtype):
+        """Two ``(M + 1, n_channels)`` scratch buffers for :meth:`apply` (reuse them across calls)."""
+        shape = (self.num_vertices + 1, n_channels)
+        return np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
+
+    def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
 
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).
+        ``work`` is an optional :meth:`workspace` of matching shape and dtype.
         """
         dtype = values.dtype
         a = self.arrays
         w = self.weights_as(dtype)
         pre = self.ones(dtype) if pre is None else pre
         post = self.ones(dtype) if post is None else post
-        m, n_ch = self.num_vertices, values.shape[1]
-        buf = np.empty((m + 1, n_ch), dtype=dtype)
-        tmp = np.empty((m + 1, n_ch), dtype=dtype)
+        buf, tmp = self.workspace(values.shape[1], dtype) if work is None else work
         d1 = self.dim + 1
         K.splat(values, pre, w, a.indptr, a.entries, d1, buf)
         order = range(self.dim, -1, -1) if transpose else range(d1)

@@ -60,9 +60,13 @@ class Kernel:
         elif normalization == "before":
             self.pre = (1.0 / (norm + 1e-20)).astype(dtype)
 
+        self._work = None
+
     def apply(self, x, out, transpose=False):
+        if self._work is None or self._work[0].shape[1] != x.shape[1] or self._work[0].dtype != x.dtype:
+            self._work = self.lattice.workspace(x.shape[1], x.dtype)
         pre, post = (self.post, self.pre) if transpose else (self.pre, self.post)
-        return self.lattice.apply(x, out, transpose=transpose, pre=pre, post=post)
+        return self.lattice.apply(x, out, transpose=transpose, pre=pre, post=post, work=self._work)
 
 
 class MeanfieldResiduals(NamedTuple):
@@ -183,6 +187,24 @@ def _combined(params):
     return a_s, a_b
 
 
+class Transform(NamedTuple):
+    """The matrices ``A_s``, ``A_b`` in the compute dtype, and their Potts shortcut ``c (J - I)`` if exact."""
+
+    a_s: np.ndarray
+    a_b: np.ndarray
+    potts: bool
+    c_s: float
+    c_b: float
+
+    @classmethod
+    def of(cls, a_s, a_b, dtype):
+        off = potts(a_s.shape[0])
+        c_s, c_b = a_s[0, 1], a_b[0, 1]
+        is_potts = bool(np.array_equal(a_s, c_s * off) and np.array_equal(a_b, c_b * off))
+        return cls(np.ascontiguousarray(a_s, dtype=dtype), np.ascontiguousarray(a_b, dtype=dtype), is_potts,
+                   dtype.type(c_s), dtype.type(c_b))
+
+
 def build_kernels(image_flat, spatial_shape, params, dtype):
     """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)`` float64)."""
     ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
@@ -194,35 +216,31 @@ def build_kernels(image_flat, spatial_shape, params, dtype):
     return ks, kb
 
 
-def forward_one(u, ks, kb, a_s, a_b, n_iter, trace=None):
-    """Mean field on one image: ``u`` ``(N, L)``; returns ``(Z_T, Q_T)``; fills ``trace`` if given."""
+def forward_one(u, ks, kb, tr, n_iter, trace=None):
+    """Mean field on one image: ``u`` ``(N, L)``, ``tr`` a :class:`Transform`; returns ``(Z_T, Q_T)``.
+
+    ``trace``, if given, is ``(q_in, s, b)``, each ``(T, N, L)``, filled with the iterates.
+    """
     q = np.empty_like(u)
     MK.softmax_rows(u, q)
     z = u.copy()
     s = np.empty_like(u)
     b = np.empty_like(u)
-    a_s_t = np.ascontiguousarray(a_s.T, dtype=u.dtype)
-    a_b_t = np.ascontiguousarray(a_b.T, dtype=u.dtype)
     for t in range(n_iter):
         if trace is not None:
             trace[0][t] = q
             s, b = trace[1][t], trace[2][t]
         ks.apply(q, s)
         kb.apply(q, b)
-        np.matmul(s, a_s_t, out=z)
-        z += b @ a_b_t
-        np.subtract(u, z, out=z)
-        MK.softmax_rows(z, q)
+        MK.combine_softmax(u, s, b, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, z, q)
     return z, q
 
 
-def backward_one(dz, ks, kb, a_s, a_b, q_in, s, b):
+def backward_one(dz, ks, kb, tr, q_in, s, b):
     """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, dA_s, dA_b)``."""
     du = np.zeros_like(dz)
-    da_s = np.zeros(a_s.shape)
-    da_b = np.zeros(a_b.shape)
-    a_s_c = np.ascontiguousarray(a_s, dtype=dz.dtype)
-    a_b_c = np.ascontiguousarray(a_b, dtype=dz.dtype)
+    da_s = np.zeros(tr.a_s.shape)
+    da_b = np.zeros(tr.a_b.shape)
     ds = np.empty_like(dz)
     db = np.empty_like(dz)
     dq = np.empty_like(dz)
@@ -230,10 +248,9 @@ def backward_one(dz, ks, kb, a_s, a_b, q_in, s, b):
     for t in range(q_in.shape[0] - 1, -1, -1):
         du += dz
         # Z = U - S A_s^T - B A_b^T
-        da_s -= dz.T.astype(np.float64) @ s[t]
-        da_b -= dz.T.astype(np.float64) @ b[t]
-        np.matmul(dz, a_s_c, out=ds)
-        np.matmul(dz, a_b_c, out=db)
+        da_s -= dz.T @ s[t]
+        da_b -= dz.T @ b[t]
+        MK.combine_bwd(dz, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, ds, db)
         ks.apply(ds, dq, transpose=True)
         kb.apply(db, tmp, transpose=True)
         dq += tmp
@@ -280,7 +297,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     u3 = u.reshape(-1, n, n_lab)
     img3 = img.reshape(-1, n, img.shape[-1])
     n_batch = u3.shape[0]
-    a_s, a_b = _combined(params)
+    tr = Transform.of(*_combined(params), u.dtype)
     out = np.empty_like(u3)
     q_out = np.empty_like(u3)
     kernels = []
@@ -290,7 +307,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     for i in range(n_batch):
         ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
-        z, q = forward_one(u3[i], ks, kb, a_s, a_b, params.n_iter, trace)
+        z, q = forward_one(u3[i], ks, kb, tr, params.n_iter, trace)
         out[i] = q if output == "probs" else z
         q_out[i] = q
         if keep_residuals:
@@ -327,7 +344,7 @@ def meanfield_bwd(residuals, grad):
     p = residuals.params
     n_batch, n_iter, n, n_lab = residuals.q_in.shape
     g3 = g.reshape(n_batch, n, n_lab)
-    a_s, a_b = _combined(p)
+    tr = Transform.of(*_combined(p), residuals.dtype)
     d_logits = np.empty_like(g3)
     da_s = np.zeros((n_lab, n_lab))
     da_b = np.zeros((n_lab, n_lab))
@@ -338,7 +355,7 @@ def meanfield_bwd(residuals, grad):
         else:
             dz = g3[i].copy()
         ks, kb = residuals.kernels[i]
-        du, das, dab = backward_one(dz, ks, kb, a_s, a_b, residuals.q_in[i], residuals.s[i], residuals.b[i])
+        du, das, dab = backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i])
         d_logits[i] = du
         da_s += das
         da_b += dab

@@ -1,0 +1,320 @@
+"""TensorFlow / Keras 3 adapter: ``CrfRnnLayer``, a CRF-as-RNN layer (Zheng et al. 2015) backed by crfcore.
+
+The forward and the exact backward of the unrolled mean field run in crfcore's Numba kernels; TensorFlow sees one
+op whose gradient comes from :func:`crfcore.meanfield_bwd` through ``tf.custom_gradient``. Eagerly the core is
+called directly; in graphs (``tf.function``, ``model.fit``) through ``tf.numpy_function``, with the forward's
+residuals (lattices and iterates) kept in a bounded store until the backward takes them.
+
+What this design cannot do: ``tf.numpy_function`` runs Python, so the op cannot be compiled by XLA
+(``jit_compile=True``; the layer sets ``supports_jit = False`` so Keras's ``jit_compile="auto"`` leaves it out),
+is not serialised into a SavedModel graph (``model.export``), and has no TensorFlow Lite kernel. Those targets need
+the pure-TensorFlow lattice (``backend="tf"``, see the README's "Deployment" section).
+"""
+
+import itertools
+import threading
+from collections import OrderedDict
+from functools import partial
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from crfcore import meanfield_bwd, meanfield_fwd
+from crfcore.meanfield import NORMALIZATIONS
+
+__all__ = ["CrfRnnLayer", "crf_refine", "PottsInitializer"]
+
+
+class _ResidualStore:
+    """Residuals of graph-mode forwards waiting for their backward, bounded in bytes and count.
+
+    A forward whose backward never runs (e.g. a forward pass under a tape that is then dropped) would otherwise
+    leak; evicted entries are recomputed by the backward instead, so eviction costs time, never correctness.
+    """
+
+    def __init__(self, max_bytes=2 << 30, max_items=32):
+        self.max_bytes = max_bytes
+        self.max_items = max_items
+        self._items = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    @staticmethod
+    def _size(res):
+        lattice_bytes = sum(
+            sum(a.nbytes for a in k.lattice.arrays) for pair in res.kernels for k in pair
+        )
+        return res.q_in.nbytes + res.s.nbytes + res.b.nbytes + res.q_out.nbytes + lattice_bytes
+
+    def put(self, res):
+        size = self._size(res)
+        with self._lock:
+            handle = next(self._ids)
+            self._items[handle] = (res, size)
+            self._bytes += size
+            while len(self._items) > 1 and (self._bytes > self.max_bytes or len(self._items) > self.max_items):
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= old
+        return handle
+
+    def pop(self, handle):
+        with self._lock:
+            item = self._items.pop(int(handle), None)
+            if item is None:
+                return None
+            self._bytes -= item[1]
+            return item[0]
+
+    def __len__(self):
+        return len(self._items)
+
+
+_STORE = _ResidualStore()
+
+
+def _tape_active():
+    """Whether a gradient tape could record the op being built (else no backward will ask for residuals)."""
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # private module moved: keep residuals, the store's bounds still apply
+        return True
+    return record.could_possibly_record()
+
+
+def _core_kwargs(params, ws, wb, mu):
+    return dict(
+        n_iter=params["n_iter"], theta_alpha=params["theta_alpha"], theta_beta=params["theta_beta"],
+        theta_gamma=params["theta_gamma"], normalization=params["normalization"], w_spatial=ws, w_bilateral=wb,
+        compat=mu, output="logits",
+    )
+
+
+def _grads(res, dy):
+    g = meanfield_bwd(res, dy)
+    dt = g.logits.dtype
+    return g.logits, np.asarray(g.w_spatial, dt), np.asarray(g.w_bilateral, dt), g.compat.astype(dt)
+
+
+def crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix, *, n_iter,
+               theta_alpha, theta_beta, theta_gamma, normalization="after", keep_residuals=True):
+    """Refined logits of a batch, differentiable w.r.t. ``logits`` and the three ``(L, L)`` matrices.
+
+    Parameters
+    ----------
+    logits : tf.Tensor, float32 or float64, shape (B, H, W, L)
+    image : tf.Tensor, shape (B, H, W, C), same dtype as ``logits``
+        Guides the bilateral kernel; receives no gradient.
+    spatial_ker_weights, bilateral_ker_weights, compatibility_matrix : tf.Tensor, shape (L, L)
+        Same dtype as ``logits``.
+    n_iter, theta_alpha, theta_beta, theta_gamma, normalization
+        As in :func:`crfcore.meanfield`.
+    keep_residuals : bool
+        Keep the forward's lattices and iterates for the backward (graph mode) when a gradient tape is
+        recording. False (inference) stores nothing; a backward then recomputes the forward.
+
+    Returns
+    -------
+    tf.Tensor
+        ``Z_T``, shape and dtype of ``logits``.
+    """
+    params = dict(n_iter=int(n_iter), theta_alpha=float(theta_alpha), theta_beta=float(theta_beta),
+                  theta_gamma=float(theta_gamma), normalization=normalization)
+
+    def graph_forward(keep, lg, img, ws, wb, mu):
+        out, res = meanfield_fwd(lg, img, keep_residuals=keep, **_core_kwargs(params, ws, wb, mu))
+        handle = _STORE.put(res) if keep else 0
+        return out, np.int64(handle)
+
+    def graph_backward(handle, dy, lg, img, ws, wb, mu):
+        res = _STORE.pop(handle) if handle > 0 else None
+        if res is None:  # evicted, or forward ran without residuals: recompute it
+            _, res = meanfield_fwd(lg, img, **_core_kwargs(params, ws, wb, mu))
+        return _grads(res, dy)
+
+    @tf.custom_gradient
+    def op(lg, img, ws, wb, mu):
+        if tf.executing_eagerly():
+            out, res = meanfield_fwd(lg.numpy(), img.numpy(), **_core_kwargs(params, ws.numpy(), wb.numpy(),
+                                                                             mu.numpy()))
+
+            def grad(dy):
+                gl, gs, gb, gm = _grads(res, dy.numpy())
+                return tf.constant(gl), None, tf.constant(gs), tf.constant(gb), tf.constant(gm)
+
+            return tf.constant(out), grad
+
+        keep = bool(keep_residuals and _tape_active())
+        out, handle = tf.numpy_function(partial(graph_forward, keep), [lg, img, ws, wb, mu], [lg.dtype, tf.int64],
+                                        stateful=True, name="crfcore_meanfield")
+        out.set_shape(lg.shape)
+
+        def grad(dy):
+            grads = tf.numpy_function(graph_backward, [handle, dy, lg, img, ws, wb, mu], [lg.dtype] * 4,
+                                      stateful=True, name="crfcore_meanfield_grad")
+            grads[0].set_shape(lg.shape)
+            for g in grads[1:]:
+                g.set_shape(ws.shape)
+            return grads[0], None, grads[1], grads[2], grads[3]
+
+        return out, grad
+
+    return op(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix)
+
+
+@keras.saving.register_keras_serializable(package="crfcore")
+class PottsInitializer(keras.initializers.Initializer):
+    """Initialises an ``(L, L)`` compatibility to the Potts model ``mu = 1 - I``."""
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"PottsInitializer needs a square shape, got {shape}")
+        return keras.ops.cast(1.0 - keras.ops.eye(shape[0]), dtype or "float32")
+
+    def get_config(self):
+        return {}
+
+
+def _check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a positive number, got {type(value).__name__}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {value}")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="crfcore")
+class CrfRnnLayer(keras.layers.Layer):
+    """CRF as RNN (Zheng et al. 2015): mean-field refinement of a segmentation network's logits.
+
+    A drop-in for ``crfasrnn_keras``'s ``CrfRnnLayer``: same constructor, called on ``[logits, image]``,
+    returns refined logits ``(B, H, W, L)`` (put softmax or a from-logits loss after it). Any batch size,
+    including a dynamic one; each image is refined with its own lattice.
+
+    The update is crfasrnn's: ``Z = U - mu (W_s K_s Q + W_b K_b Q)`` per pixel, with ``U`` the input logits,
+    ``Q = softmax`` of the previous iterate, ``K_s`` / ``K_b`` the Gaussian spatial and bilateral filters and
+    the three trainable ``(L, L)`` matrices ``spatial_ker_weights`` (``W_s``), ``bilateral_ker_weights``
+    (``W_b``) and ``compatibility_matrix`` (``mu``).
+
+    Initialisation: ``W_s = spatial_weight * I`` (3), ``W_b = bilateral_weight * I`` (10) and ``mu = 1 - I``
+    (Potts), which is densecrf's default CRF, so the layer already improves a good network's output before any
+    training. (crfasrnn initialised ``W = I`` and ``mu = -I``; that gives the same probabilities with weights 1.)
+
+    Gradients are exact (the unrolled iterations' backward from crfcore) w.r.t. the logits and the three
+    matrices. The image gets no gradient. The layer computes in float32 (float64 under a float64 policy) and
+    returns its dtype policy's compute dtype (mixed precision works).
+
+    Not supported by this (Numba) backend: XLA (``jit_compile=True``), SavedModel export of the op and TensorFlow
+    Lite, because the core runs through ``tf.numpy_function``; see the README's "Deployment" section.
+
+    Parameters
+    ----------
+    image_dims : tuple of int, optional
+        ``(H, W)``; checked against the inputs when given, taken from them otherwise.
+    num_classes : int, optional
+        L; checked against the logits when given, taken from them otherwise.
+    theta_alpha, theta_beta, theta_gamma : float
+        Kernel widths: bilateral in pixels and in image units, spatial in pixels (crfasrnn's names).
+    num_iterations : int
+        Mean-field iterations.
+    normalization : {"after", "symmetric", "before", "none"}
+        Kernel normalisation; crfasrnn's ``"after"`` by default.
+    spatial_weight, bilateral_weight : float
+        Initial diagonal of ``spatial_ker_weights`` and ``bilateral_ker_weights``.
+    """
+
+    def __init__(self, image_dims=None, num_classes=None, theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0,
+                 num_iterations=5, normalization="after", spatial_weight=3.0, bilateral_weight=10.0, **kwargs):
+        super().__init__(**kwargs)
+        if image_dims is not None:
+            image_dims = tuple(int(s) for s in image_dims)
+            if len(image_dims) != 2 or min(image_dims) < 1:
+                raise ValueError(f"`image_dims` must be (H, W) with positive sizes, got {image_dims}")
+        if num_classes is not None and (int(num_classes) != num_classes or num_classes < 2):
+            raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes}")
+        if isinstance(num_iterations, bool) or int(num_iterations) != num_iterations or num_iterations < 0:
+            raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.image_dims = image_dims
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.theta_alpha = _check_positive(theta_alpha, "theta_alpha")
+        self.theta_beta = _check_positive(theta_beta, "theta_beta")
+        self.theta_gamma = _check_positive(theta_gamma, "theta_gamma")
+        self.num_iterations = int(num_iterations)
+        self.normalization = normalization
+        self.spatial_weight = float(spatial_weight)
+        self.bilateral_weight = float(bilateral_weight)
+        self.supports_jit = False  # tf.numpy_function cannot be compiled by XLA
+
+    def _split_shapes(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2 or not all(
+            isinstance(s, (list, tuple)) or hasattr(s, "as_list") for s in input_shape
+        ):
+            raise ValueError(f"CrfRnnLayer is called on [logits, image], got input shape {input_shape}")
+        return [tuple(s.as_list() if hasattr(s, "as_list") else s) for s in input_shape]
+
+    def build(self, input_shape):
+        logits_shape, image_shape = self._split_shapes(input_shape)
+        if len(logits_shape) != 4 or len(image_shape) != 4:
+            raise ValueError(
+                f"CrfRnnLayer needs logits (B, H, W, L) and image (B, H, W, C), got ranks {len(logits_shape)} "
+                f"and {len(image_shape)} (shapes {logits_shape} and {image_shape})"
+            )
+        for axis, name in ((0, "batch"), (1, "height"), (2, "width")):
+            a, b = logits_shape[axis], image_shape[axis]
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"logits and image differ in {name}: {logits_shape} vs {image_shape}")
+        n_lab = logits_shape[-1]
+        if n_lab is None:
+            raise ValueError("the number of classes (last axis of logits) must be known when the layer is built")
+        if n_lab < 2:
+            raise ValueError(f"logits have {n_lab} class(es); a CRF needs at least 2")
+        if self.num_classes is not None and self.num_classes != n_lab:
+            raise ValueError(f"num_classes={self.num_classes} but logits have {n_lab} classes")
+        if self.image_dims is not None and None not in logits_shape[1:3] and tuple(logits_shape[1:3]) != \
+                self.image_dims:
+            raise ValueError(f"image_dims={self.image_dims} but the inputs are {tuple(logits_shape[1:3])}")
+        self.num_classes = n_lab
+        self.spatial_ker_weights = self.add_weight(
+            name="spatial_ker_weights", shape=(n_lab, n_lab),
+            initializer=keras.initializers.Identity(gain=self.spatial_weight))
+        self.bilateral_ker_weights = self.add_weight(
+            name="bilateral_ker_weights", shape=(n_lab, n_lab),
+            initializer=keras.initializers.Identity(gain=self.bilateral_weight))
+        self.compatibility_matrix = self.add_weight(
+            name="compatibility_matrix", shape=(n_lab, n_lab), initializer=PottsInitializer())
+
+    def call(self, inputs, training=None):
+        logits, image = inputs
+        dt = tf.float64 if self.compute_dtype == "float64" else tf.float32
+        out = crf_refine(
+            tf.cast(logits, dt), tf.cast(image, dt),
+            tf.cast(self.spatial_ker_weights.value, dt),
+            tf.cast(self.bilateral_ker_weights.value, dt),
+            tf.cast(self.compatibility_matrix.value, dt),
+            n_iter=self.num_iterations, theta_alpha=self.theta_alpha, theta_beta=self.theta_beta,
+            theta_gamma=self.theta_gamma, normalization=self.normalization,
+            keep_residuals=training is not False,
+        )
+        return tf.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        logits_shape, _ = self._split_shapes(input_shape)
+        return tuple(logits_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_dims=None if self.image_dims is None else list(self.image_dims),
+            num_classes=self.num_classes,
+            theta_alpha=self.theta_alpha,
+            theta_beta=self.theta_beta,
+            theta_gamma=self.theta_gamma,
+            num_iterations=self.num_iterations,
+            normalization=self.normalization,
+            spatial_weight=self.spatial_weight,
+            bilateral_weight=self.bilateral_weight,
+        )
+        return config

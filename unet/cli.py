@@ -1,0 +1,219 @@
+"""``python -m unet``: train a U-Net, add the CRF-RNN layer, evaluate, or run the whole demo.
+
+A thin layer over :mod:`unet.pipeline`; every stage writes into ``--out``.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
+
+
+def _progress():
+    from tqdm.auto import tqdm
+
+    return lambda it, **kw: tqdm(it, leave=False, **kw)
+
+
+def _keras_verbose():
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _splits(args, with_crf=False):
+    """train/dev/test (and crf) datasets from ``--data`` or the synthetic generator."""
+    from . import data
+
+    if args.data:
+        full = data.load_folder(args.data, size=args.size)
+        parts = data.split(full, args.data, seed=args.seed)
+        parts["crf"] = parts["train"]
+        return parts
+    n = dict(train=args.n_train, dev=args.n_dev, test=args.n_test)
+    parts = data.synthetic_splits(n["train"], n["dev"], n["test"], seed=args.seed, size=args.size,
+                                  progress=_progress())
+    if with_crf:
+        parts["crf"] = data.synthetic(args.n_crf, args.seed * 1000 + 3, size=args.size, progress=_progress())
+    return parts
+
+
+def _load(path):
+    import keras
+
+    import adapters.tf  # noqa: F401  (registers CrfRnnLayer for loading)
+    import unet.model  # noqa: F401
+
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no model at {path!r}; run `python -m unet train --out DIR` first")
+    return keras.models.load_model(path)
+
+
+def cmd_train(args, parts=None):
+    from . import pipeline
+
+    parts = parts or _splits(args)
+    t0 = time.perf_counter()
+    model, history = pipeline.train_unet(parts["train"], parts["dev"], epochs=args.epochs,
+                                         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                                         verbose=_keras_verbose())
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "unet.keras")
+    model.save(path)
+    pipeline.save_json({"history": history, "seconds": time.perf_counter() - t0}, os.path.join(args.out,
+                                                                                               "unet_history.json"))
+    print(f"U-Net trained in {time.perf_counter() - t0:.0f} s -> {path}")
+    return model
+
+
+def cmd_add_crf(args, unet=None, parts=None):
+    from . import pipeline
+
+    unet = unet or _load(args.unet)
+    parts = parts or _splits(args, with_crf=True)
+    t0 = time.perf_counter()
+    crf_model = pipeline.attach_crf(unet)
+    crf_model, history = pipeline.train_crf(crf_model, parts["crf"], parts["dev"], epochs=args.crf_epochs,
+                                            batch_size=args.crf_batch_size, learning_rate=args.crf_lr,
+                                            seed=args.seed, verbose=_keras_verbose())
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "unet_crf.keras")
+    crf_model.save(path)
+    pipeline.save_json({"history": history, "seconds": time.perf_counter() - t0,
+                        "crf_weights": pipeline.crf_weights(crf_model)}, os.path.join(args.out, "crf_history.json"))
+    print(f"CRF-RNN layer trained in {time.perf_counter() - t0:.0f} s -> {path}")
+    return crf_model
+
+
+def _evaluate_sets(unet, crf_model, sets, args):
+    from . import pipeline
+
+    sections, summary = [], {}
+    for title, ds in sets:
+        results, preds = pipeline.evaluate(unet, crf_model, ds, progress=_progress())
+        sections.append((title, ds, results, preds))
+        summary[title] = results
+        print(f"\n{title} ({len(ds)} images)")
+        for method, r in results.items():
+            print(f"  {method:16s} Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  acc {r['pixel_accuracy']:.4f}  "
+                  f"islands/img {r['islands_per_image']:.2f}  {r['ms_per_image']:.1f} ms/img")
+    return sections, summary
+
+
+def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
+    from . import data, pipeline, report
+
+    if crf_model is None:
+        model = _load(args.model)
+        names = [layer.name for layer in model.layers]
+        crf_model = model if "crfrnn" in names else None
+        unet = pipeline.unet_of(model) if crf_model is not None else model
+    sets = []
+    if args.data or parts is not None or args.split != "none":
+        if args.data and args.split == "all":
+            sets.append((f"{os.path.basename(os.path.normpath(args.data))} (all)", data.load_folder(args.data)))
+        elif args.split != "none":
+            parts = parts or _splits(args)
+            label = os.path.basename(os.path.normpath(args.data)) if args.data else "synthetic"
+            sets.append((f"{label} {args.split} split", parts[args.split]))
+    smartdoc = getattr(args, "smartdoc", None)
+    if smartdoc and os.path.isdir(smartdoc):
+        sets.append(("SmartDoc real photos", data.load_folder(smartdoc, size=args.size)))
+    elif smartdoc:
+        print(f"SmartDoc data not found at {smartdoc!r}: skipping the real-photo check")
+    sections, summary = _evaluate_sets(unet, crf_model, sets, args)
+    pipeline.save_json(summary, os.path.join(args.out, "metrics.json"))
+    path = report.write(args.out, sections, settings=settings,
+                        crf_weights=pipeline.crf_weights(crf_model) if crf_model is not None else None)
+    print(f"\nreport: {path}")
+    return summary
+
+
+def cmd_demo(args):
+    t0 = time.perf_counter()
+    parts = _splits(args, with_crf=True)
+    t_data = time.perf_counter() - t0
+    unet = cmd_train(args, parts)
+    t_unet = time.perf_counter() - t0 - t_data
+    crf_model = cmd_add_crf(args, unet=unet, parts=parts)
+    t_crf = time.perf_counter() - t0 - t_data - t_unet
+    args.split = "test"
+    settings = {
+        "data": args.data or f"embedded synthetic generator (seed {args.seed}): {args.n_train} train, "
+                             f"{args.n_dev} dev, {args.n_test} test, {args.n_crf} for the CRF stage",
+        "U-Net": f"{args.epochs} epochs, batch {args.batch_size}, {args.size}x{args.size}",
+        "CRF-RNN stage": f"{args.crf_epochs} epoch(s), batch {args.crf_batch_size}, U-Net frozen",
+        "time": f"data {t_data:.0f} s, U-Net {t_unet:.0f} s, CRF-RNN {t_crf:.0f} s",
+    }
+    summary = cmd_evaluate(args, unet=unet, crf_model=crf_model, parts=parts, settings=settings)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return summary
+
+
+def _common(p, out_required=True):
+    p.add_argument("--out", required=out_required, help="output folder (models, metrics.json, report.md)")
+    p.add_argument("--data", help="folder with images/ and masks/ (same stems); default: the synthetic generator")
+    p.add_argument("--seed", type=int, default=0, help="seed of data generation, splits and training")
+    p.add_argument("--size", type=int, default=224, help="image side fed to the U-Net (default 224)")
+    p.add_argument("--n-train", type=int, default=800, help="synthetic training images (default 800)")
+    p.add_argument("--n-dev", type=int, default=40, help="synthetic dev images (default 40)")
+    p.add_argument("--n-test", type=int, default=60, help="synthetic test images (default 60)")
+
+
+def _unet_opts(p):
+    p.add_argument("--epochs", type=int, default=8, help="U-Net epochs (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="U-Net batch size (default 8)")
+    p.add_argument("--lr", type=float, default=3e-3, help="U-Net learning rate (default 3e-3, cosine decay)")
+
+
+def _crf_opts(p):
+    p.add_argument("--n-crf", type=int, default=160, help="synthetic images for the CRF stage (default 160)")
+    p.add_argument("--crf-epochs", type=int, default=2, help="CRF-RNN epochs (default 2)")
+    p.add_argument("--crf-batch-size", type=int, default=4, help="CRF-RNN batch size, > 1 works (default 4)")
+    p.add_argument("--crf-lr", type=float, default=0.003, help="CRF-RNN learning rate (default 0.003)")
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="python -m unet",
+        description="Receipt/document segmentation: a U-Net, then a trainable CRF-RNN layer on top of it.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the U-Net (step 1) -> OUT/unet.keras",
+                       description="Train a U-Net from scratch on --data or synthetic photos; saves OUT/unet.keras.")
+    _common(t)
+    _unet_opts(t)
+    a = sub.add_parser("add-crf", help="freeze the U-Net, add CrfRnnLayer, retrain (steps 2-4) -> OUT/unet_crf.keras",
+                       description="Freeze a trained U-Net, attach adapters.tf.CrfRnnLayer to its logits and input "
+                                   "image, and train only the CRF weights; saves OUT/unet_crf.keras.")
+    _common(a)
+    a.add_argument("--unet", required=True, help="the U-Net from `train` (a .keras file)")
+    _crf_opts(a)
+    e = sub.add_parser("evaluate", help="Dice, IoU, accuracy, islands and timings of U-Net, +meanfield, +CRF-RNN",
+                       description="Evaluate a saved model (a U-Net, or a U-Net + CRF-RNN from add-crf) on a split "
+                                   "of --data or of the synthetic set, and optionally on SmartDoc; writes "
+                                   "OUT/metrics.json and OUT/report.md.")
+    _common(e)
+    e.add_argument("--model", required=True, help="a .keras model from `train` or `add-crf`")
+    e.add_argument("--split", default="test", choices=["train", "dev", "test", "all", "none"],
+                   help="which split to evaluate ('all' takes the whole --data folder; default test)")
+    e.add_argument("--smartdoc", default=None, help="also evaluate on this images/+masks/ folder of real photos")
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic data (what `make demo` runs)",
+                       description="Generate synthetic receipt photos, train the U-Net, add and train the CRF-RNN "
+                                   "layer, evaluate on the synthetic test split and on SmartDoc real photos when "
+                                   "../shared/data/smartdoc18 exists, and write OUT/report.md. About 10 minutes "
+                                   "on 2 CPU cores with the defaults.")
+    _common(d)
+    _unet_opts(d)
+    _crf_opts(d)
+    d.add_argument("--smartdoc", default=SMARTDOC, help="real-photo check folder (default ../shared/data/smartdoc18)")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    commands = {"train": cmd_train, "add-crf": cmd_add_crf, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    commands[args.command](args)
+    return 0

@@ -1,0 +1,106 @@
+"""The pipeline's report: a Markdown table of the three methods and figures like the blog's."""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .metrics import island_components
+from .pipeline import LABELS, METHODS
+
+
+def _mask_panel(mask, truth):
+    """A mask drawn white on black, its spurious islands in red and circled in blue (as in the blog)."""
+    labels, n = island_components(mask, truth)
+    rgb = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
+    rgb[labels > 0] = [230, 40, 40]
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    for k in range(1, n + 1):
+        ys, xs = np.nonzero(labels == k)
+        r = 4
+        draw.ellipse([xs.min() - r, ys.min() - r, xs.max() + r, ys.max() + r], outline=(40, 90, 255), width=2)
+    return img
+
+
+def figure(data, preds, index, path):
+    """One row: image | true mask | U-Net mask | CRF mask (islands highlighted); saved as PNG."""
+    truth = data.masks[index].astype(bool)
+    panels = [Image.fromarray((data.images[index] * 255).round().astype(np.uint8)),
+              Image.fromarray((truth * 255).astype(np.uint8)).convert("RGB")]
+    crf_method = "unet+crf-rnn" if "unet+crf-rnn" in preds else "unet+meanfield"
+    for method in ("unet", crf_method):
+        panels.append(_mask_panel(preds[method][0][index].astype(bool), truth))
+    w, h = panels[0].size
+    sheet = Image.new("RGB", (4 * w + 3 * 4, h), (255, 255, 255))
+    for k, p in enumerate(panels):
+        sheet.paste(p, (k * (w + 4), 0))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def _table(results):
+    lines = ["| method | Dice | IoU | pixel accuracy | islands / image | ms / image |", "|---|---|---|---|---|---|"]
+    for m in METHODS:
+        if m in results:
+            r = results[m]
+            lines.append(f"| {LABELS[m]} | {r['dice']:.4f} | {r['iou']:.4f} | {r['pixel_accuracy']:.4f} | "
+                         f"{r['islands_per_image']:.2f} | {r['ms_per_image']:.1f} |")
+    return "\n".join(lines)
+
+
+def comparison(results, method="unet+crf-rnn"):
+    """One sentence: how ``method`` changes Dice and islands relative to the U-Net alone."""
+    if method not in results:
+        return ""
+    base, new = results["unet"], results[method]
+    dd = new["dice"] - base["dice"]
+    di = new["islands_per_image"] - base["islands_per_image"]
+    rel = (100.0 * di / base["islands_per_image"]) if base["islands_per_image"] else 0.0
+    return (f"{LABELS[method]} vs the U-Net alone: Dice {base['dice']:.4f} → {new['dice']:.4f} ({dd:+.4f}), "
+            f"islands per image {base['islands_per_image']:.2f} → {new['islands_per_image']:.2f} "
+            f"({di:+.2f}, {rel:+.0f}%).")
+
+
+def write(out_dir, sections, *, settings=None, crf_weights=None, n_figures=4):
+    """Write ``out_dir/report.md`` and its figures.
+
+    Parameters
+    ----------
+    out_dir : str
+    sections : list of (title, Dataset, results, predictions)
+        One table (and figures) per evaluated data set.
+    settings : dict, optional
+        Run settings to list (epochs, sizes, seeds, timings).
+    crf_weights : dict, optional
+        The trained CRF layer's matrices.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    md = ["# U-Net + CRF-RNN receipt segmentation: report", ""]
+    if settings:
+        md += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
+    for title, data, results, preds in sections:
+        md += [f"## {title} ({len(data)} images)", "", _table(results), ""]
+        for method in ("unet+meanfield", "unet+crf-rnn"):
+            if method in results:
+                md += ["- " + comparison(results, method)]
+        md += ["", "Islands: connected components of the predicted document that touch no true document pixel, "
+               "plus holes (predicted background that touches no true background). Time per image includes the "
+               "U-Net; the CRF-RNN model is timed end to end.", ""]
+        worst = np.argsort([-island_components(p, t)[1] for p, t in zip(preds["unet"][0], data.masks)])
+        slug = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")
+        md += ["Image | true mask | U-Net | CRF (spurious islands in red, circled in blue):", ""]
+        for k, i in enumerate(worst[:n_figures]):
+            rel = os.path.join("figures", f"{slug}_{k}.png")
+            figure(data, preds, int(i), os.path.join(out_dir, rel))
+            md += [f"![{data.names[i]}]({rel})", ""]
+    if crf_weights:
+        md += ["## Trained CRF-RNN weights", ""]
+        for name, w in crf_weights.items():
+            md += [f"- `{name}`: {np.round(np.asarray(w), 3).tolist()}"]
+        md += [""]
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return path

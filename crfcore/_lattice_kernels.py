@@ -8,7 +8,7 @@ its enclosing simplex, and given ``d + 1`` *barycentric* weights on that simplex
 The lattice is stored in gather form so that every parallel loop writes only its own rows:
 
 * ``offsets[p * (d + 1) + r]``: the lattice vertex of remainder ``r`` of point ``p``;
-* ``indptr`` / ``entries``: CSR from lattice vertex to the ``p * (d + 1) + r`` slots that touch it (splat);
+* ``indptr`` / ``points`` / ``slots``: CSR from lattice vertex to the points (and slots) that touch it (splat);
 * ``neighbours[j, v]``: the two neighbours of vertex ``v`` along lattice direction ``j`` (blur), ``M`` (an
   all-zero row) where the neighbour does not exist.
 """
@@ -36,13 +36,13 @@ def _mix(h):
 def _hash_shifted(key, j, s):
     """Hash of ``key`` moved by ``s`` (+1/-1/0) along lattice direction ``j`` (``j == d``: all +s)."""
     d = key.shape[0]
-    h = np.uint64(0x9E3779B97F4A7C15)
+    h = np.uint64(0xCBF29CE484222325)
     for k in range(d):
         c = np.int64(key[k]) + s
         if k == j:
             c -= s * (d + 1)
-        h = _mix(h ^ np.uint64(c & 0xFFFFFFFF))
-    return h
+        h = (h ^ np.uint64(c & 0xFFFFFFFF)) * np.uint64(0x100000001B3)
+    return _mix(h)
 
 
 @njit(**JIT)
@@ -71,23 +71,57 @@ def _find(table, uniq, key, j, s):
         h = (h + np.uint64(1)) & mask
 
 
-@njit(**PJIT)
-def embed(features, scale, n_chunks):
-    """Elevate every point, find its simplex and barycentric weights (Adams et al. 2010, p. 5-10).
+@njit(**JIT)
+def _probe_insert(table, keys, base, m, key):
+    """Find ``key`` among ``keys[base:base + m]`` through ``table`` or append it; returns (index, new m)."""
+    mask = np.uint64(table.shape[0] - 1)
+    h = _hash_shifted(key, 0, 0) & mask
+    d = key.shape[0]
+    while True:
+        e = table[h]
+        if e < 0:
+            keys[base + m] = key
+            table[h] = m
+            return m, m + 1
+        same = True
+        for k in range(d):
+            if keys[base + e, k] != key[k]:
+                same = False
+                break
+        if same:
+            return e, m
+        h = (h + np.uint64(1)) & mask
 
-    Returns ``keys`` of shape ``(N * (d + 1), d)`` (the first ``d`` coordinates of each simplex vertex;
-    the last is implied by ``sum == 0``) and ``weights`` of shape ``(N * (d + 1),)``.
+
+@njit(**PJIT)
+def embed(features, scale, chunk, table_size):
+    """Elevate every point, find its simplex and barycentric weights (Adams et al. 2010, p. 5-10), and
+    deduplicate the simplex vertices within each chunk of ``chunk`` points (in parallel over chunks).
+
+    Consecutive points in the same simplex (common: neighbouring pixels) reuse the previous point's vertices
+    without hashing. Returns ``local_keys`` (chunk ``c``'s unique vertex keys at rows ``c * chunk * (d + 1)``
+    onwards; the key is a vertex's first ``d`` coordinates, the last being implied by ``sum == 0``), their
+    ``counts`` per chunk, ``offsets`` (each slot's vertex index *within its chunk*) and ``weights``.
     """
     n, d = features.shape
     d1 = d + 1
-    keys = np.empty((n * d1, d), dtype=np.int32)
+    n_chunks = (n + chunk - 1) // chunk
+    inv_d1 = 1.0 / d1
+    local_keys = np.empty((n * d1, d), dtype=np.int32)
+    counts = np.zeros(n_chunks, dtype=np.int64)
+    offsets = np.empty(n * d1, dtype=np.int32)
     weights = np.empty(n * d1, dtype=np.float64)
-    chunk = (n + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
+        table = np.full(table_size, _EMPTY, dtype=np.int32)
         elevated = np.empty(d1)
         rem0 = np.empty(d1, dtype=np.int64)
         rank = np.empty(d1, dtype=np.int64)
+        prev_rem0 = np.empty(d1, dtype=np.int64)
+        prev_rank = np.empty(d1, dtype=np.int64)
         bary = np.empty(d + 2)
+        key = np.empty(d, dtype=np.int32)
+        base = c * chunk * d1
+        m = 0
         for p in range(c * chunk, min(n, (c + 1) * chunk)):
             # elevation y = E f (p. 5): cumulative sums of the scaled features
             sm = 0.0
@@ -99,7 +133,7 @@ def embed(features, scale, n_chunks):
             # closest remainder-0 point by rounding each coordinate to a multiple of d + 1
             total = 0
             for i in range(d1):
-                v = elevated[i] / d1
+                v = elevated[i] * inv_d1
                 up = np.int64(np.ceil(v)) * d1
                 down = np.int64(np.floor(v)) * d1
                 if up - elevated[i] < elevated[i] - down:
@@ -131,63 +165,76 @@ def embed(features, scale, n_chunks):
             for i in range(d + 2):
                 bary[i] = 0.0
             for i in range(d1):
-                v = (elevated[i] - rem0[i]) / d1
+                v = (elevated[i] - rem0[i]) * inv_d1
                 bary[d - rank[i]] += v
                 bary[d - rank[i] + 1] -= v
             bary[0] += 1.0 + bary[d1]
+            same = p > c * chunk
+            if same:
+                for i in range(d1):
+                    if rem0[i] != prev_rem0[i] or rank[i] != prev_rank[i]:
+                        same = False
+                        break
             # the d + 1 vertices: rem0 plus the canonical simplex of each remainder
             for r in range(d1):
                 q = p * d1 + r
+                weights[q] = bary[r]
+                if same:
+                    offsets[q] = offsets[q - d1]
+                    continue
                 for k in range(d):
                     if rank[k] <= d - r:
-                        keys[q, k] = rem0[k] + r
+                        key[k] = rem0[k] + r
                     else:
-                        keys[q, k] = rem0[k] + r - d1
-                weights[q] = bary[r]
-    return keys, weights
+                        key[k] = rem0[k] + r - d1
+                offsets[q], m = _probe_insert(table, local_keys, base, m, key)
+            for i in range(d1):
+                prev_rem0[i] = rem0[i]
+                prev_rank[i] = rank[i]
+        counts[c] = m
+    return local_keys, counts, offsets, weights
 
 
 @njit(**JIT)
-def insert(keys, capacity):
-    """Deduplicate vertex keys with an open-addressing hash table, in input order (deterministic).
+def merge(local_keys, counts, stride, capacity):
+    """Merge the chunks' unique keys into one hash table, chunk by chunk (deterministic numbering).
 
-    Returns ``offsets`` (vertex index of each key), the unique keys ``(M, d)`` and the final hash table.
-    ``capacity`` is the initial table size (a power of two); the table doubles when half full.
+    Returns the unique keys ``(M, d)``, the table (a power of two, at most half full) and ``remap``:
+    ``remap[c * stride + e]`` is the global index of chunk ``c``'s local vertex ``e``.
     """
-    n_keys, d = keys.shape
+    d = local_keys.shape[1]
     table = np.full(capacity, _EMPTY, dtype=np.int32)
-    uniq = np.empty((max(16, capacity // 2), d), dtype=np.int32)
-    offsets = np.empty(n_keys, dtype=np.int32)
+    uniq = np.empty((capacity // 2 + 1, d), dtype=np.int32)  # m <= capacity / 2 before the table grows
+    remap = np.empty(local_keys.shape[0], dtype=np.int32)
     m = 0
-    for q in range(n_keys):
-        key = keys[q]
-        mask = np.uint64(table.shape[0] - 1)
-        h = _hash_shifted(key, 0, 0) & mask
-        while True:
-            e = table[h]
-            if e < 0:
-                if m == uniq.shape[0]:
-                    grown = np.empty((2 * m, d), dtype=np.int32)
-                    grown[:m] = uniq
-                    uniq = grown
-                uniq[m] = key
-                table[h] = m
-                offsets[q] = m
-                m += 1
-                if 2 * m > table.shape[0]:
+    for c in range(counts.shape[0]):
+        for e in range(counts[c]):
+            key = local_keys[c * stride + e]
+            g, m_new = _probe_insert(table, uniq, 0, m, key)
+            remap[c * stride + e] = g
+            if m_new > m:
+                m = m_new
+                if 2 * m > table.shape[0]:  # grow: double the table, rehash, and the key store with it
                     table = np.full(2 * table.shape[0], _EMPTY, dtype=np.int32)
-                    mask2 = np.uint64(table.shape[0] - 1)
+                    mask = np.uint64(table.shape[0] - 1)
                     for e2 in range(m):
-                        h2 = _hash_shifted(uniq[e2], 0, 0) & mask2
-                        while table[h2] >= 0:
-                            h2 = (h2 + np.uint64(1)) & mask2
-                        table[h2] = e2
-                break
-            if _equal_shifted(uniq[e], key, 0, 0):
-                offsets[q] = e
-                break
-            h = (h + np.uint64(1)) & mask
-    return offsets, uniq[:m].copy(), table
+                        h = _hash_shifted(uniq[e2], 0, 0) & mask
+                        while table[h] >= 0:
+                            h = (h + np.uint64(1)) & mask
+                        table[h] = e2
+                    grown = np.empty((table.shape[0] // 2 + 1, d), dtype=np.int32)
+                    grown[:m] = uniq[:m]
+                    uniq = grown
+    return uniq[:m].copy(), table, remap
+
+
+@njit(**PJIT)
+def remap_offsets(offsets, remap, chunk, d1):
+    """Chunk-local vertex indices to global ones, in place."""
+    stride = chunk * d1
+    for q in prange(offsets.shape[0]):
+        c = (q // d1) // chunk
+        offsets[q] = remap[c * stride + offsets[q]]
 
 
 @njit(**PJIT)
@@ -206,34 +253,37 @@ def blur_neighbours(table, uniq):
 
 
 @njit(**JIT)
-def gather_index(offsets, m):
-    """CSR (``indptr``, ``entries``) from each lattice vertex to the point slots that splat onto it."""
+def gather_index(offsets, m, d1):
+    """CSR from each lattice vertex to the points that splat onto it: ``indptr`` and, per entry, the point
+    (``points``) and the slot ``p * (d + 1) + r`` it came from (``slots``, to gather any weights in CSR order)."""
     indptr = np.zeros(m + 1, dtype=np.int64)
     for q in range(offsets.shape[0]):
         indptr[offsets[q] + 1] += 1
     for v in range(m):
         indptr[v + 1] += indptr[v]
     fill = indptr[:m].copy()
-    entries = np.empty(offsets.shape[0], dtype=np.int64)
+    slots = np.empty(offsets.shape[0], dtype=np.int64)
+    points = np.empty(offsets.shape[0], dtype=np.int32)
     for q in range(offsets.shape[0]):
         v = offsets[q]
-        entries[fill[v]] = q
+        slots[fill[v]] = q
+        points[fill[v]] = q // d1
         fill[v] += 1
-    return indptr, entries
+    return indptr, slots, points
 
 
 @njit(**PJIT)
-def splat(values, pre, weights, indptr, entries, d1, out):
-    """``out[v] = sum over slots q=(p, r) of v: weights[q] * pre[p] * values[p]``; row ``M`` is zeroed."""
+def splat(values, pre, csr_weights, indptr, points, out):
+    """``out[v] = sum over the entries e of v: csr_weights[e] * pre[p] * values[p]`` with ``p = points[e]``;
+    row ``M`` is zeroed. Gather form: each vertex is written by one thread only, in a fixed order."""
     m = indptr.shape[0] - 1
     n_ch = values.shape[1]
     for v in prange(m):
         for c in range(n_ch):
             out[v, c] = 0.0
         for e in range(indptr[v], indptr[v + 1]):
-            q = entries[e]
-            p = q // d1
-            w = weights[q] * pre[p]
+            p = points[e]
+            w = csr_weights[e] * pre[p]
             for c in range(n_ch):
                 out[v, c] += w * values[p, c]
     for c in range(n_ch):

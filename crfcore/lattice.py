@@ -1,6 +1,5 @@
 """The permutohedral lattice: fast high-dimensional Gaussian filtering (Adams, Baek & Davis 2010)."""
 
-import os
 from typing import NamedTuple
 
 import numpy as np
@@ -17,8 +16,9 @@ class LatticeArrays(NamedTuple):
 
     offsets: np.ndarray  # (N * (d + 1),) int32: vertex of each point slot
     weights: np.ndarray  # (N * (d + 1),) float64: barycentric weight of each slot
-    indptr: np.ndarray  # (M + 1,) int64: CSR vertex -> slots
-    entries: np.ndarray  # (N * (d + 1),) int64
+    indptr: np.ndarray  # (M + 1,) int64: CSR vertex -> entries
+    slots: np.ndarray  # (N * (d + 1),) int64: the slot p * (d + 1) + r of each CSR entry
+    points: np.ndarray  # (N * (d + 1),) int32: the point p of each CSR entry
     neighbours: np.ndarray  # (d + 1, M, 2) int32: blur neighbours, M where absent
 
 
@@ -32,8 +32,13 @@ def elevation_scale(d):
     return np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((i + 1) * (i + 2))
 
 
-def _n_chunks(n):
-    return max(1, min(n, 8 * (os.cpu_count() or 1), n // 256 + 1))
+#: Points per chunk of the parallel lattice construction. Fixed (not tied to the thread count) so that the
+#: lattice, and every result, is the same whatever the number of threads.
+_CHUNK = 8192
+
+
+def _pow2(n):
+    return 1 << max(6, int(np.ceil(np.log2(max(2, n)))))
 
 
 class Lattice:
@@ -87,29 +92,32 @@ class Lattice:
                 f"features are positions divided by kernel widths, so widths this small make every point its own "
                 f"cluster: use larger widths or rescale the features"
             )
-        keys, weights = K.embed(f, scale, _n_chunks(n))
-        capacity = 1 << max(10, int(np.ceil(np.log2(max(2, 2 * n)))))
-        offsets, uniq, table = K.insert(keys, capacity)
-        del keys
+        d1 = d + 1
+        chunk = min(n, _CHUNK)
+        local_keys, counts, offsets, weights = K.embed(f, scale, chunk, _pow2(2 * chunk * d1))
+        uniq, table, remap = K.merge(local_keys, counts, chunk * d1, _pow2(2 * int(counts.max())))
+        del local_keys
+        K.remap_offsets(offsets, remap, chunk, d1)
         m = uniq.shape[0]
         neighbours = K.blur_neighbours(table, uniq)
-        indptr, entries = K.gather_index(offsets, m)
+        indptr, slots, points = K.gather_index(offsets, m, d1)
         self.num_points = n
         self.dim = d
         self.num_vertices = m
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self.arrays = LatticeArrays(offsets, weights, indptr, entries, neighbours)
-        self._weights = {np.dtype(np.float64): weights}
+        self.arrays = LatticeArrays(offsets, weights, indptr, slots, points, neighbours)
+        self._weights = {np.dtype(np.float64): (weights, weights[slots])}
         self._ones = {}
 
     def __repr__(self):
         return f"Lattice(num_points={self.num_points}, dim={self.dim}, num_vertices={self.num_vertices})"
 
     def weights_as(self, dtype):
-        """Barycentric weights in ``dtype`` (cached)."""
+        """Barycentric weights in ``dtype``, per slot and in CSR order (cached)."""
         dtype = np.dtype(dtype)
         if dtype not in self._weights:
-            self._weights[dtype] = self.arrays.weights.astype(dtype)
+            w, w_csr = self._weights[np.dtype(np.float64)]
+            self._weights[dtype] = (w.astype(dtype), w_csr.astype(dtype))
         return self._weights[dtype]
 
     def ones(self, dtype):
@@ -133,12 +141,12 @@ class Lattice:
         """
         dtype = values.dtype
         a = self.arrays
-        w = self.weights_as(dtype)
+        w, w_csr = self.weights_as(dtype)
         pre = self.ones(dtype) if pre is None else pre
         post = self.ones(dtype) if post is None else post
         buf, tmp = self.workspace(values.shape[1], dtype) if work is None else work
         d1 = self.dim + 1
-        K.splat(values, pre, w, a.indptr, a.entries, d1, buf)
+        K.splat(values, pre, w_csr, a.indptr, a.points, buf)
         order = range(self.dim, -1, -1) if transpose else range(d1)
         for j in order:
             K.blur(buf, a.neighbours[j], tmp)

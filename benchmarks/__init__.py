@@ -1,0 +1,1 @@
+"""Benchmark CLI: crfcore against its peers side by side (``python -m benchmarks``)."""

@@ -1,0 +1,275 @@
+"""``python -m benchmarks``: crfcore against Krähenbühl's C++ densecrf (pydensecrf2), side by side, same run.
+
+Every row runs the same input (a real photo with noisy unaries) and the same parameters through each peer, after
+a warm-up call, and reports the median and spread of the repeats, per-phase times of crfcore, peak memory, the
+ratio crfcore / peer and the agreement of the outputs. JIT compilation is measured separately, in a fresh
+process with an empty Numba cache, and never mixed into the timings.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numba
+import numpy as np
+
+import crfcore
+from crfcore import _lattice_kernels as LK
+from crfcore.features import bilateral_features, spatial_features
+from crfcore.lattice import Lattice
+
+from .inputs import case
+
+KERNELS = dict(theta_gamma=3.0, w_spatial=3.0, theta_alpha=80.0, theta_beta=13.0, w_bilateral=10.0)
+
+try:
+    from pydensecrf import densecrf as dcrf
+except ImportError:  # optional peer
+    dcrf = None
+
+INSTALL_HINT = "pydensecrf2 is not installed: `pip install pydensecrf2` (builds the C++ densecrf, ~30 s)"
+
+
+def _rss_kib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(fn):
+    """``(result, peak resident memory above the baseline in MiB)``; None where Linux's counters are absent."""
+    base = _rss_kib("VmRSS:")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+    except OSError:
+        return fn(), None
+    out = fn()
+    peak = _rss_kib("VmHWM:")
+    return out, None if base is None or peak is None else max(0.0, (peak - base) / 1024.0)
+
+
+def timed(fn, repeats):
+    """Median and spread (min, max) in seconds over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), max(times)
+
+
+def densecrf(logits, image, n_iter):
+    """pydensecrf2's mean field with crfcore's default kernels (the same model, see the README's table)."""
+    h, w, n_lab = logits.shape
+    d = dcrf.DenseCRF2D(w, h, n_lab)
+    d.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, n_lab).T))
+    d.addPairwiseGaussian(sxy=KERNELS["theta_gamma"], compat=KERNELS["w_spatial"])
+    d.addPairwiseBilateral(sxy=KERNELS["theta_alpha"], srgb=KERNELS["theta_beta"], rgbim=image,
+                           compat=KERNELS["w_bilateral"])
+    return np.array(d.inference(n_iter)).T.reshape(h, w, n_lab)
+
+
+def ours(logits, image, n_iter):
+    return crfcore.meanfield(logits, image, n_iter=n_iter, **KERNELS)
+
+
+def phases(logits, image, repeats):
+    """Median milliseconds of crfcore's phases on one image: lattice builds, and splat / blur / slice of one
+    bilateral filtering of all L channels."""
+    h, w, n_lab = logits.shape
+    flat = image.reshape(-1, 3).astype(np.float64)
+    fb = bilateral_features(flat, (h, w), KERNELS["theta_alpha"], KERNELS["theta_beta"])
+    fs = spatial_features((h, w), KERNELS["theta_gamma"])
+    out = {}
+    out["build_bilateral_ms"] = 1e3 * timed(lambda: Lattice(fb), repeats)[0]
+    out["build_spatial_ms"] = 1e3 * timed(lambda: Lattice(fs), repeats)[0]
+    lat = Lattice(fb)
+    a, d1 = lat.arrays, lat.dim + 1
+    values = np.ascontiguousarray(np.full((h * w, n_lab), 1.0 / n_lab, dtype=np.float32))
+    (wts, wts_csr), ones = lat.weights_as(np.float32), lat.ones(np.float32)
+    buf, tmp = lat.workspace(n_lab, np.float32)
+    res = np.empty_like(values)
+    out["splat_ms"] = 1e3 * timed(lambda: LK.splat(values, ones, wts_csr, a.indptr, a.points, buf), repeats)[0]
+
+    def blur_all():
+        for j in range(d1):
+            LK.blur(buf, a.neighbours[j], tmp)
+
+    out["blur_ms"] = 1e3 * timed(blur_all, repeats)[0]
+    out["slice_ms"] = 1e3 * timed(lambda: LK.slice_(buf, a.offsets, wts, np.float32(lat.alpha), ones, d1, res),
+                                  repeats)[0]
+    out["lattice_vertices"] = lat.num_vertices
+    return out
+
+
+def compile_time():
+    """Seconds of the first mean-field call in a fresh process with an empty Numba cache (pure JIT cost)."""
+    code = ("import time, numpy as np; t=time.perf_counter(); import crfcore; "
+            "crfcore.meanfield(np.zeros((8, 8, 2), np.float32), np.zeros((8, 8, 3), np.uint8)); "
+            "r = crfcore.meanfield_fwd(np.zeros((8, 8, 2), np.float32), np.zeros((8, 8, 3), np.uint8))[1]; "
+            "crfcore.meanfield_bwd(r, np.zeros((8, 8, 2), np.float32)); print(time.perf_counter()-t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    return float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+
+
+def bench_row(size, n_lab, n_iter, repeats, threads):
+    image, logits = case(size, n_lab)
+    row = {"size": size, "labels": n_lab, "iterations": n_iter, "pixels": size * size}
+    numba.set_num_threads(threads)
+    q_all, row["crfcore_peak_mib"] = peak_memory(lambda: ours(logits, image, n_iter))
+    med, lo, hi = timed(lambda: ours(logits, image, n_iter), repeats)
+    row.update(crfcore_ms=1e3 * med, crfcore_min_ms=1e3 * lo, crfcore_max_ms=1e3 * hi)
+    numba.set_num_threads(1)
+    med1, lo1, hi1 = timed(lambda: ours(logits, image, n_iter), repeats)
+    row.update(crfcore_1t_ms=1e3 * med1, crfcore_1t_min_ms=1e3 * lo1, crfcore_1t_max_ms=1e3 * hi1)
+    numba.set_num_threads(threads)
+    row["crfcore_ms_per_mpix_iter"] = row["crfcore_ms"] / (size * size / 1e6) / n_iter
+    row["phases"] = phases(logits, image, max(1, repeats // 2))
+    if dcrf is not None:
+        q_ref, row["densecrf_peak_mib"] = peak_memory(lambda: densecrf(logits, image, n_iter))
+        med, lo, hi = timed(lambda: densecrf(logits, image, n_iter), repeats)
+        row.update(densecrf_ms=1e3 * med, densecrf_min_ms=1e3 * lo, densecrf_max_ms=1e3 * hi)
+        row["speedup"] = row["densecrf_ms"] / row["crfcore_ms"]
+        row["speedup_1t"] = row["densecrf_ms"] / row["crfcore_1t_ms"]
+        row["max_abs_dq"] = float(np.abs(q_all - q_ref).max())
+        row["label_agreement_pct"] = float(100.0 * np.mean(q_all.argmax(-1) == q_ref.argmax(-1)))
+    return row
+
+
+def bench_backward(size, n_lab, n_iter, repeats):
+    """Forward alone, forward keeping residuals, and the backward alone (median ms of each)."""
+    image, logits = case(size, n_lab)
+    g = np.random.default_rng(0).normal(size=logits.shape).astype(np.float32)
+    fwd = timed(lambda: ours(logits, image, n_iter), repeats)[0]
+
+    def forward_keep():
+        return crfcore.meanfield_fwd(logits, image, n_iter=n_iter, output="logits", **KERNELS)[1]
+
+    fwd_res = timed(forward_keep, repeats)[0]
+    res = forward_keep()
+    bwd = timed(lambda: crfcore.meanfield_bwd(res, g), repeats)[0]
+    residual_bytes = 3 * n_lab * 4  # Q, K_s Q and K_b Q per pixel per iteration, float32
+    return {"size": size, "labels": n_lab, "iterations": n_iter, "forward_ms": 1e3 * fwd,
+            "forward_with_residuals_ms": 1e3 * fwd_res, "backward_ms": 1e3 * bwd,
+            "backward_over_forward": bwd / fwd, "forward_backward_ms": 1e3 * (fwd_res + bwd),
+            "residual_bytes_per_pixel_per_iteration": residual_bytes}
+
+
+def bench_batch(repeats, batch=8, size=224, n_lab=2, n_iter=5):
+    cases = [case(size, n_lab, photo_name=name, seed=i) for i, name in
+             enumerate(["astronaut", "coffee", "chelsea", "rocket"] * (batch // 4))]
+    images = np.stack([c[0] for c in cases])
+    logits = np.stack([c[1] for c in cases])
+    out = {"batch": batch, "size": size, "labels": n_lab, "iterations": n_iter}
+    t = timed(lambda: ours(logits, images, n_iter), repeats)[0]
+    out["crfcore_images_per_s"] = batch / t
+    if dcrf is not None:
+        t = timed(lambda: [densecrf(lg, im, n_iter) for lg, im in zip(logits, images)], repeats)[0]
+        out["densecrf_images_per_s"] = batch / t
+    return out
+
+
+def configs(quick, large):
+    if quick:
+        return [(224, 2, 5), (224, 21, 5), (512, 2, 5)]
+    sizes = [224, 512, 1024] + ([2048] if large else [])
+    return [(s, n, it) for s in sizes for n in (2, 21) for it in (5, 10)]
+
+
+def fmt_table(rows):
+    head = (f"{'size':>9} {'L':>3} {'it':>3} | {'crfcore':>9} {'1 thread':>9} {'densecrf':>9} | {'x (all)':>7} "
+            f"{'x (1t)':>6} | {'ms/MP/it':>8} | {'build':>6} {'splat':>6} {'blur':>6} {'slice':>6} | "
+            f"{'MiB ours':>8} {'MiB C++':>8} | {'max|dQ|':>8} {'agree %':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        p = r["phases"]
+        dc = r.get("densecrf_ms")
+        lines.append(
+            f"{r['size']:>4}x{r['size']:<4} {r['labels']:>3} {r['iterations']:>3} | {r['crfcore_ms']:>7.1f}ms "
+            f"{r['crfcore_1t_ms']:>7.1f}ms {(f'{dc:7.1f}ms' if dc else '      n/a'):>9} | "
+            f"{r.get('speedup', float('nan')):>7.2f} {r.get('speedup_1t', float('nan')):>6.2f} | "
+            f"{r['crfcore_ms_per_mpix_iter']:>8.1f} | "
+            f"{p['build_bilateral_ms'] + p['build_spatial_ms']:>6.1f} {p['splat_ms']:>6.1f} {p['blur_ms']:>6.1f} "
+            f"{p['slice_ms']:>6.1f} | {r['crfcore_peak_mib'] or float('nan'):>8.1f} "
+            f"{r.get('densecrf_peak_mib') or float('nan'):>8.1f} | {r.get('max_abs_dq', float('nan')):>8.1e} "
+            f"{r.get('label_agreement_pct', float('nan')):>8.3f}")
+    return "\n".join(lines)
+
+
+def run(quick=False, large=False, repeats=None, with_compile=True, progress=print):
+    threads = numba.config.NUMBA_NUM_THREADS
+    result = {"machine": {"python": platform.python_version(), "numba": numba.__version__,
+                          "numpy": np.__version__, "cpu_count": os.cpu_count(), "threads": threads,
+                          "processor": platform.processor() or platform.machine()},
+              "kernels": KERNELS, "densecrf_available": dcrf is not None}
+    if dcrf is None:
+        progress(INSTALL_HINT + "; benchmarking crfcore alone")
+    if with_compile:
+        progress("measuring JIT compile time (fresh process, empty Numba cache)...")
+        result["jit_compile_s"] = compile_time()
+    rows = []
+    for size, n_lab, n_iter in configs(quick, large):
+        reps = repeats or (2 if quick else (5 if size <= 512 else 3))
+        progress(f"  {size}x{size} L={n_lab} {n_iter} iterations ({reps} repeats)...")
+        rows.append(bench_row(size, n_lab, n_iter, reps, threads))
+    result["rows"] = rows
+    back_cfg = [(224, 2, 5), (224, 21, 5)] if quick else [(224, 2, 5), (512, 2, 5), (512, 21, 10)]
+    progress("  backward pass...")
+    result["backward"] = [bench_backward(s, n, it, repeats or (2 if quick else 3)) for s, n, it in back_cfg]
+    progress("  batch throughput...")
+    result["batch"] = bench_batch(repeats or (2 if quick else 3))
+    return result
+
+
+def report(result):
+    lines = [fmt_table(result["rows"]), ""]
+    if result.get("jit_compile_s") is not None:
+        lines.append(f"JIT compile (first call, empty cache, fresh process; not in the timings): "
+                     f"{result['jit_compile_s']:.1f} s")
+    for b in result["backward"]:
+        lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "
+                     f"{b['forward_ms']:.1f} ms (keeping residuals {b['forward_with_residuals_ms']:.1f} ms), "
+                     f"backward {b['backward_ms']:.1f} ms, backward / forward = {b['backward_over_forward']:.2f}; "
+                     f"residuals {b['residual_bytes_per_pixel_per_iteration']} B/pixel/iteration")
+    b = result["batch"]
+    line = (f"batch of {b['batch']} at {b['size']}x{b['size']} L={b['labels']}: crfcore "
+            f"{b['crfcore_images_per_s']:.1f} images/s")
+    if "densecrf_images_per_s" in b:
+        line += f", densecrf {b['densecrf_images_per_s']:.1f} images/s"
+    lines.append(line)
+    m = result["machine"]
+    lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads, numba {m['numba']}, "
+                 f"numpy {m['numpy']}, Python {m['python']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a small subset (under a minute)")
+    p.add_argument("--large", action="store_true", help="add 2048x2048 rows")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per peer and row (default 5, 3 large)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--no-compile-time", action="store_true", help="skip the JIT compile measurement")
+    args = p.parse_args(argv)
+    result = run(quick=args.quick, large=args.large, repeats=args.repeats, with_compile=not args.no_compile_time,
+                 progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

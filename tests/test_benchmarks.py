@@ -1,0 +1,45 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    pytest.importorskip("skimage")
+    path = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--no-compile-time", "--json", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(path) as f:
+        return json.load(f), proc.stdout
+
+
+def test_quick_json_structure(quick_result):
+    result, stdout = quick_result
+    assert {"machine", "kernels", "rows", "backward", "batch", "densecrf_available"} <= set(result)
+    assert len(result["rows"]) >= 3
+    for row in result["rows"]:
+        for key in ("size", "labels", "iterations", "crfcore_ms", "crfcore_1t_ms", "crfcore_ms_per_mpix_iter",
+                    "crfcore_min_ms", "crfcore_max_ms", "phases"):
+            assert key in row, key
+        assert row["crfcore_min_ms"] <= row["crfcore_ms"] <= row["crfcore_max_ms"]
+        assert set(row["phases"]) >= {"build_bilateral_ms", "build_spatial_ms", "splat_ms", "blur_ms", "slice_ms"}
+    for b in result["backward"]:
+        assert b["forward_backward_ms"] > 0 and b["residual_bytes_per_pixel_per_iteration"] > 0
+    assert result["batch"]["crfcore_images_per_s"] > 0
+    assert "ms/MP/it" in stdout and "batch of 8" in stdout
+
+
+def test_quick_agreement_with_densecrf(quick_result):
+    result, _ = quick_result
+    if not result["densecrf_available"]:
+        pytest.skip("pydensecrf2 is not installed: no peer to agree with")
+    for row in result["rows"]:
+        assert row["max_abs_dq"] <= 1e-3, row
+        assert row["label_agreement_pct"] >= 99.9, row
+        assert row["speedup"] > 0 and row["densecrf_ms"] > 0

@@ -5,10 +5,11 @@ op whose gradient comes from :func:`crfcore.meanfield_bwd` through ``tf.custom_g
 called directly; in graphs (``tf.function``, ``model.fit``) through ``tf.numpy_function``, with the forward's
 residuals (lattices and iterates) kept in a bounded store until the backward takes them.
 
-What this design cannot do: ``tf.numpy_function`` runs Python, so the op cannot be compiled by XLA
-(``jit_compile=True``; the layer sets ``supports_jit = False`` so Keras's ``jit_compile="auto"`` leaves it out),
-is not serialised into a SavedModel graph (``model.export``), and has no TensorFlow Lite kernel. Those targets need
-the pure-TensorFlow lattice (``backend="tf"``, see the README's "Deployment" section).
+What the default (numba) backend cannot do: ``tf.numpy_function`` runs Python, so the op cannot be compiled by XLA
+(``jit_compile=True`` raises; the layer sets ``supports_jit = False`` so Keras's ``jit_compile="auto"`` leaves it
+out), is not serialised into a SavedModel graph (``model.export``), and has no TensorFlow Lite kernel. SavedModel,
+TensorFlow Lite and GPUs are served by the pure-TensorFlow lattice (``backend="tf"`` / ``"tf-lite"``, module
+:mod:`adapters.tf_lattice`; the README's "Deployment" section).
 """
 
 import itertools
@@ -23,7 +24,14 @@ import tensorflow as tf
 from crfcore import meanfield_bwd, meanfield_fwd
 from crfcore.meanfield import NORMALIZATIONS
 
-__all__ = ["CrfRnnLayer", "crf_refine", "PottsInitializer"]
+from . import tf_lattice
+
+__all__ = ["CrfRnnLayer", "crf_refine", "PottsInitializer", "with_backend"]
+
+#: ``"numba"``: crfcore's kernels through ``tf.numpy_function`` (fast on CPU, exact custom gradient);
+#: ``"tf"``: the same function in TensorFlow ops (SavedModel, TFLite, GPU; TensorFlow's autodiff).
+#: ``"tf-lite"``: the TensorFlow ops with a float32 lattice embedding, for TensorFlow Lite's built-in ops.
+BACKENDS = ("numba", "tf", "tf-lite")
 
 
 class _ResidualStore:
@@ -119,6 +127,11 @@ def crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, compat
     tf.Tensor
         ``Z_T``, shape and dtype of ``logits``.
     """
+    if tf_lattice._in_xla():
+        raise NotImplementedError(
+            "CrfRnnLayer(backend='numba') runs Python through tf.numpy_function, which XLA "
+            "(tf.function(jit_compile=True)) cannot compile; call it without jit_compile"
+        )
     params = dict(n_iter=int(n_iter), theta_alpha=float(theta_alpha), theta_beta=float(theta_beta),
                   theta_gamma=float(theta_gamma), normalization=normalization)
 
@@ -205,8 +218,10 @@ class CrfRnnLayer(keras.layers.Layer):
     matrices. The image gets no gradient. The layer computes in float32 (float64 under a float64 policy) and
     returns its dtype policy's compute dtype (mixed precision works).
 
-    Not supported by this (Numba) backend: XLA (``jit_compile=True``), SavedModel export of the op and TensorFlow
-    Lite, because the core runs through ``tf.numpy_function``; see the README's "Deployment" section.
+    Not supported by the default numba backend: XLA (``jit_compile=True``), SavedModel export of the op and
+    TensorFlow Lite, because the core runs through ``tf.numpy_function``; ``backend="tf"`` exports to SavedModel
+    and runs on GPUs, ``backend="tf-lite"`` converts to TensorFlow Lite (README, "Deployment"). No backend runs
+    under XLA.
 
     Parameters
     ----------
@@ -220,13 +235,22 @@ class CrfRnnLayer(keras.layers.Layer):
         Mean-field iterations.
     normalization : {"after", "symmetric", "before", "none"}
         Kernel normalisation; crfasrnn's ``"after"`` by default.
+    backend : {"numba", "tf", "tf-lite"}
+        ``"numba"`` (default) runs crfcore's kernels, the fast choice for CPU training; ``"tf"`` runs the same
+        function in TensorFlow ops only (:mod:`adapters.tf_lattice`), which exports to SavedModel and runs on a
+        GPU; ``"tf-lite"`` is ``"tf"`` with a float32 lattice embedding, convertible to TensorFlow Lite's
+        built-in ops. Weights and config are the same: :func:`with_backend` switches a model.
     spatial_weight, bilateral_weight : float
         Initial diagonal of ``spatial_ker_weights`` and ``bilateral_ker_weights``.
     """
 
     def __init__(self, image_dims=None, num_classes=None, theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0,
-                 num_iterations=5, normalization="after", spatial_weight=3.0, bilateral_weight=10.0, **kwargs):
+                 num_iterations=5, normalization="after", spatial_weight=3.0, bilateral_weight=10.0,
+                 backend="numba", **kwargs):
         super().__init__(**kwargs)
+        if backend not in BACKENDS:
+            raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         if image_dims is not None:
             image_dims = tuple(int(s) for s in image_dims)
             if len(image_dims) != 2 or min(image_dims) < 1:
@@ -246,7 +270,7 @@ class CrfRnnLayer(keras.layers.Layer):
         self.normalization = normalization
         self.spatial_weight = float(spatial_weight)
         self.bilateral_weight = float(bilateral_weight)
-        self.supports_jit = False  # tf.numpy_function cannot be compiled by XLA
+        self.supports_jit = False  # numpy_function (numba) and tf.unique (tf) cannot be compiled by XLA
 
     def _split_shapes(self, input_shape):
         if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2 or not all(
@@ -288,6 +312,15 @@ class CrfRnnLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         logits, image = inputs
+        if self.backend in ("tf", "tf-lite"):
+            out = tf_lattice.meanfield(
+                logits, image, tf.cast(self.spatial_ker_weights.value, tf.float32),
+                tf.cast(self.bilateral_ker_weights.value, tf.float32),
+                tf.cast(self.compatibility_matrix.value, tf.float32),
+                n_iter=self.num_iterations, theta_alpha=self.theta_alpha, theta_beta=self.theta_beta,
+                theta_gamma=self.theta_gamma, normalization=self.normalization,
+                embed_dtype=tf.float32 if self.backend == "tf-lite" else tf.float64)
+            return tf.cast(out, self.compute_dtype)
         dt = tf.float64 if self.compute_dtype == "float64" else tf.float32
         out = crf_refine(
             tf.cast(logits, dt), tf.cast(image, dt),
@@ -316,5 +349,22 @@ class CrfRnnLayer(keras.layers.Layer):
             normalization=self.normalization,
             spatial_weight=self.spatial_weight,
             bilateral_weight=self.bilateral_weight,
+            backend=self.backend,
         )
         return config
+
+
+def with_backend(model, backend):
+    """A copy of ``model`` whose ``CrfRnnLayer`` layers use ``backend`` (same weights, same config otherwise)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, CrfRnnLayer):
+            config["backend"] = backend
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

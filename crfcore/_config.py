@@ -11,3 +11,8 @@ JIT = dict(nogil=True, cache=True, fastmath=FASTMATH)
 
 #: Options for kernels with a ``prange`` loop.
 PJIT = dict(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
+
+#: The lattice embedding: no fastmath, so its float64 arithmetic is plain IEEE in a fixed order. Points on a
+#: simplex boundary (pixel grids) then round the same way in every implementation of the same steps (the
+#: pure-TensorFlow lattice in adapters/tf_lattice.py repeats them), so all of them build the same lattice.
+PJIT_EXACT = dict(nogil=True, cache=True, parallel=True)

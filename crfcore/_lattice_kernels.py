@@ -16,7 +16,7 @@ The lattice is stored in gather form so that every parallel loop writes only its
 import numpy as np
 from numba import njit, prange
 
-from ._config import JIT, PJIT
+from ._config import JIT, PJIT, PJIT_EXACT
 
 _EMPTY = np.int32(-1)
 
@@ -93,7 +93,7 @@ def _probe_insert(table, keys, base, m, key):
         h = (h + np.uint64(1)) & mask
 
 
-@njit(**PJIT)
+@njit(**PJIT_EXACT)
 def embed(features, scale, chunk, table_size):
     """Elevate every point, find its simplex and barycentric weights (Adams et al. 2010, p. 5-10), and
     deduplicate the simplex vertices within each chunk of ``chunk`` points (in parallel over chunks).

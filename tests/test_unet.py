@@ -149,3 +149,12 @@ def test_tiny_end_to_end_cli(tmp_path):
     assert "U-Net + trained CRF-RNN layer" in text and "figures/" in text
     figures = os.listdir(os.path.join(out, "figures"))
     assert figures and Image.open(os.path.join(out, "figures", figures[0])).size == (4 * 48 + 12, 48)
+    # deployment: SavedModel + TFLite, checked against Keras by the command itself (it fails otherwise)
+    exp = str(tmp_path / "export")
+    assert main(["export", "--model", os.path.join(out, "unet_crf.keras"), "--out", exp, "--n-check", "3"]) == 0
+    with open(os.path.join(exp, "export.json")) as f:
+        report = json.load(f)
+    assert os.path.exists(os.path.join(exp, "model.tflite")) and os.path.isdir(os.path.join(exp, "saved_model"))
+    assert report["tflite_bytes"] == os.path.getsize(os.path.join(exp, "model.tflite"))
+    assert report["saved_model_max_abs_dlogits"] <= 1e-3 and report["tflite_max_abs_dlogits"] <= 1e-3
+    assert report["tflite_dice_vs_keras"] > 0.999 and report["tflite_crf_ms_per_image"] > 0

@@ -1,0 +1,168 @@
+"""The pure-TensorFlow lattice (backend="tf") against the Numba core, and its deployment paths."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from adapters import tf_lattice  # noqa: E402
+from adapters.tf import CrfRnnLayer, with_backend  # noqa: E402
+from crfcore import Lattice  # noqa: E402
+
+
+def real_photo(size):
+    skimage = pytest.importorskip("skimage")
+    from skimage import data, transform
+
+    assert skimage
+    img = transform.resize(data.astronaut(), (size, size), anti_aliasing=True, preserve_range=True)
+    return img.astype(np.float32)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8])
+def test_lattice_filter_matches_numba(rng, d):
+    f = rng.normal(scale=2.0, size=(400, d))
+    v = rng.normal(size=(400, 3))
+    for transpose in (False, True):
+        ours = Lattice(f).filter(v, transpose=transpose)
+        theirs = tf_lattice.lattice_filter(f, v, transpose=transpose).numpy()
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())
+
+
+def pair(n_lab, norm="after", n_iter=4, **kw):
+    args = dict(dict(theta_alpha=6.0, theta_beta=30.0, theta_gamma=2.0), num_iterations=n_iter, normalization=norm)
+    args.update(kw)
+    return CrfRnnLayer(backend="numba", **args), CrfRnnLayer(backend="tf", **args)
+
+
+def set_same_random_weights(rng, a, b, shapes):
+    a.build(shapes)
+    b.build(shapes)
+    for wa, wb in zip(a.trainable_weights, b.trainable_weights):
+        w = wa.numpy() + rng.normal(scale=0.3, size=wa.shape)
+        wa.assign(w)
+        wb.assign(w)
+
+
+@pytest.mark.parametrize("n_lab, shape, batch, norm",
+                         [(2, (8, 9), 1, "after"), (3, (20, 30), 2, "symmetric"), (5, (16, 12), 3, "before"),
+                          (2, (24, 24), 2, "none")])
+def test_forward_matches_numba_on_random_inputs(rng, n_lab, shape, batch, norm):
+    logits = rng.normal(scale=2, size=(batch, *shape, n_lab)).astype(np.float32)
+    image = rng.uniform(0, 255, size=(batch, *shape, 3)).astype(np.float32)
+    a, b = pair(n_lab, norm)
+    set_same_random_weights(rng, a, b, [logits.shape, image.shape])
+    np.testing.assert_allclose(b([logits, image]).numpy(), a([logits, image]).numpy(), atol=1e-4, rtol=1e-5)
+
+
+def test_forward_and_gradients_match_numba_on_a_real_photo(rng):
+    image = real_photo(48)[None]
+    grey = image[..., 0] / 255.0
+    logits = np.stack([2 * (0.5 - grey), 2 * (grey - 0.5)], -1) + rng.normal(0, 1, size=grey.shape + (2,))
+    logits = logits.astype(np.float32)
+    a, b = pair(2, "symmetric", theta_beta=13.0)
+    set_same_random_weights(rng, a, b, [logits.shape, image.shape])
+    g = rng.normal(size=logits.shape).astype(np.float32)
+    grads = []
+    for layer in (a, b):
+        x = tf.constant(logits)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer([x, image])
+            loss = tf.reduce_sum(out * g)
+        grads.append([out.numpy()] + [t.numpy() for t in tape.gradient(loss, [x] + layer.trainable_weights)])
+    (out_a, *ga), (out_b, *gb) = grads
+    # float32 sums in another order: logits (|Z| up to ~20 here) agree to 1e-5 relative, probabilities to 1e-4
+    np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(tf.nn.softmax(out_b).numpy(), tf.nn.softmax(out_a).numpy(), atol=1e-4)
+    for x, y in zip(ga, gb):  # TensorFlow's autodiff through the TF lattice == crfcore's backward
+        np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(x).max()))
+
+
+def test_with_backend_keeps_weights_and_config(rng):
+    img_in = keras.Input((16, 16, 3))
+    logits = keras.layers.Conv2D(2, 3, padding="same")(img_in)
+    model = keras.Model(img_in, CrfRnnLayer(theta_alpha=5.0, theta_beta=0.2, name="crfrnn")([logits, img_in]))
+    x = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
+    copy = with_backend(model, "tf")
+    assert copy.get_layer("crfrnn").backend == "tf"
+    config = dict(copy.get_layer("crfrnn").get_config(), backend="numba", name="crfrnn")
+    assert config == model.get_layer("crfrnn").get_config()
+    for wa, wb in zip(model.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+    back = with_backend(copy, "numba")
+    np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="backend"):
+        with_backend(model, "jax")
+
+
+def test_dynamic_batch_with_tf_backend(rng):
+    lg_in, im_in = keras.Input((10, 12, 2)), keras.Input((10, 12, 3))
+    model = keras.Model([lg_in, im_in], CrfRnnLayer(backend="tf", theta_alpha=4.0)([lg_in, im_in]))
+    for batch in (1, 3):
+        out = model.predict([rng.normal(size=(batch, 10, 12, 2)), rng.uniform(size=(batch, 10, 12, 3))], verbose=0)
+        assert out.shape == (batch, 10, 12, 2)
+
+
+def tiny_model(rng):
+    img_in = keras.Input((24, 24, 3))
+    logits = keras.layers.Conv2D(2, 3, padding="same", name="logits")(img_in)
+    model = keras.Model(img_in, CrfRnnLayer(theta_alpha=6.0, theta_beta=0.15, theta_gamma=2.0, num_iterations=3,
+                                            name="crfrnn")([logits, img_in]))
+    for w in model.get_layer("crfrnn").trainable_weights:
+        w.assign(w.numpy() + rng.normal(scale=0.2, size=w.shape))
+    return model
+
+
+def test_saved_model_round_trip(rng, tmp_path):
+    model = tiny_model(rng)
+    x = rng.uniform(size=(2, 24, 24, 3)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    exported = with_backend(model, "tf")
+    exported.export(str(tmp_path / "sm"), verbose=False)
+    from unet.export import serve
+
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    got = serve(loaded, exported, x)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_tflite_round_trip_builtin_ops_only(rng):
+    from unet.export import TfliteRunner, _fixed_batch, tflite_bytes
+
+    model = tiny_model(rng)
+    x = rng.uniform(size=(3, 24, 24, 3)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    lite_keras = _fixed_batch(with_backend(model, "tf-lite"))
+    content = tflite_bytes(lite_keras)  # TFLITE_BUILTINS only: raises if any op needed SELECT_TF_OPS
+    run = TfliteRunner(content)
+    got = np.stack([run(im) for im in x])
+    same_function = np.concatenate([lite_keras.predict(x[i:i + 1], verbose=0) for i in range(3)])
+    np.testing.assert_allclose(got, same_function, atol=1e-4)  # the interpreter computes what Keras computes
+    np.testing.assert_allclose(got, expected, atol=5e-2)  # float32 lattice embedding vs float64 (ties)
+    assert np.mean(got.argmax(-1) == expected.argmax(-1)) > 0.999
+
+
+def test_xla_is_refused_not_silently_wrong(rng):
+    # XLA on CPU compiles tf.unique but pads its outputs, and the lattice comes out wrong; the layer refuses.
+    layer = CrfRnnLayer(backend="tf", theta_alpha=4.0, theta_beta=0.2, num_iterations=3)
+    assert layer.supports_jit is False  # Keras's jit_compile="auto" leaves the model un-compiled
+    a = tf.constant(rng.normal(size=(2, 12, 10, 2)), tf.float32)
+    b = tf.constant(rng.uniform(size=(2, 12, 10, 3)), tf.float32)
+    eager = layer([a, b]).numpy()
+    xla = tf.function(lambda x, y: layer([x, y]), jit_compile=True)
+    with pytest.raises(NotImplementedError, match="XLA"):
+        xla(a, b)
+    plain = tf.function(lambda x, y: layer([x, y]))
+    np.testing.assert_allclose(plain(a, b).numpy(), eager, rtol=1e-6, atol=1e-6)
+
+
+def test_xla_is_refused_for_the_numba_backend(rng):
+    layer = CrfRnnLayer(theta_alpha=4.0)
+    a = tf.constant(rng.normal(size=(1, 6, 6, 2)), tf.float32)
+    b = tf.constant(rng.uniform(size=(1, 6, 6, 3)), tf.float32)
+    layer([a, b])
+    with pytest.raises(NotImplementedError, match="numpy_function"):
+        tf.function(lambda x, y: layer([x, y]), jit_compile=True)(a, b)

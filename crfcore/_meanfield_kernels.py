@@ -6,26 +6,32 @@ No checking here: :mod:`crfcore.meanfield` validates and allocates.
 import numpy as np
 from numba import njit, prange
 
-from ._config import PJIT
+from ._config import JIT, PJIT
+
+
+@njit(inline="always", **JIT)
+def _softmax_row(z, out, i):
+    """Row ``i`` of the numerically stable softmax: ``out[i] = exp(z[i] - max z[i]) / sum exp(...)``."""
+    n_lab = z.shape[1]
+    mx = z[i, 0]
+    for k in range(1, n_lab):
+        if z[i, k] > mx:
+            mx = z[i, k]
+    s = 0.0
+    for k in range(n_lab):
+        e = np.exp(z[i, k] - mx)
+        out[i, k] = e
+        s += e
+    inv = 1.0 / s
+    for k in range(n_lab):
+        out[i, k] *= inv
 
 
 @njit(**PJIT)
 def softmax_rows(z, out):
-    """``out[i] = exp(z[i] - max z[i]) / sum exp(...)`` for every row ``i`` (may alias ``z``)."""
-    n, n_lab = z.shape
-    for i in prange(n):
-        mx = z[i, 0]
-        for k in range(1, n_lab):
-            if z[i, k] > mx:
-                mx = z[i, k]
-        s = 0.0
-        for k in range(n_lab):
-            e = np.exp(z[i, k] - mx)
-            out[i, k] = e
-            s += e
-        inv = 1.0 / s
-        for k in range(n_lab):
-            out[i, k] *= inv
+    """The softmax of every row of ``z`` into ``out`` (which may alias ``z``)."""
+    for i in prange(z.shape[0]):
+        _softmax_row(z, out, i)
 
 
 @njit(**PJIT)
@@ -63,18 +69,7 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q):
                 for j in range(n_lab):
                     acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
                 z[i, k] = acc
-        mx = z[i, 0]
-        for k in range(1, n_lab):
-            if z[i, k] > mx:
-                mx = z[i, k]
-        tot = 0.0
-        for k in range(n_lab):
-            e = np.exp(z[i, k] - mx)
-            q[i, k] = e
-            tot += e
-        inv = 1.0 / tot
-        for k in range(n_lab):
-            q[i, k] *= inv
+        _softmax_row(z, q, i)
 
 
 @njit(**PJIT)

@@ -136,3 +136,22 @@ def test_bad_values(rng):
         lat.filter(np.ones((10, 1), dtype=np.int64))
     with pytest.raises(ValueError, match="empty"):
         lat.filter(np.ones((10, 0)))
+
+
+def test_same_result_whatever_the_thread_count(rng):
+    import numba
+
+    f = rng.normal(scale=3, size=(20000, 5))  # several construction chunks
+    v = rng.normal(size=(20000, 2)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            lat = Lattice(f)
+            outs.append((lat.num_vertices, lat.filter(v), lat.filter(v, transpose=True)))
+    finally:
+        numba.set_num_threads(before)
+    for m, out, out_t in outs[1:]:
+        assert m == outs[0][0]
+        assert np.array_equal(out, outs[0][1]) and np.array_equal(out_t, outs[0][2])

@@ -24,8 +24,8 @@ def _keras_verbose():
     return 1 if sys.stdout.isatty() else 2
 
 
-def _splits(args, with_crf=False):
-    """train/dev/test (and crf) datasets from ``--data`` or the synthetic generator."""
+def _splits(args, with_crf=False, only=None):
+    """train/dev/test (and crf) datasets from ``--data`` or the synthetic generator (``only``: just that split)."""
     from . import data
 
     if args.data:
@@ -34,6 +34,9 @@ def _splits(args, with_crf=False):
         parts["crf"] = parts["train"]
         return parts
     n = dict(train=args.n_train, dev=args.n_dev, test=args.n_test)
+    if only is not None:
+        k = data.SPLITS.index(only)
+        return {only: data.synthetic(n[only], args.seed * 1000 + k, size=args.size, progress=_progress())}
     parts = data.synthetic_splits(n["train"], n["dev"], n["test"], seed=args.seed, size=args.size,
                                   progress=_progress())
     if with_crf:
@@ -116,7 +119,7 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
         if args.data and args.split == "all":
             sets.append((f"{os.path.basename(os.path.normpath(args.data))} (all)", data.load_folder(args.data)))
         elif args.split != "none":
-            parts = parts or _splits(args)
+            parts = parts or _splits(args, only=args.split)
             label = os.path.basename(os.path.normpath(args.data)) if args.data else "synthetic"
             sets.append((f"{label} {args.split} split", parts[args.split]))
     smartdoc = getattr(args, "smartdoc", None)

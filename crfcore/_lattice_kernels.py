@@ -114,6 +114,7 @@ def embed(features, scale, chunk, table_size):
     for c in prange(n_chunks):
         table = np.full(table_size, _EMPTY, dtype=np.int32)
         elevated = np.empty(d1)
+        resid = np.empty(d1)
         rem0 = np.empty(d1, dtype=np.int64)
         rank = np.empty(d1, dtype=np.int64)
         prev_rem0 = np.empty(d1, dtype=np.int64)
@@ -145,10 +146,11 @@ def embed(features, scale, chunk, table_size):
             # rank of each coordinate's residual: the enclosing simplex
             for i in range(d1):
                 rank[i] = 0
+                resid[i] = elevated[i] - rem0[i]
             for i in range(d):
-                di = elevated[i] - rem0[i]
+                di = resid[i]
                 for j in range(i + 1, d1):
-                    if di < elevated[j] - rem0[j]:
+                    if di < resid[j]:
                         rank[i] += 1
                     else:
                         rank[j] += 1
@@ -253,9 +255,9 @@ def blur_neighbours(table, uniq):
 
 
 @njit(**JIT)
-def gather_index(offsets, m, d1):
+def gather_index(offsets, weights, m, d1):
     """CSR from each lattice vertex to the points that splat onto it: ``indptr`` and, per entry, the point
-    (``points``) and the slot ``p * (d + 1) + r`` it came from (``slots``, to gather any weights in CSR order)."""
+    (``points``), the slot ``p * (d + 1) + r`` it came from (``slots``) and its weight (``csr_weights``)."""
     indptr = np.zeros(m + 1, dtype=np.int64)
     for q in range(offsets.shape[0]):
         indptr[offsets[q] + 1] += 1
@@ -264,12 +266,15 @@ def gather_index(offsets, m, d1):
     fill = indptr[:m].copy()
     slots = np.empty(offsets.shape[0], dtype=np.int64)
     points = np.empty(offsets.shape[0], dtype=np.int32)
+    csr_weights = np.empty(offsets.shape[0], dtype=weights.dtype)
     for q in range(offsets.shape[0]):
         v = offsets[q]
-        slots[fill[v]] = q
-        points[fill[v]] = q // d1
-        fill[v] += 1
-    return indptr, slots, points
+        e = fill[v]
+        slots[e] = q
+        points[e] = q // d1
+        csr_weights[e] = weights[q]
+        fill[v] = e + 1
+    return indptr, slots, points, csr_weights
 
 
 @njit(**PJIT)

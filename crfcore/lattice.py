@@ -100,13 +100,13 @@ class Lattice:
         K.remap_offsets(offsets, remap, chunk, d1)
         m = uniq.shape[0]
         neighbours = K.blur_neighbours(table, uniq)
-        indptr, slots, points = K.gather_index(offsets, m, d1)
+        indptr, slots, points, w_csr = K.gather_index(offsets, weights, m, d1)
         self.num_points = n
         self.dim = d
         self.num_vertices = m
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self.arrays = LatticeArrays(offsets, weights, indptr, slots, points, neighbours)
-        self._weights = {np.dtype(np.float64): (weights, weights[slots])}
+        self._weights = {np.dtype(np.float64): (weights, w_csr)}
         self._ones = {}
 
     def __repr__(self):

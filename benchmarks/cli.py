@@ -191,6 +191,10 @@ def configs(quick, large):
     return [(s, n, it) for s in sizes for n in (2, 21) for it in (5, 10)]
 
 
+def _mib(x):
+    return float("nan") if x is None else x
+
+
 def fmt_table(rows):
     head = (f"{'size':>9} {'L':>3} {'it':>3} | {'crfcore':>9} {'1 thread':>9} {'densecrf':>9} | {'x (all)':>7} "
             f"{'x (1t)':>6} | {'ms/MP/it':>8} | {'build':>6} {'splat':>6} {'blur':>6} {'slice':>6} | "
@@ -205,7 +209,7 @@ def fmt_table(rows):
             f"{r.get('speedup', float('nan')):>7.2f} {r.get('speedup_1t', float('nan')):>6.2f} | "
             f"{r['crfcore_ms_per_mpix_iter']:>8.1f} | "
             f"{p['build_bilateral_ms'] + p['build_spatial_ms']:>6.1f} {p['splat_ms']:>6.1f} {p['blur_ms']:>6.1f} "
-            f"{p['slice_ms']:>6.1f} | {r['crfcore_peak_mib'] or float('nan'):>8.1f} "
+            XX
             f"{r.get('densecrf_peak_mib') or float('nan'):>8.1f} | {r.get('max_abs_dq', float('nan')):>8.1e} "
             f"{r.get('label_agreement_pct', float('nan')):>8.3f}")
     return "\n".join(lines)

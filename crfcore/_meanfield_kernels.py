@@ -1,6 +1,10 @@
 """Numba kernels of the mean-field iterations: row-wise softmax and its backward.
 
 No checking here: :mod:`crfcore.meanfield` validates and allocates.
+
+``tiny``: probabilities and gradient entries below it (the smallest normal float) are set to zero. Saturated
+softmaxes (logit gaps beyond ~87 in float32) produce subnormal floats, which CPUs process up to a hundred times
+slower; TensorFlow flushes subnormals to zero for the same reason.
 """
 
 import numpy as np
@@ -10,7 +14,7 @@ from ._config import JIT, PJIT
 
 
 @njit(inline="always", **JIT)
-def _softmax_row(z, out, i):
+def _softmax_row(z, out, i, tiny):
     """Row ``i`` of the numerically stable softmax: ``out[i] = exp(z[i] - max z[i]) / sum exp(...)``."""
     n_lab = z.shape[1]
     mx = z[i, 0]
@@ -24,18 +28,19 @@ def _softmax_row(z, out, i):
         s += e
     inv = 1.0 / s
     for k in range(n_lab):
-        out[i, k] *= inv
+        p = out[i, k] * inv
+        out[i, k] = p if p >= tiny else 0.0
 
 
 @njit(**PJIT)
-def softmax_rows(z, out):
+def softmax_rows(z, out, tiny):
     """The softmax of every row of ``z`` into ``out`` (which may alias ``z``)."""
     for i in prange(z.shape[0]):
-        _softmax_row(z, out, i)
+        _softmax_row(z, out, i, tiny)
 
 
 @njit(**PJIT)
-def softmax_rows_bwd(q, dq, out):
+def softmax_rows_bwd(q, dq, out, tiny):
     """Vector-Jacobian product of the row softmax: ``out[i] = q[i] * (dq[i] - <q[i], dq[i]>)``."""
     n, n_lab = q.shape
     for i in prange(n):
@@ -43,12 +48,13 @@ def softmax_rows_bwd(q, dq, out):
         for k in range(n_lab):
             dot += q[i, k] * dq[i, k]
         for k in range(n_lab):
-            out[i, k] = q[i, k] * (dq[i, k] - dot)
+            g = q[i, k] * (dq[i, k] - dot)
+            out[i, k] = g if abs(g) >= tiny else 0.0
 
 
 
 @njit(**PJIT)
-def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q):
+def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
     """Compatibility transform and softmax, fused: ``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)``.
 
     With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel.
@@ -69,7 +75,7 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q):
                 for j in range(n_lab):
                     acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
                 z[i, k] = acc
-        _softmax_row(z, q, i)
+        _softmax_row(z, q, i, tiny)
 
 
 @njit(**PJIT)

@@ -169,3 +169,15 @@ def test_matrix_compat_and_weights_equal_scalar_potts(rng):
     q1 = meanfield(logits, img, w_spatial=3.0, w_bilateral=10.0)
     q2 = meanfield(logits, img, w_spatial=3.0 * np.eye(3), w_bilateral=10.0 * np.eye(3), compat=crfcore.potts(3))
     np.testing.assert_allclose(q1, q2, atol=1e-12)
+
+
+def test_saturated_logits_give_clean_probabilities_and_gradients(rng):
+    # logit gaps of hundreds make exp underflow to subnormals: flushed to exact zeros, never NaN
+    img, inside = blob_image(rng, 12, 14)
+    logits = np.where(inside[..., None], [0.0, 300.0], [300.0, 0.0]).astype(np.float32)
+    out, res = meanfield_fwd(logits, img, n_iter=3)
+    assert np.isfinite(out).all() and set(np.unique(out)) <= {0.0, 1.0}
+    tiny = np.finfo(np.float32).tiny
+    assert not np.any((np.abs(res.q_in) > 0) & (np.abs(res.q_in) < tiny))
+    grads = crfcore.meanfield_bwd(res, rng.normal(size=out.shape))
+    assert np.isfinite(grads.logits).all() and np.isfinite(grads.compat).all()

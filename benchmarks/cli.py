@@ -209,8 +209,8 @@ def fmt_table(rows):
             f"{r.get('speedup', float('nan')):>7.2f} {r.get('speedup_1t', float('nan')):>6.2f} | "
             f"{r['crfcore_ms_per_mpix_iter']:>8.1f} | "
             f"{p['build_bilateral_ms'] + p['build_spatial_ms']:>6.1f} {p['splat_ms']:>6.1f} {p['blur_ms']:>6.1f} "
-            XX
-            f"{r.get('densecrf_peak_mib') or float('nan'):>8.1f} | {r.get('max_abs_dq', float('nan')):>8.1e} "
+            f"{p['slice_ms']:>6.1f} | {_mib(r.get('crfcore_peak_mib')):>8.1f} "
+            f"{_mib(r.get('densecrf_peak_mib')):>8.1f} | {r.get('max_abs_dq', float('nan')):>8.1e} "
             f"{r.get('label_agreement_pct', float('nan')):>8.3f}")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ its enclosing simplex, and given ``d + 1`` *barycentric* weights on that simplex
 The lattice is stored in gather form so that every parallel loop writes only its own rows:
 
 * ``offsets[p * (d + 1) + r]``: the lattice vertex of remainder ``r`` of point ``p``;
-* ``indptr`` / ``points`` / ``slots``: CSR from lattice vertex to the points (and slots) that touch it (splat);
+* ``indptr`` / ``points``: CSR from lattice vertex to the points that touch it (splat), with their weights;
 * ``neighbours[j, v]``: the two neighbours of vertex ``v`` along lattice direction ``j`` (blur), ``M`` (an
   all-zero row) where the neighbour does not exist.
 """
@@ -257,24 +257,22 @@ def blur_neighbours(table, uniq):
 @njit(**JIT)
 def gather_index(offsets, weights, m, d1):
     """CSR from each lattice vertex to the points that splat onto it: ``indptr`` and, per entry, the point
-    (``points``), the slot ``p * (d + 1) + r`` it came from (``slots``) and its weight (``csr_weights``)."""
+    (``points``) and the weight of its slot (``csr_weights``), in slot order within each vertex."""
     indptr = np.zeros(m + 1, dtype=np.int64)
     for q in range(offsets.shape[0]):
         indptr[offsets[q] + 1] += 1
     for v in range(m):
         indptr[v + 1] += indptr[v]
     fill = indptr[:m].copy()
-    slots = np.empty(offsets.shape[0], dtype=np.int64)
     points = np.empty(offsets.shape[0], dtype=np.int32)
     csr_weights = np.empty(offsets.shape[0], dtype=weights.dtype)
     for q in range(offsets.shape[0]):
         v = offsets[q]
         e = fill[v]
-        slots[e] = q
         points[e] = q // d1
         csr_weights[e] = weights[q]
         fill[v] = e + 1
-    return indptr, slots, points, csr_weights
+    return indptr, points, csr_weights
 
 
 @njit(**PJIT)

@@ -17,7 +17,6 @@ class LatticeArrays(NamedTuple):
     offsets: np.ndarray  # (N * (d + 1),) int32: vertex of each point slot
     weights: np.ndarray  # (N * (d + 1),) float64: barycentric weight of each slot
     indptr: np.ndarray  # (M + 1,) int64: CSR vertex -> entries
-    slots: np.ndarray  # (N * (d + 1),) int64: the slot p * (d + 1) + r of each CSR entry
     points: np.ndarray  # (N * (d + 1),) int32: the point p of each CSR entry
     neighbours: np.ndarray  # (d + 1, M, 2) int32: blur neighbours, M where absent
 
@@ -100,12 +99,12 @@ class Lattice:
         K.remap_offsets(offsets, remap, chunk, d1)
         m = uniq.shape[0]
         neighbours = K.blur_neighbours(table, uniq)
-        indptr, slots, points, w_csr = K.gather_index(offsets, weights, m, d1)
+        indptr, points, w_csr = K.gather_index(offsets, weights, m, d1)
         self.num_points = n
         self.dim = d
         self.num_vertices = m
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self.arrays = LatticeArrays(offsets, weights, indptr, slots, points, neighbours)
+        self.arrays = LatticeArrays(offsets, weights, indptr, points, neighbours)
         self._weights = {np.dtype(np.float64): (weights, w_csr)}
         self._ones = {}
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore.meanfield import NORMALIZATIONS
+from crfcore.inference import NORMALIZATIONS
 
 from . import tf_lattice
 

@@ -127,7 +127,7 @@ class TfLattice:
 
 
 class TfKernel:
-    """A lattice with densecrf's normalisation (see :class:`crfcore.meanfield.Kernel`)."""
+    """A lattice with densecrf's normalisation (see :class:`crfcore.inference.Kernel`)."""
 
     def __init__(self, features, normalization, embed_dtype=tf.float64):
         self.lattice = TfLattice(features, embed_dtype)

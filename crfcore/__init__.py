@@ -11,7 +11,7 @@ Lattice
 """
 
 from .lattice import Lattice
-from .meanfield import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
+from .inference import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
 
 __all__ = ["Lattice", "meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "MeanfieldResiduals", "potts"]
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Numba kernels of the mean-field iterations: row-wise softmax and its backward.
 
-No checking here: :mod:`crfcore.meanfield` validates and allocates.
+No checking here: :mod:`crfcore.inference` validates and allocates.
 
 ``tiny``: probabilities and gradient entries below it (the smallest normal float) are set to zero. Saturated
 softmaxes (logit gaps beyond ~87 in float32) produce subnormal floats, which CPUs process up to a hundred times

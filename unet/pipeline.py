@@ -20,7 +20,7 @@ from .model import build_unet
 #: The CRF-RNN layer's settings for 224x224 images in [0, 1]. Kernel widths are not trained, so they are chosen
 #: here: densecrf's default theta_alpha = 80 px spans a third of a 224 image and lets the paper's white leak into
 #: white desks (and dark text into dark surfaces); 10 px and 40 grey levels of 255 keep the bilateral kernel local.
-#: Chosen on a synthetic dev set with crfcore.meanfield before any training (the README gives the sweep).
+#: Chosen on a synthetic dev set with crfcore.meanfield before any training (the README gives the figures).
 CRF_PARAMS = dict(theta_alpha=10.0, theta_beta=40.0 / 255.0, theta_gamma=3.0, num_iterations=5,
                   normalization="symmetric", spatial_weight=3.0, bilateral_weight=5.0)
 METHODS = ("unet", "unet+meanfield", "unet+crf-rnn")

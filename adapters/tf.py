@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfcore import meanfield_bwd, meanfield_fwd
+from crfcore._validation import positive_scalar
 from crfcore.inference import NORMALIZATIONS
 
 from . import tf_lattice
@@ -189,14 +190,6 @@ class PottsInitializer(keras.initializers.Initializer):
         return {}
 
 
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a positive number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value}")
-    return float(value)
-
-
 @keras.saving.register_keras_serializable(package="crfcore")
 class CrfRnnLayer(keras.layers.Layer):
     """CRF as RNN (Zheng et al. 2015): mean-field refinement of a segmentation network's logits.
@@ -263,9 +256,9 @@ class CrfRnnLayer(keras.layers.Layer):
             raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
         self.image_dims = image_dims
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.theta_alpha = _check_positive(theta_alpha, "theta_alpha")
-        self.theta_beta = _check_positive(theta_beta, "theta_beta")
-        self.theta_gamma = _check_positive(theta_gamma, "theta_gamma")
+        self.theta_alpha = positive_scalar(theta_alpha, "theta_alpha")
+        self.theta_beta = positive_scalar(theta_beta, "theta_beta")
+        self.theta_gamma = positive_scalar(theta_gamma, "theta_gamma")
         self.num_iterations = int(num_iterations)
         self.normalization = normalization
         self.spatial_weight = float(spatial_weight)

@@ -35,12 +35,13 @@ def _splits(args, with_crf=False, only=None):
         return parts
     n = dict(train=args.n_train, dev=args.n_dev, test=args.n_test)
     if only is not None:
-        k = data.SPLITS.index(only)
-        return {only: data.synthetic(n[only], args.seed * 1000 + k, size=args.size, progress=_progress())}
+        return {only: data.synthetic(n[only], data.stream_seed(args.seed, only), size=args.size,
+                                     progress=_progress())}
     parts = data.synthetic_splits(n["train"], n["dev"], n["test"], seed=args.seed, size=args.size,
                                   progress=_progress())
     if with_crf:
-        parts["crf"] = data.synthetic(args.n_crf, args.seed * 1000 + 3, size=args.size, progress=_progress())
+        parts["crf"] = data.synthetic(args.n_crf, data.stream_seed(args.seed, "crf"), size=args.size,
+                                        progress=_progress())
     return parts
 
 
@@ -166,7 +167,7 @@ def cmd_export(args):
     if args.data:
         images = data.load_folder(args.data, size=size).images[: args.n_check]
     else:
-        images = data.synthetic(args.n_check, args.seed * 1000 + 2, size=size).images
+        images = data.synthetic(args.n_check, data.stream_seed(args.seed, "test"), size=size).images
     report = export.export(model, args.out, images)
     pipeline.save_json(report, os.path.join(args.out, "export.json"))
     export.check(report)

@@ -11,6 +11,13 @@ from . import synth
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "dev", "test")
+#: Synthetic streams: one per split, plus one for the CRF-RNN stage.
+STREAMS = SPLITS + ("crf",)
+
+
+def stream_seed(seed, name):
+    """The generator seed of the synthetic stream ``name`` (disjoint streams for one run seed)."""
+    return seed * 1000 + STREAMS.index(name)
 
 
 class Dataset:
@@ -98,5 +105,5 @@ def synthetic(n, seed, size=224, workers=None, progress=None):
 
 def synthetic_splits(n_train, n_dev, n_test, seed, size=224, progress=None):
     """Disjoint synthetic train/dev/test sets (different seeds per split)."""
-    return {name: synthetic(n, seed * 1000 + k, size, progress=progress)
-            for k, (name, n) in enumerate(zip(SPLITS, (n_train, n_dev, n_test)))}
+    return {name: synthetic(n, stream_seed(seed, name), size, progress=progress)
+            for name, n in zip(SPLITS, (n_train, n_dev, n_test))}

@@ -16,3 +16,8 @@ PJIT = dict(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 #: simplex boundary (pixel grids) then round the same way in every implementation of the same steps (the
 #: pure-TensorFlow lattice in adapters/tf_lattice.py repeats them), so all of them build the same lattice.
 PJIT_EXACT = dict(nogil=True, cache=True, parallel=True)
+
+#: Serial kernels that call the embedding. A kernel called from another is compiled in its caller's context:
+#: a fastmath caller would give the embedding fastmath arithmetic (seen: a different simplex for points on a
+#: three-way tie), so its callers must be exact too.
+JIT_EXACT = dict(nogil=True, cache=True)

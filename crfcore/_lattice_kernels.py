@@ -5,292 +5,373 @@ Names follow the paper and Krähenbühl's ``permutohedral.cpp``: each point is *
 ``sum(x) = 0`` of R^(d+1), rounded to its closest remainder-0 lattice point ``rem0``, sorted (``rank``) to find
 its enclosing simplex, and given ``d + 1`` *barycentric* weights on that simplex's vertices.
 
-The lattice is stored in gather form so that every parallel loop writes only its own rows:
+**Keys.** A vertex is identified by its first ``d`` integer coordinates (the last is implied by ``sum == 0``),
+packed into ``n_words`` uint64 words: coordinate ``k`` minus ``lo[k]`` sits in ``bits`` bits of word
+``k // per_word``. ``lo`` and ``bits`` leave a margin around every coordinate a vertex or a blur neighbour can
+take, so moving a vertex (``+1`` on all coordinates, ``-(d + 1)`` on one) is a few integer additions on the packed
+words that never carry from one field into the next. Equal keys are equal vertices; one hash table probe
+compares a word or two.
 
-* ``offsets[p * (d + 1) + r]``: the lattice vertex of remainder ``r`` of point ``p``;
-* ``indptr`` / ``points``: CSR from lattice vertex to the points that touch it (splat), with their weights;
+**Chunks.** Points are cut into chunks of ``chunk`` consecutive points, each with its own *local* numbering of the
+vertices it touches (in parallel over chunks, in order within a chunk, so nothing depends on the thread count):
+
+* ``offsets[p * (d + 1) + r]``: chunk-local row of the vertex of remainder ``r`` of point ``p``;
+* ``starts[c]``: chunk ``c``'s first row in the stack of all chunks' local rows;
+* ``remap[i]``: the global vertex of local row ``i``; ``indptr`` / ``rows``: its inverse (CSR, vertex -> rows);
 * ``neighbours[j, v]``: the two neighbours of vertex ``v`` along lattice direction ``j`` (blur), ``M`` (an
   all-zero row) where the neighbour does not exist.
+
+Filtering is then: splat each chunk into its local rows (scatter within a chunk: cache-resident, no races), sum
+the local rows of each vertex (``gather_rows``), blur, copy the blurred vertices back to the local rows
+(``scatter_rows``) and slice from them.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from ._config import JIT, PJIT, PJIT_EXACT
+from ._config import JIT, JIT_EXACT, PJIT, PJIT_EXACT
 
 _EMPTY = np.int32(-1)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_FOLD = np.uint64(29)
+_ONE = np.uint64(1)
+#: Points per block of the vectorised part of the embedding (coordinates in SIMD lanes).
+_BLOCK = 128
 
 
-@njit(**JIT)
-def _mix(h):
-    # splitmix64 finaliser: spreads the bits of a uint64
-    h ^= h >> np.uint64(30)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(27)
-    h *= np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
-    return h
+@njit(inline="always", **JIT)
+def _slot(key, shift):
+    """Table slot of a packed key: fold the words, multiply by the golden ratio, keep the top bits."""
+    h = key[0]
+    for w in range(1, key.shape[0]):
+        h = ((h ^ (h >> _FOLD)) * _GOLDEN) ^ key[w]
+    h ^= h >> _FOLD
+    return (h * _GOLDEN) >> shift
 
 
-@njit(**JIT)
-def _hash_shifted(key, j, s):
-    """Hash of ``key`` moved by ``s`` (+1/-1/0) along lattice direction ``j`` (``j == d``: all +s)."""
-    d = key.shape[0]
-    h = np.uint64(0xCBF29CE484222325)
-    for k in range(d):
-        c = np.int64(key[k]) + s
-        if k == j:
-            c -= s * (d + 1)
-        h = (h ^ np.uint64(c & 0xFFFFFFFF)) * np.uint64(0x100000001B3)
-    return _mix(h)
-
-
-@njit(**JIT)
-def _equal_shifted(stored, key, j, s):
-    d = key.shape[0]
-    for k in range(d):
-        c = np.int64(key[k]) + s
-        if k == j:
-            c -= s * (d + 1)
-        if stored[k] != c:
-            return False
-    return True
-
-
-@njit(**JIT)
-def _find(table, uniq, key, j, s):
-    """Index of the vertex ``key`` shifted along ``j`` by ``s``, or -1 when it is not in the lattice."""
-    mask = np.uint64(table.shape[0] - 1)
-    h = _hash_shifted(key, j, s) & mask
+@njit(inline="always", **JIT)
+def _lookup(tkeys, tids, key, shift):
+    """The slot of ``key`` in an open-addressing table: the one holding it, or the empty one where it goes."""
+    mask = np.uint64(tids.shape[0] - 1)
+    h = _slot(key, shift)
     while True:
-        e = table[h]
-        if e < 0:
-            return -1
-        if _equal_shifted(uniq[e], key, j, s):
-            return e
-        h = (h + np.uint64(1)) & mask
-
-
-@njit(**JIT)
-def _probe_insert(table, keys, base, m, key):
-    """Find ``key`` among ``keys[base:base + m]`` through ``table`` or append it; returns (index, new m)."""
-    mask = np.uint64(table.shape[0] - 1)
-    h = _hash_shifted(key, 0, 0) & mask
-    d = key.shape[0]
-    while True:
-        e = table[h]
-        if e < 0:
-            keys[base + m] = key
-            table[h] = m
-            return m, m + 1
+        if tids[h] < 0:
+            return h
         same = True
-        for k in range(d):
-            if keys[base + e, k] != key[k]:
+        for w in range(key.shape[0]):
+            if tkeys[h, w] != key[w]:
                 same = False
                 break
         if same:
-            return e, m
-        h = (h + np.uint64(1)) & mask
+            return h
+        h = (h + _ONE) & mask
+
+
+@njit(**JIT)
+def _table(store, m, capacity):
+    """A table of ``capacity`` slots (a power of two) holding the keys ``store[:m]``, numbered by row."""
+    tkeys = np.empty((capacity, store.shape[1]), dtype=np.uint64)
+    tids = np.full(capacity, _EMPTY, dtype=np.int32)
+    log2 = 0
+    while (1 << log2) < capacity:
+        log2 += 1
+    shift = np.uint64(64 - log2)
+    for e in range(m):
+        h = _lookup(tkeys, tids, store[e], shift)
+        tkeys[h] = store[e]
+        tids[h] = e
+    return tkeys, tids, shift
+
+
+@njit(**JIT)
+def key_fields(d, bits, per_word, n_words):
+    """Word index and bit shift of each stored coordinate, and the packed ``+1 on every coordinate``."""
+    word = np.empty(d, dtype=np.int64)
+    shift = np.empty(d, dtype=np.uint64)
+    ones = np.zeros(n_words, dtype=np.uint64)
+    for k in range(d):
+        word[k] = k // per_word
+        shift[k] = np.uint64((k % per_word) * bits)
+        ones[word[k]] += _ONE << shift[k]
+    return word, shift, ones
 
 
 @njit(**PJIT_EXACT)
-def embed(features, scale, chunk, table_size):
-    """Elevate every point, find its simplex and barycentric weights (Adams et al. 2010, p. 5-10), and
-    deduplicate the simplex vertices within each chunk of ``chunk`` points (in parallel over chunks).
+def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts):
+    """Embed the points of chunks ``c0 .. c1 - 1`` (in parallel over chunks).
 
-    Consecutive points in the same simplex (common: neighbouring pixels) reuse the previous point's vertices
-    without hashing. Returns ``local_keys`` (chunk ``c``'s unique vertex keys at rows ``c * chunk * (d + 1)``
-    onwards; the key is a vertex's first ``d`` coordinates, the last being implied by ``sum == 0``), their
-    ``counts`` per chunk, ``offsets`` (each slot's vertex index *within its chunk*) and ``weights``.
+    Writes each point's barycentric ``weights`` and chunk-local vertex ``offsets``, chunk ``c``'s unique vertex
+    keys in order of first use at ``keys[(c - c0) * chunk * (d + 1):]`` and their number at ``counts[c]``.
+    The elevation, rounding and ranking of a block of points run coordinate by coordinate over the block's
+    points (SIMD lanes); the float64 arithmetic is plain IEEE in the order of Adams et al. (p. 5-10), which the
+    pure-TensorFlow lattice repeats step by step. Consecutive points in the same simplex (common: neighbouring
+    pixels) reuse the previous point's vertices without hashing.
+    """
+    n, d = features.shape
+    d1 = d + 1
+    n_words = keys.shape[1]
+    stride = chunk * d1
+    inv_d1 = 1.0 / d1
+    word, fshift, ones = key_fields(d, bits, per_word, n_words)
+    for ci in prange(c1 - c0):
+        c = c0 + ci
+        store = keys[ci * stride:(ci + 1) * stride]
+        capacity = 1024
+        tkeys, tids, shift = _table(store, 0, capacity)
+        el = np.empty((d1, _BLOCK))
+        r0 = np.empty((d1, _BLOCK), dtype=np.int64)
+        rank = np.empty((d1, _BLOCK), dtype=np.int64)
+        total = np.empty(_BLOCK, dtype=np.int64)
+        bary = np.empty(d + 2)
+        inverse = np.empty(d1, dtype=np.int64)
+        key = np.empty(n_words, dtype=np.uint64)
+        prev_r0 = np.empty(d1, dtype=np.int64)
+        prev_rank = np.empty(d1, dtype=np.int64)
+        m = 0
+        first = c * chunk
+        end = min(n, first + chunk)
+        for b0 in range(first, end, _BLOCK):
+            nb = min(_BLOCK, end - b0)
+            # elevation y = E f (p. 5): cumulative sums of the scaled features
+            for t in range(nb):
+                el[0, t] = 0.0
+                total[t] = 0
+            for j in range(d, 0, -1):
+                sj = scale[j - 1]
+                for t in range(nb):
+                    cf = features[b0 + t, j - 1] * sj
+                    el[j, t] = el[0, t] - j * cf
+                    el[0, t] = el[0, t] + cf
+            # closest remainder-0 point by rounding each coordinate to a multiple of d + 1
+            for i in range(d1):
+                for t in range(nb):
+                    v = el[i, t] * inv_d1
+                    up = np.int64(np.ceil(v)) * d1
+                    down = np.int64(np.floor(v)) * d1
+                    x = up if up - el[i, t] < el[i, t] - down else down
+                    r0[i, t] = x
+                    total[t] += x
+                    rank[i, t] = 0
+            # rank of each coordinate's residual: the enclosing simplex
+            for i in range(d):
+                for j in range(i + 1, d1):
+                    for t in range(nb):
+                        lt = np.int64(el[i, t] - r0[i, t] < el[j, t] - r0[j, t])
+                        rank[i, t] += lt
+                        rank[j, t] += 1 - lt
+            # bring the point back onto the plane when the rounded coordinates do not sum to zero
+            for i in range(d1):
+                for t in range(nb):
+                    rk = rank[i, t] + total[t] // d1
+                    fix = np.int64(rk < 0) - np.int64(rk > d)
+                    rank[i, t] = rk + fix * d1
+                    r0[i, t] += fix * d1
+            for t in range(nb):
+                p = b0 + t
+                # barycentric coordinates (p. 10)
+                for i in range(d + 2):
+                    bary[i] = 0.0
+                for i in range(d1):
+                    rk = rank[i, t]
+                    inverse[rk] = i
+                    v = (el[i, t] - r0[i, t]) * inv_d1
+                    bary[d - rk] += v
+                    bary[d - rk + 1] -= v
+                bary[0] += 1.0 + bary[d1]
+                same = p > first
+                if same:
+                    for i in range(d1):
+                        if r0[i, t] != prev_r0[i] or rank[i, t] != prev_rank[i]:
+                            same = False
+                            break
+                for i in range(d1):
+                    prev_r0[i] = r0[i, t]
+                    prev_rank[i] = rank[i, t]
+                if same:
+                    for r in range(d1):
+                        q = p * d1 + r
+                        weights[q] = bary[r]
+                        offsets[q] = offsets[q - d1]
+                    continue
+                # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
+                for w in range(n_words):
+                    key[w] = 0
+                for k in range(d):
+                    key[word[k]] += np.uint64(r0[k, t] - lo[k]) << fshift[k]
+                for r in range(d1):
+                    q = p * d1 + r
+                    weights[q] = bary[r]
+                    h = _lookup(tkeys, tids, key, shift)
+                    if tids[h] < 0:
+                        tkeys[h] = key
+                        tids[h] = m
+                        store[m] = key
+                        m += 1
+                        if 2 * m > capacity:
+                            capacity *= 2
+                            tkeys, tids, shift = _table(store, m, capacity)
+                            h = _lookup(tkeys, tids, key, shift)
+                    offsets[q] = tids[h]
+                    for w in range(n_words):
+                        key[w] += ones[w]
+                    k = inverse[d - r]
+                    if k < d:
+                        key[word[k]] -= np.uint64(d1) << fshift[k]
+        counts[c] = m
+
+
+@njit(**JIT_EXACT)
+def build(features, scale, lo, bits, per_word, n_words, chunk, wave):
+    """The whole lattice construction: embed ``wave`` chunks at a time in parallel, then number their unique
+    vertices globally in chunk order (serial, so the numbering is the same whatever the thread count).
+
+    Returns ``offsets``, ``weights`` (float32), ``starts``, ``remap``, the unique keys ``(M, n_words)`` and the
+    global hash table (``tkeys``, ``tids``, ``shift``) for the neighbour search.
     """
     n, d = features.shape
     d1 = d + 1
     n_chunks = (n + chunk - 1) // chunk
-    inv_d1 = 1.0 / d1
-    local_keys = np.empty((n * d1, d), dtype=np.int32)
-    counts = np.zeros(n_chunks, dtype=np.int64)
-    offsets = np.empty(n * d1, dtype=np.int32)
-    weights = np.empty(n * d1, dtype=np.float64)
-    for c in prange(n_chunks):
-        table = np.full(table_size, _EMPTY, dtype=np.int32)
-        elevated = np.empty(d1)
-        resid = np.empty(d1)
-        rem0 = np.empty(d1, dtype=np.int64)
-        rank = np.empty(d1, dtype=np.int64)
-        prev_rem0 = np.empty(d1, dtype=np.int64)
-        prev_rank = np.empty(d1, dtype=np.int64)
-        bary = np.empty(d + 2)
-        key = np.empty(d, dtype=np.int32)
-        base = c * chunk * d1
-        m = 0
-        for p in range(c * chunk, min(n, (c + 1) * chunk)):
-            # elevation y = E f (p. 5): cumulative sums of the scaled features
-            sm = 0.0
-            for j in range(d, 0, -1):
-                cf = features[p, j - 1] * scale[j - 1]
-                elevated[j] = sm - j * cf
-                sm += cf
-            elevated[0] = sm
-            # closest remainder-0 point by rounding each coordinate to a multiple of d + 1
-            total = 0
-            for i in range(d1):
-                v = elevated[i] * inv_d1
-                up = np.int64(np.ceil(v)) * d1
-                down = np.int64(np.floor(v)) * d1
-                if up - elevated[i] < elevated[i] - down:
-                    rem0[i] = up
-                else:
-                    rem0[i] = down
-                total += rem0[i]
-            total //= d1
-            # rank of each coordinate's residual: the enclosing simplex
-            for i in range(d1):
-                rank[i] = 0
-                resid[i] = elevated[i] - rem0[i]
-            for i in range(d):
-                di = resid[i]
-                for j in range(i + 1, d1):
-                    if di < resid[j]:
-                        rank[i] += 1
-                    else:
-                        rank[j] += 1
-            # bring the point back onto the plane when the rounded coordinates do not sum to zero
-            for i in range(d1):
-                rank[i] += total
-                if rank[i] < 0:
-                    rank[i] += d1
-                    rem0[i] += d1
-                elif rank[i] > d:
-                    rank[i] -= d1
-                    rem0[i] -= d1
-            # barycentric coordinates (p. 10)
-            for i in range(d + 2):
-                bary[i] = 0.0
-            for i in range(d1):
-                v = (elevated[i] - rem0[i]) * inv_d1
-                bary[d - rank[i]] += v
-                bary[d - rank[i] + 1] -= v
-            bary[0] += 1.0 + bary[d1]
-            same = p > c * chunk
-            if same:
-                for i in range(d1):
-                    if rem0[i] != prev_rem0[i] or rank[i] != prev_rank[i]:
-                        same = False
-                        break
-            # the d + 1 vertices: rem0 plus the canonical simplex of each remainder
-            for r in range(d1):
-                q = p * d1 + r
-                weights[q] = bary[r]
-                if same:
-                    offsets[q] = offsets[q - d1]
-                    continue
-                for k in range(d):
-                    if rank[k] <= d - r:
-                        key[k] = rem0[k] + r
-                    else:
-                        key[k] = rem0[k] + r - d1
-                offsets[q], m = _probe_insert(table, local_keys, base, m, key)
-            for i in range(d1):
-                prev_rem0[i] = rem0[i]
-                prev_rank[i] = rank[i]
-        counts[c] = m
-    return local_keys, counts, offsets, weights
-
-
-@njit(**JIT)
-def merge(local_keys, counts, stride, capacity):
-    """Merge the chunks' unique keys into one hash table, chunk by chunk (deterministic numbering).
-
-    Returns the unique keys ``(M, d)``, the table (a power of two, at most half full) and ``remap``:
-    ``remap[c * stride + e]`` is the global index of chunk ``c``'s local vertex ``e``.
-    """
-    d = local_keys.shape[1]
-    table = np.full(capacity, _EMPTY, dtype=np.int32)
-    uniq = np.empty((capacity // 2 + 1, d), dtype=np.int32)  # m <= capacity / 2 before the table grows
-    remap = np.empty(local_keys.shape[0], dtype=np.int32)
-    m = 0
-    for c in range(counts.shape[0]):
-        for e in range(counts[c]):
-            key = local_keys[c * stride + e]
-            g, m_new = _probe_insert(table, uniq, 0, m, key)
-            remap[c * stride + e] = g
-            if m_new > m:
-                m = m_new
-                if 2 * m > table.shape[0]:  # grow: double the table, rehash, and the key store with it
-                    table = np.full(2 * table.shape[0], _EMPTY, dtype=np.int32)
-                    mask = np.uint64(table.shape[0] - 1)
-                    for e2 in range(m):
-                        h = _hash_shifted(uniq[e2], 0, 0) & mask
-                        while table[h] >= 0:
-                            h = (h + np.uint64(1)) & mask
-                        table[h] = e2
-                    grown = np.empty((table.shape[0] // 2 + 1, d), dtype=np.int32)
-                    grown[:m] = uniq[:m]
-                    uniq = grown
-    return uniq[:m].copy(), table, remap
-
-
-@njit(**PJIT)
-def remap_offsets(offsets, remap, chunk, d1):
-    """Chunk-local vertex indices to global ones, in place."""
     stride = chunk * d1
-    for q in prange(offsets.shape[0]):
-        c = (q // d1) // chunk
-        offsets[q] = remap[c * stride + offsets[q]]
+    offsets = np.empty(n * d1, dtype=np.int32)
+    weights = np.empty(n * d1, dtype=np.float32)
+    counts = np.zeros(n_chunks, dtype=np.int64)
+    keys = np.empty((wave * stride, n_words), dtype=np.uint64)
+    starts = np.zeros(n_chunks + 1, dtype=np.int64)
+    remap = np.empty(max(16, n * d1 // 4), dtype=np.int32)
+    capacity = 1 << 12
+    uniq = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
+    tkeys, tids, shift = _table(uniq, 0, capacity)
+    m = 0
+    rows = 0
+    for c0 in range(0, n_chunks, wave):
+        c1 = min(n_chunks, c0 + wave)
+        embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)
+        for c in range(c0, c1):
+            starts[c + 1] = starts[c] + counts[c]
+            if starts[c + 1] > remap.shape[0]:
+                grown = np.empty(max(2 * remap.shape[0], starts[c + 1]), dtype=np.int32)
+                grown[:rows] = remap[:rows]
+                remap = grown
+            for e in range(counts[c]):
+                key = keys[(c - c0) * stride + e]
+                h = _lookup(tkeys, tids, key, shift)
+                if tids[h] < 0:
+                    uniq[m] = key
+                    tkeys[h] = key
+                    tids[h] = m
+                    m += 1
+                    if 2 * m > capacity:
+                        capacity *= 2
+                        grown_keys = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
+                        grown_keys[:m] = uniq[:m]
+                        uniq = grown_keys
+                        tkeys, tids, shift = _table(uniq, m, capacity)
+                        h = _lookup(tkeys, tids, key, shift)
+                remap[rows] = tids[h]
+                rows += 1
+    return offsets, weights, starts, remap[:rows].copy(), uniq[:m].copy(), tkeys, tids, shift
 
 
 @njit(**PJIT)
-def blur_neighbours(table, uniq):
-    """``neighbours[j, v, 0/1]``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along direction ``j``."""
-    m, d = uniq.shape
-    out = np.empty((d + 1, m, 2), dtype=np.int32)
-    for v in prange(m):
-        key = uniq[v]
-        for j in range(d + 1):
-            for side in range(2):
-                s = 1 if side == 0 else -1
-                e = _find(table, uniq, key, j, s)
-                out[j, v, side] = m if e < 0 else e
+def blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word):
+    """``neighbours[j, v, 0/1]``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along direction ``j``
+    (``-d`` at coordinate ``j``; for ``j == d`` it falls on the implied coordinate), ``M`` where absent."""
+    m, n_words = uniq.shape
+    d1 = d + 1
+    word, fshift, ones = key_fields(d, bits, per_word, n_words)
+    out = np.empty((d1, m, 2), dtype=np.int32)
+    n_blocks = (m + _BLOCK - 1) // _BLOCK
+    for blk in prange(n_blocks):
+        key = np.empty(n_words, dtype=np.uint64)
+        for v in range(blk * _BLOCK, min(m, (blk + 1) * _BLOCK)):
+            for j in range(d1):
+                for side in range(2):
+                    for w in range(n_words):
+                        key[w] = uniq[v, w] - ones[w] if side == 0 else uniq[v, w] + ones[w]
+                    if j < d:
+                        step = np.uint64(d1) << fshift[j]
+                        key[word[j]] = key[word[j]] + step if side == 0 else key[word[j]] - step
+                    e = tids[_lookup(tkeys, tids, key, shift)]
+                    out[j, v, side] = m if e < 0 else e
     return out
 
 
 @njit(**JIT)
-def gather_index(offsets, weights, m, d1):
-    """CSR from each lattice vertex to the points that splat onto it: ``indptr`` and, per entry, the point
-    (``points``) and the weight of its slot (``csr_weights``), in slot order within each vertex."""
+def invert_remap(remap, m):
+    """CSR of the local rows of each vertex (``indptr``, ``rows``), rows in increasing order."""
     indptr = np.zeros(m + 1, dtype=np.int64)
-    for q in range(offsets.shape[0]):
-        indptr[offsets[q] + 1] += 1
+    for i in range(remap.shape[0]):
+        indptr[remap[i] + 1] += 1
     for v in range(m):
         indptr[v + 1] += indptr[v]
     fill = indptr[:m].copy()
-    points = np.empty(offsets.shape[0], dtype=np.int32)
-    csr_weights = np.empty(offsets.shape[0], dtype=weights.dtype)
-    for q in range(offsets.shape[0]):
-        v = offsets[q]
-        e = fill[v]
-        points[e] = q // d1
-        csr_weights[e] = weights[q]
-        fill[v] = e + 1
-    return indptr, points, csr_weights
+    rows = np.empty(remap.shape[0], dtype=np.int32)
+    for i in range(remap.shape[0]):
+        v = remap[i]
+        rows[fill[v]] = i
+        fill[v] += 1
+    return indptr, rows
 
 
 @njit(**PJIT)
-def splat(values, pre, csr_weights, indptr, points, out):
-    """``out[v] = sum over the entries e of v: csr_weights[e] * pre[p] * values[p]`` with ``p = points[e]``;
-    row ``M`` is zeroed. Gather form: each vertex is written by one thread only, in a fixed order."""
+def splat(values, pre, offsets, weights, starts, chunk, local):
+    """``local[starts[c] + e] = sum over the slots q of chunk c on local vertex e: weights[q] pre[p] values[p]``
+    (in parallel over chunks, in point order within one)."""
+    n, n_ch = values.shape
+    d1 = offsets.shape[0] // n
+    for c in prange(starts.shape[0] - 1):
+        base = starts[c]
+        for i in range(base, starts[c + 1]):
+            for k in range(n_ch):
+                local[i, k] = 0.0
+        for p in range(c * chunk, min(n, (c + 1) * chunk)):
+            x = pre[p]
+            if n_ch == 1:
+                v0 = x * values[p, 0]
+                for r in range(d1):
+                    q = p * d1 + r
+                    local[base + offsets[q], 0] += weights[q] * v0
+            elif n_ch == 2:
+                v0 = x * values[p, 0]
+                v1 = x * values[p, 1]
+                for r in range(d1):
+                    q = p * d1 + r
+                    i = base + offsets[q]
+                    local[i, 0] += weights[q] * v0
+                    local[i, 1] += weights[q] * v1
+            else:
+                for r in range(d1):
+                    q = p * d1 + r
+                    i = base + offsets[q]
+                    w = weights[q] * x
+                    for k in range(n_ch):
+                        local[i, k] += w * values[p, k]
+
+
+@njit(**PJIT)
+def gather_rows(local, indptr, rows, out):
+    """``out[v] = sum of the local rows of vertex v`` (in row order); row ``M`` is zeroed."""
     m = indptr.shape[0] - 1
-    n_ch = values.shape[1]
+    n_ch = local.shape[1]
     for v in prange(m):
-        for c in range(n_ch):
-            out[v, c] = 0.0
+        for k in range(n_ch):
+            out[v, k] = 0.0
         for e in range(indptr[v], indptr[v + 1]):
-            p = points[e]
-            w = csr_weights[e] * pre[p]
-            for c in range(n_ch):
-                out[v, c] += w * values[p, c]
-    for c in range(n_ch):
-        out[m, c] = 0.0
+            i = rows[e]
+            for k in range(n_ch):
+                out[v, k] += local[i, k]
+    for k in range(n_ch):
+        out[m, k] = 0.0
+
+
+@njit(**PJIT)
+def scatter_rows(lattice_values, remap, local):
+    """``local[i] = lattice_values[remap[i]]``: every chunk's copy of the vertices it touches."""
+    n_ch = local.shape[1]
+    for i in prange(remap.shape[0]):
+        v = remap[i]
+        for k in range(n_ch):
+            local[i, k] = lattice_values[v, k]
 
 
 @njit(**PJIT)
@@ -301,26 +382,44 @@ def blur(src, nbrs, dst):
     for v in prange(m):
         a = nbrs[v, 0]
         b = nbrs[v, 1]
-        for c in range(n_ch):
-            dst[v, c] = src[v, c] + 0.5 * (src[a, c] + src[b, c])
-    for c in range(n_ch):
-        dst[m, c] = 0.0
+        for k in range(n_ch):
+            dst[v, k] = src[v, k] + 0.5 * (src[a, k] + src[b, k])
+    for k in range(n_ch):
+        dst[m, k] = 0.0
 
 
 @njit(**PJIT)
-def slice_(lattice_values, offsets, weights, alpha, post, d1, out):
-    """``out[p] = alpha * post[p] * sum_r weights[p, r] * lattice_values[offsets[p, r]]``."""
-    n = out.shape[0]
-    n_ch = out.shape[1]
+def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
+    """``out[p] = alpha * post[p] * sum_r weights[p, r] * local[starts[c] + offsets[p, r]]``."""
+    n, n_ch = out.shape
+    d1 = offsets.shape[0] // n
     for p in prange(n):
-        for c in range(n_ch):
-            out[p, c] = 0.0
-        for r in range(d1):
-            q = p * d1 + r
-            w = weights[q]
-            v = offsets[q]
-            for c in range(n_ch):
-                out[p, c] += w * lattice_values[v, c]
+        base = starts[p // chunk]
         s = alpha * post[p]
-        for c in range(n_ch):
-            out[p, c] *= s
+        if n_ch == 1:
+            a0 = 0.0
+            for r in range(d1):
+                q = p * d1 + r
+                a0 += weights[q] * local[base + offsets[q], 0]
+            out[p, 0] = s * a0
+        elif n_ch == 2:
+            a0 = 0.0
+            a1 = 0.0
+            for r in range(d1):
+                q = p * d1 + r
+                i = base + offsets[q]
+                a0 += weights[q] * local[i, 0]
+                a1 += weights[q] * local[i, 1]
+            out[p, 0] = s * a0
+            out[p, 1] = s * a1
+        else:
+            for k in range(n_ch):
+                out[p, k] = 0.0
+            for r in range(d1):
+                q = p * d1 + r
+                i = base + offsets[q]
+                w = weights[q]
+                for k in range(n_ch):
+                    out[p, k] += w * local[i, k]
+            for k in range(n_ch):
+                out[p, k] *= s

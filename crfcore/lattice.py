@@ -7,17 +7,19 @@ import numpy as np
 from . import _lattice_kernels as K
 from ._validation import as_float_array, check_finite, check_nonempty
 
-#: Lattice coordinates are int32; elevated features must stay well inside that range.
+#: Elevated features must stay well inside int32 (the pure-TensorFlow lattice's coordinates).
 _MAX_COORD = 2.0**30
 
 
 class LatticeArrays(NamedTuple):
-    """The arrays of one lattice, grouped (all read-only once built)."""
+    """The arrays of one lattice, grouped (all read-only once built; see :mod:`crfcore._lattice_kernels`)."""
 
-    offsets: np.ndarray  # (N * (d + 1),) int32: vertex of each point slot
-    weights: np.ndarray  # (N * (d + 1),) float64: barycentric weight of each slot
-    indptr: np.ndarray  # (M + 1,) int64: CSR vertex -> entries
-    points: np.ndarray  # (N * (d + 1),) int32: the point p of each CSR entry
+    offsets: np.ndarray  # (N * (d + 1),) int32: chunk-local row of each point slot's vertex
+    weights: np.ndarray  # (N * (d + 1),) float32: barycentric weight of each slot
+    starts: np.ndarray  # (chunks + 1,) int64: first local row of each chunk
+    remap: np.ndarray  # (R,) int32: vertex of each local row
+    indptr: np.ndarray  # (M + 1,) int64: CSR vertex -> local rows
+    rows: np.ndarray  # (R,) int32
     neighbours: np.ndarray  # (d + 1, M, 2) int32: blur neighbours, M where absent
 
 
@@ -31,13 +33,42 @@ def elevation_scale(d):
     return np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((i + 1) * (i + 2))
 
 
-#: Points per chunk of the parallel lattice construction. Fixed (not tied to the thread count) so that the
-#: lattice, and every result, is the same whatever the number of threads.
-_CHUNK = 8192
+def chunk_size(n):
+    """Points per chunk of the lattice construction: about N / 16, between 1024 and 8192.
+
+    It depends on N alone (never on the thread count), so the lattice, and every result, is the same whatever
+    the number of threads.
+    """
+    return int(min(max(n // 16, 1024), 8192))
 
 
-def _pow2(n):
-    return 1 << max(6, int(np.ceil(np.log2(max(2, n)))))
+#: Chunks embedded at once (in parallel) before their vertices are numbered.
+_WAVE = 8
+
+
+def key_layout(fmin, fmax, scale):
+    """How the first ``d`` coordinates of a vertex pack into uint64 words (see :mod:`crfcore._lattice_kernels`).
+
+    Bounds every elevated coordinate by interval arithmetic on the per-feature ranges, widens the bounds by
+    the moves a vertex or a blur neighbour can make from there, and returns ``(lo, bits, per_word, n_words)``.
+    """
+    d = scale.shape[0]
+    d1 = d + 1
+    cmin, cmax = fmin * scale, fmax * scale
+    # elevated[k] = sum_{i >= k} c_i - k c_{k-1}  (k = 0 has no second term)
+    tail_min = np.cumsum(cmin[::-1])[::-1]
+    tail_max = np.cumsum(cmax[::-1])[::-1]
+    k = np.arange(d, dtype=np.float64)
+    prev_min = np.concatenate([[0.0], cmin[:-1]])
+    prev_max = np.concatenate([[0.0], cmax[:-1]])
+    emin = tail_min - k * prev_max
+    emax = tail_max - k * prev_min
+    lo = (np.floor(emin / d1) * d1 - 3 * d1 - 1).astype(np.int64)
+    hi = (np.ceil(emax / d1) * d1 + 3 * d1 + 1).astype(np.int64)
+    bits = int(np.max(hi - lo)).bit_length()
+    per_word = 64 // bits
+    n_words = -(-d // per_word)
+    return lo, bits, per_word, n_words
 
 
 class Lattice:
@@ -47,6 +78,9 @@ class Lattice:
     ``exp(-|f_i - f_j|^2 / 2)`` (up to a constant factor) as in Krähenbühl's densecrf: splat with
     barycentric weights, blur with the stencil [0.5, 1, 0.5] along each of the ``d + 1`` lattice
     directions, slice scaled by ``1 / (1 + 2^-d)``. No normalisation is applied.
+
+    Construction is parallel (chunks of points embedded and deduplicated at once, then numbered in chunk
+    order), and the result does not depend on the number of threads.
 
     Parameters
     ----------
@@ -62,6 +96,8 @@ class Lattice:
         d.
     num_vertices : int
         M, the number of lattice vertices in use.
+    arrays : LatticeArrays
+        The index arrays (their ``nbytes`` are the lattice's memory).
 
     Examples
     --------
@@ -84,40 +120,34 @@ class Lattice:
         check_finite(f, "features")
         n, d = f.shape
         scale = elevation_scale(d)
-        biggest = float(np.abs(f).max()) * float(scale.max()) * (d + 1)
-        if biggest >= _MAX_COORD:
+        fmin, fmax = f.min(axis=0), f.max(axis=0)
+        biggest = float(np.maximum(np.abs(fmin), np.abs(fmax)).max())
+        if biggest * float(scale.max()) * (d + 1) >= _MAX_COORD:
             raise ValueError(
-                f"`features` are too large for the lattice (max |feature| = {np.abs(f).max():.3g} with d = {d}); "
+                f"`features` are too large for the lattice (max |feature| = {biggest:.3g} with d = {d}); "
                 f"features are positions divided by kernel widths, so widths this small make every point its own "
                 f"cluster: use larger widths or rescale the features"
             )
-        d1 = d + 1
-        chunk = min(n, _CHUNK)
-        local_keys, counts, offsets, weights = K.embed(f, scale, chunk, _pow2(2 * chunk * d1))
-        uniq, table, remap = K.merge(local_keys, counts, chunk * d1, _pow2(2 * int(counts.max())))
-        del local_keys
-        K.remap_offsets(offsets, remap, chunk, d1)
+        lo, bits, per_word, n_words = key_layout(fmin, fmax, scale)
+        chunk = chunk_size(n)
+        offsets, weights, starts, remap, uniq, tkeys, tids, shift = K.build(
+            f, scale, lo, bits, per_word, n_words, chunk, _WAVE
+        )
+        del f
         m = uniq.shape[0]
-        neighbours = K.blur_neighbours(table, uniq)
-        indptr, points, w_csr = K.gather_index(offsets, weights, m, d1)
+        neighbours = K.blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word)
+        del uniq, tkeys, tids
+        indptr, rows = K.invert_remap(remap, m)
         self.num_points = n
         self.dim = d
         self.num_vertices = m
+        self.chunk = chunk
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self.arrays = LatticeArrays(offsets, weights, indptr, points, neighbours)
-        self._weights = {np.dtype(np.float64): (weights, w_csr)}
+        self.arrays = LatticeArrays(offsets, weights, starts, remap, indptr, rows, neighbours)
         self._ones = {}
 
     def __repr__(self):
         return f"Lattice(num_points={self.num_points}, dim={self.dim}, num_vertices={self.num_vertices})"
-
-    def weights_as(self, dtype):
-        """Barycentric weights in ``dtype``, per slot and in CSR order (cached)."""
-        dtype = np.dtype(dtype)
-        if dtype not in self._weights:
-            w, w_csr = self._weights[np.dtype(np.float64)]
-            self._weights[dtype] = (w.astype(dtype), w_csr.astype(dtype))
-        return self._weights[dtype]
 
     def ones(self, dtype):
         """A cached vector of N ones (the identity scaling)."""
@@ -127,9 +157,11 @@ class Lattice:
         return self._ones[dtype]
 
     def workspace(self, n_channels, dtype):
-        """Two ``(M + 1, n_channels)`` scratch buffers for :meth:`apply` (reuse them across calls)."""
+        """Scratch buffers for :meth:`apply` (reuse them across calls): the chunks' local rows ``(R, C)`` and
+        two ``(M + 1, C)`` vertex buffers."""
+        local = np.empty((self.arrays.remap.shape[0], n_channels), dtype=dtype)
         shape = (self.num_vertices + 1, n_channels)
-        return np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
+        return local, np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
 
     def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
@@ -140,17 +172,17 @@ class Lattice:
         """
         dtype = values.dtype
         a = self.arrays
-        w, w_csr = self.weights_as(dtype)
         pre = self.ones(dtype) if pre is None else pre
         post = self.ones(dtype) if post is None else post
-        buf, tmp = self.workspace(values.shape[1], dtype) if work is None else work
-        d1 = self.dim + 1
-        K.splat(values, pre, w_csr, a.indptr, a.points, buf)
-        order = range(self.dim, -1, -1) if transpose else range(d1)
+        local, buf, tmp = self.workspace(values.shape[1], dtype) if work is None else work
+        K.splat(values, pre, a.offsets, a.weights, a.starts, self.chunk, local)
+        K.gather_rows(local, a.indptr, a.rows, buf)
+        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
         for j in order:
             K.blur(buf, a.neighbours[j], tmp)
             buf, tmp = tmp, buf
-        K.slice_(buf, a.offsets, w, dtype.type(self.alpha), post, d1, out)
+        K.scatter_rows(buf, a.remap, local)
+        K.slice_(local, a.offsets, a.weights, a.starts, self.chunk, dtype.type(self.alpha), post, out)
         return out
 
     def filter(self, values, transpose=False):

@@ -96,127 +96,197 @@ def key_fields(d, bits, per_word, n_words):
     return word, shift, ones
 
 
+@njit(**JIT)
+def feature_range(features):
+    """Per-feature minimum and maximum, and whether every value is finite (one pass over the points)."""
+    n, d = features.shape
+    fmin = features[0].copy()
+    fmax = features[0].copy()
+    finite = True
+    for p in range(n):
+        for k in range(d):
+            x = features[p, k]
+            finite &= np.isfinite(x)
+            fmin[k] = min(fmin[k], x)
+            fmax[k] = max(fmax[k], x)
+    return fmin, fmax, finite
+
+
+@njit(**JIT_EXACT)
+def _elevate_block(features, scale, b0, nb, el, r0, rank):
+    """Elevate points ``b0 .. b0 + nb - 1``, round them to their remainder-0 point and rank their residuals
+    (Adams et al. 2010, p. 5-10), coordinate by coordinate over the block's points (SIMD lanes).
+
+    The float64 arithmetic is plain IEEE in the paper's order, which the pure-TensorFlow lattice repeats step by
+    step, so points on a simplex boundary land in the same simplex in both.
+    """
+    d = features.shape[1]
+    d1 = d + 1
+    inv_d1 = 1.0 / d1
+    total = np.zeros(nb, dtype=np.int64)
+    # elevation y = E f (p. 5): cumulative sums of the scaled features
+    for t in range(nb):
+        el[0, t] = 0.0
+    for j in range(d, 0, -1):
+        sj = scale[j - 1]
+        for t in range(nb):
+            cf = features[b0 + t, j - 1] * sj
+            el[j, t] = el[0, t] - j * cf
+            el[0, t] = el[0, t] + cf
+    # closest remainder-0 point by rounding each coordinate to a multiple of d + 1
+    for i in range(d1):
+        for t in range(nb):
+            v = el[i, t] * inv_d1
+            up = np.int64(np.ceil(v)) * d1
+            down = np.int64(np.floor(v)) * d1
+            x = up if up - el[i, t] < el[i, t] - down else down
+            r0[i, t] = x
+            total[t] += x
+            rank[i, t] = 0
+    # rank of each coordinate's residual: the enclosing simplex
+    for i in range(d):
+        for j in range(i + 1, d1):
+            for t in range(nb):
+                lt = np.int64(el[i, t] - r0[i, t] < el[j, t] - r0[j, t])
+                rank[i, t] += lt
+                rank[j, t] += 1 - lt
+    # bring the point back onto the plane when the rounded coordinates do not sum to zero
+    for i in range(d1):
+        for t in range(nb):
+            rk = rank[i, t] + total[t] // d1
+            fix = np.int64(rk < 0) - np.int64(rk > d)
+            rank[i, t] = rk + fix * d1
+            r0[i, t] += fix * d1
+
+
+@njit(**JIT_EXACT)
+def _block_vertices(b0, t, nb, first, el, r0, rank, lo, fields, prev, offsets, weights, store, m, tkeys, tids,
+                    shift):
+    """Barycentric weights and chunk-local vertices of the block's points ``t, t + 1, ...`` (p. 10).
+
+    Stops before a point that could fill the hash table past a quarter (few collisions), returning ``(t, m)`` (the next point and
+    the number of vertices so far) so the caller can grow the table and call again; ``t == nb`` when done.
+    The table is never reassigned in here (that kept LLVM from keeping it in registers: 2x slower).
+    """
+    d1 = el.shape[0]
+    d = d1 - 1
+    inv_d1 = 1.0 / d1
+    word, fshift, ones = fields
+    n_words = store.shape[1]
+    mask = np.uint64(tids.shape[0] - 1)
+    bary = np.empty(d + 2)
+    inverse = np.empty(d1, dtype=np.int64)
+    key = np.empty(n_words, dtype=np.uint64)
+    vk = np.empty(d1, dtype=np.uint64)
+    vh = np.empty(d1, dtype=np.uint64)
+    while t < nb:
+        if 4 * (m + d1) > tids.shape[0]:
+            return t, m
+        p = b0 + t
+        for i in range(d + 2):
+            bary[i] = 0.0
+        for i in range(d1):
+            rk = rank[i, t]
+            inverse[rk] = i
+            v = (el[i, t] - r0[i, t]) * inv_d1
+            bary[d - rk] += v
+            bary[d - rk + 1] -= v
+        bary[0] += 1.0 + bary[d1]
+        for r in range(d1):
+            weights[p * d1 + r] = bary[r]
+        # consecutive points in the same simplex (neighbouring pixels) reuse the previous point's vertices
+        same = p > first
+        for i in range(d1):
+            same &= r0[i, t] == prev[0, i] and rank[i, t] == prev[1, i]
+            prev[0, i] = r0[i, t]
+            prev[1, i] = rank[i, t]
+        t += 1
+        if same:
+            for r in range(d1):
+                offsets[p * d1 + r] = offsets[(p - 1) * d1 + r]
+            continue
+        # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
+        for w in range(n_words):
+            key[w] = 0
+        for k in range(d):
+            key[word[k]] += np.uint64(r0[k, t - 1] - lo[k]) << fshift[k]
+        if n_words == 1:
+            k1 = key[0]
+            for r in range(d1):
+                vk[r] = k1
+                vh[r] = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+                k1 += ones[0]
+                k = inverse[d - r]
+                if k < d:
+                    k1 -= np.uint64(d1) << fshift[k]
+            for r in range(d1):
+                k1 = vk[r]
+                h = vh[r]
+                e = tids[h]
+                while e >= 0 and tkeys[h, 0] != k1:
+                    h = (h + _ONE) & mask
+                    e = tids[h]
+                if e < 0:
+                    e = m
+                    tkeys[h, 0] = k1
+                    tids[h] = m
+                    store[m, 0] = k1
+                    m += 1
+                offsets[p * d1 + r] = e
+            continue
+        for r in range(d1):
+            h = _lookup(tkeys, tids, key, shift)
+            e = tids[h]
+            if e < 0:
+                e = m
+                tkeys[h] = key
+                tids[h] = m
+                store[m] = key
+                m += 1
+            offsets[p * d1 + r] = e
+            for w in range(n_words):
+                key[w] += ones[w]
+            k = inverse[d - r]
+            if k < d:
+                key[word[k]] -= np.uint64(d1) << fshift[k]
+    return t, m
+
+
 @njit(**PJIT_EXACT)
 def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts):
     """Embed the points of chunks ``c0 .. c1 - 1`` (in parallel over chunks).
 
     Writes each point's barycentric ``weights`` and chunk-local vertex ``offsets``, chunk ``c``'s unique vertex
     keys in order of first use at ``keys[(c - c0) * chunk * (d + 1):]`` and their number at ``counts[c]``.
-    The elevation, rounding and ranking of a block of points run coordinate by coordinate over the block's
-    points (SIMD lanes); the float64 arithmetic is plain IEEE in the order of Adams et al. (p. 5-10), which the
-    pure-TensorFlow lattice repeats step by step. Consecutive points in the same simplex (common: neighbouring
-    pixels) reuse the previous point's vertices without hashing.
     """
     n, d = features.shape
     d1 = d + 1
     n_words = keys.shape[1]
     stride = chunk * d1
-    inv_d1 = 1.0 / d1
-    word, fshift, ones = key_fields(d, bits, per_word, n_words)
+    fields = key_fields(d, bits, per_word, n_words)
     for ci in prange(c1 - c0):
         c = c0 + ci
         store = keys[ci * stride:(ci + 1) * stride]
-        capacity = 1024
+        capacity = 8192
         tkeys, tids, shift = _table(store, 0, capacity)
         el = np.empty((d1, _BLOCK))
         r0 = np.empty((d1, _BLOCK), dtype=np.int64)
         rank = np.empty((d1, _BLOCK), dtype=np.int64)
-        total = np.empty(_BLOCK, dtype=np.int64)
-        bary = np.empty(d + 2)
-        inverse = np.empty(d1, dtype=np.int64)
-        key = np.empty(n_words, dtype=np.uint64)
-        prev_r0 = np.empty(d1, dtype=np.int64)
-        prev_rank = np.empty(d1, dtype=np.int64)
+        prev = np.empty((2, d1), dtype=np.int64)
         m = 0
         first = c * chunk
         end = min(n, first + chunk)
         for b0 in range(first, end, _BLOCK):
             nb = min(_BLOCK, end - b0)
-            # elevation y = E f (p. 5): cumulative sums of the scaled features
-            for t in range(nb):
-                el[0, t] = 0.0
-                total[t] = 0
-            for j in range(d, 0, -1):
-                sj = scale[j - 1]
-                for t in range(nb):
-                    cf = features[b0 + t, j - 1] * sj
-                    el[j, t] = el[0, t] - j * cf
-                    el[0, t] = el[0, t] + cf
-            # closest remainder-0 point by rounding each coordinate to a multiple of d + 1
-            for i in range(d1):
-                for t in range(nb):
-                    v = el[i, t] * inv_d1
-                    up = np.int64(np.ceil(v)) * d1
-                    down = np.int64(np.floor(v)) * d1
-                    x = up if up - el[i, t] < el[i, t] - down else down
-                    r0[i, t] = x
-                    total[t] += x
-                    rank[i, t] = 0
-            # rank of each coordinate's residual: the enclosing simplex
-            for i in range(d):
-                for j in range(i + 1, d1):
-                    for t in range(nb):
-                        lt = np.int64(el[i, t] - r0[i, t] < el[j, t] - r0[j, t])
-                        rank[i, t] += lt
-                        rank[j, t] += 1 - lt
-            # bring the point back onto the plane when the rounded coordinates do not sum to zero
-            for i in range(d1):
-                for t in range(nb):
-                    rk = rank[i, t] + total[t] // d1
-                    fix = np.int64(rk < 0) - np.int64(rk > d)
-                    rank[i, t] = rk + fix * d1
-                    r0[i, t] += fix * d1
-            for t in range(nb):
-                p = b0 + t
-                # barycentric coordinates (p. 10)
-                for i in range(d + 2):
-                    bary[i] = 0.0
-                for i in range(d1):
-                    rk = rank[i, t]
-                    inverse[rk] = i
-                    v = (el[i, t] - r0[i, t]) * inv_d1
-                    bary[d - rk] += v
-                    bary[d - rk + 1] -= v
-                bary[0] += 1.0 + bary[d1]
-                same = p > first
-                if same:
-                    for i in range(d1):
-                        if r0[i, t] != prev_r0[i] or rank[i, t] != prev_rank[i]:
-                            same = False
-                            break
-                for i in range(d1):
-                    prev_r0[i] = r0[i, t]
-                    prev_rank[i] = rank[i, t]
-                if same:
-                    for r in range(d1):
-                        q = p * d1 + r
-                        weights[q] = bary[r]
-                        offsets[q] = offsets[q - d1]
-                    continue
-                # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
-                for w in range(n_words):
-                    key[w] = 0
-                for k in range(d):
-                    key[word[k]] += np.uint64(r0[k, t] - lo[k]) << fshift[k]
-                for r in range(d1):
-                    q = p * d1 + r
-                    weights[q] = bary[r]
-                    h = _lookup(tkeys, tids, key, shift)
-                    if tids[h] < 0:
-                        tkeys[h] = key
-                        tids[h] = m
-                        store[m] = key
-                        m += 1
-                        if 2 * m > capacity:
-                            capacity *= 2
-                            tkeys, tids, shift = _table(store, m, capacity)
-                            h = _lookup(tkeys, tids, key, shift)
-                    offsets[q] = tids[h]
-                    for w in range(n_words):
-                        key[w] += ones[w]
-                    k = inverse[d - r]
-                    if k < d:
-                        key[word[k]] -= np.uint64(d1) << fshift[k]
+            _elevate_block(features, scale, b0, nb, el, r0, rank)
+            t = 0
+            while True:
+                t, m = _block_vertices(b0, t, nb, first, el, r0, rank, lo, fields, prev, offsets, weights, store,
+                                       m, tkeys, tids, shift)
+                if t == nb:
+                    break
+                capacity *= 2
+                tkeys, tids, shift = _table(store, m, capacity)
         counts[c] = m
 
 

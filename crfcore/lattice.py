@@ -117,10 +117,11 @@ class Lattice:
             raise ValueError(f"`features` must have shape (N, d), got shape {f.shape}")
         check_nonempty(f, "features")
         f = np.ascontiguousarray(f, dtype=np.float64)
-        check_finite(f, "features")
+        fmin, fmax, finite = K.feature_range(f)
+        if not finite:
+            check_finite(f, "features")  # raises, counting the bad values
         n, d = f.shape
         scale = elevation_scale(d)
-        fmin, fmax = f.min(axis=0), f.max(axis=0)
         biggest = float(np.maximum(np.abs(fmin), np.abs(fmax)).max())
         if biggest * float(scale.max()) * (d + 1) >= _MAX_COORD:
             raise ValueError(

@@ -460,36 +460,39 @@ def blur(src, nbrs, dst):
 
 @njit(**PJIT)
 def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
-    """``out[p] = alpha * post[p] * sum_r weights[p, r] * local[starts[c] + offsets[p, r]]``."""
+    """``out[p] = alpha * post[p] * sum_r weights[p, r] * local[starts[c] + offsets[p, r]]`` (in parallel over
+    chunks ``c``)."""
     n, n_ch = out.shape
     d1 = offsets.shape[0] // n
-    for p in prange(n):
-        base = starts[p // chunk]
-        s = alpha * post[p]
-        if n_ch == 1:
-            a0 = 0.0
-            for r in range(d1):
-                q = p * d1 + r
-                a0 += weights[q] * local[base + offsets[q], 0]
-            out[p, 0] = s * a0
-        elif n_ch == 2:
-            a0 = 0.0
-            a1 = 0.0
-            for r in range(d1):
-                q = p * d1 + r
-                i = base + offsets[q]
-                a0 += weights[q] * local[i, 0]
-                a1 += weights[q] * local[i, 1]
-            out[p, 0] = s * a0
-            out[p, 1] = s * a1
-        else:
-            for k in range(n_ch):
-                out[p, k] = 0.0
-            for r in range(d1):
-                q = p * d1 + r
-                i = base + offsets[q]
-                w = weights[q]
+    zero = alpha - alpha  # accumulate in the values' dtype
+    for c in prange(starts.shape[0] - 1):
+        base = starts[c]
+        for p in range(c * chunk, min(n, (c + 1) * chunk)):
+            s = alpha * post[p]
+            if n_ch == 1:
+                a0 = zero
+                for r in range(d1):
+                    q = p * d1 + r
+                    a0 += weights[q] * local[base + offsets[q], 0]
+                out[p, 0] = s * a0
+            elif n_ch == 2:
+                a0 = zero
+                a1 = zero
+                for r in range(d1):
+                    q = p * d1 + r
+                    i = base + offsets[q]
+                    a0 += weights[q] * local[i, 0]
+                    a1 += weights[q] * local[i, 1]
+                out[p, 0] = s * a0
+                out[p, 1] = s * a1
+            else:
                 for k in range(n_ch):
-                    out[p, k] += w * local[i, k]
-            for k in range(n_ch):
-                out[p, k] *= s
+                    out[p, k] = zero
+                for r in range(d1):
+                    q = p * d1 + r
+                    i = base + offsets[q]
+                    w = weights[q]
+                    for k in range(n_ch):
+                        out[p, k] += w * local[i, k]
+                for k in range(n_ch):
+                    out[p, k] *= s

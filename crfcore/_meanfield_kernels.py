@@ -53,13 +53,44 @@ def softmax_rows_bwd(q, dq, out, tiny):
 
 
 
+@njit(inline="always", **JIT)
+def _softmax_pair(z0, z1, q, i, tiny):
+    """:func:`_softmax_row` for two labels, the same operations on scalars (one exp)."""
+    if z1 > z0:
+        e = np.exp(z0 - z1)
+        inv = 1.0 / (e + 1.0)
+        p0 = e * inv
+        p1 = inv
+    else:
+        e = np.exp(z1 - z0)
+        inv = 1.0 / (1.0 + e)
+        p0 = inv
+        p1 = e * inv
+    q[i, 0] = p0 if p0 >= tiny else 0.0
+    q[i, 1] = p1 if p1 >= tiny else 0.0
+
+
 @njit(**PJIT)
 def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
     """Compatibility transform and softmax, fused: ``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)``.
 
-    With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel.
+    With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel. Two labels
+    (binary segmentation) take a scalar path: loops over a run-time label count cost more than the work.
     """
     n, n_lab = u.shape
+    if n_lab == 2:
+        for i in prange(n):
+            s0, s1, b0, b1 = s[i, 0], s[i, 1], b[i, 0], b[i, 1]
+            if potts:
+                z0 = u[i, 0] - c_s * s1 - c_b * b1
+                z1 = u[i, 1] - c_s * s0 - c_b * b0
+            else:
+                z0 = u[i, 0] - (a_s[0, 0] * s0 + a_b[0, 0] * b0) - (a_s[0, 1] * s1 + a_b[0, 1] * b1)
+                z1 = u[i, 1] - (a_s[1, 0] * s0 + a_b[1, 0] * b0) - (a_s[1, 1] * s1 + a_b[1, 1] * b1)
+            z[i, 0] = z0
+            z[i, 1] = z1
+            _softmax_pair(z0, z1, q, i, tiny)
+        return
     for i in prange(n):
         if potts:
             ts = 0.0

@@ -113,9 +113,11 @@ def feature_range(features):
 
 
 @njit(**JIT_EXACT)
-def _elevate_block(features, scale, b0, nb, el, r0, rank):
-    """Elevate points ``b0 .. b0 + nb - 1``, round them to their remainder-0 point and rank their residuals
-    (Adams et al. 2010, p. 5-10), coordinate by coordinate over the block's points (SIMD lanes).
+def _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights):
+    """Elevate points ``b0 .. b0 + nb - 1``, round them to their remainder-0 point, rank their residuals and
+    write their barycentric ``weights`` (Adams et al. 2010, p. 5-10), coordinate by coordinate over the block's
+    points (SIMD lanes). ``same[t]``: point ``t`` lies in the simplex of the point before it (in its chunk,
+    which starts at ``first``); ``prev`` carries the last point's simplex from block to block.
 
     The float64 arithmetic is plain IEEE in the paper's order, which the pure-TensorFlow lattice repeats step by
     step, so points on a simplex boundary land in the same simplex in both.
@@ -157,24 +159,42 @@ def _elevate_block(features, scale, b0, nb, el, r0, rank):
             fix = np.int64(rk < 0) - np.int64(rk > d)
             rank[i, t] = rk + fix * d1
             r0[i, t] += fix * d1
+    # barycentric coordinates (p. 10) from the residuals sorted by rank: the vertex of remainder r weighs
+    # srt[d - r] - srt[d - r + 1], and vertex 0 takes srt[d] + (1 - srt[0])
+    for i in range(d1):
+        for t in range(nb):
+            srt[rank[i, t], t] = (el[i, t] - r0[i, t]) * inv_d1
+    for t in range(nb):
+        q = (b0 + t) * d1
+        weights[q] = srt[d, t] + (1.0 - srt[0, t])
+        for r in range(1, d1):
+            weights[q + r] = srt[d - r, t] - srt[d - r + 1, t]
+    # consecutive points in the same simplex (neighbouring pixels) reuse the previous point's vertices
+    for t in range(nb):
+        same[t] = True
+    for i in range(d1):
+        same[0] &= r0[i, 0] == prev[0, i] and rank[i, 0] == prev[1, i]
+        for t in range(1, nb):
+            same[t] &= r0[i, t] == r0[i, t - 1] and rank[i, t] == rank[i, t - 1]
+        prev[0, i] = r0[i, nb - 1]
+        prev[1, i] = rank[i, nb - 1]
+    same[0] &= b0 > first
 
 
 @njit(**JIT_EXACT)
-def _block_vertices(b0, t, nb, first, el, r0, rank, lo, fields, prev, offsets, weights, store, m, tkeys, tids,
-                    shift):
-    """Barycentric weights and chunk-local vertices of the block's points ``t, t + 1, ...`` (p. 10).
+def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids, shift):
+    """Chunk-local vertices of the block's points ``t, t + 1, ...``, numbered in order of first use.
 
-    Stops before a point that could fill the hash table past a quarter (few collisions), returning ``(t, m)`` (the next point and
-    the number of vertices so far) so the caller can grow the table and call again; ``t == nb`` when done.
-    The table is never reassigned in here (that kept LLVM from keeping it in registers: 2x slower).
+    Stops before a point that could fill the hash table past a quarter (few collisions), returning ``(t, m)``
+    (the next point and the number of vertices so far) so the caller can grow the table and call again;
+    ``t == nb`` when done. The table is never reassigned in here (that kept LLVM from keeping it in
+    registers: 2x slower).
     """
     d1 = el.shape[0]
     d = d1 - 1
-    inv_d1 = 1.0 / d1
     word, fshift, ones = fields
     n_words = store.shape[1]
     mask = np.uint64(tids.shape[0] - 1)
-    bary = np.empty(d + 2)
     inverse = np.empty(d1, dtype=np.int64)
     key = np.empty(n_words, dtype=np.uint64)
     vk = np.empty(d1, dtype=np.uint64)
@@ -183,28 +203,13 @@ def _block_vertices(b0, t, nb, first, el, r0, rank, lo, fields, prev, offsets, w
         if 4 * (m + d1) > tids.shape[0]:
             return t, m
         p = b0 + t
-        for i in range(d + 2):
-            bary[i] = 0.0
-        for i in range(d1):
-            rk = rank[i, t]
-            inverse[rk] = i
-            v = (el[i, t] - r0[i, t]) * inv_d1
-            bary[d - rk] += v
-            bary[d - rk + 1] -= v
-        bary[0] += 1.0 + bary[d1]
-        for r in range(d1):
-            weights[p * d1 + r] = bary[r]
-        # consecutive points in the same simplex (neighbouring pixels) reuse the previous point's vertices
-        same = p > first
-        for i in range(d1):
-            same &= r0[i, t] == prev[0, i] and rank[i, t] == prev[1, i]
-            prev[0, i] = r0[i, t]
-            prev[1, i] = rank[i, t]
         t += 1
-        if same:
+        if same[t - 1]:
             for r in range(d1):
                 offsets[p * d1 + r] = offsets[(p - 1) * d1 + r]
             continue
+        for i in range(d1):
+            inverse[rank[i, t - 1]] = i
         # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
         for w in range(n_words):
             key[w] = 0
@@ -273,16 +278,18 @@ def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, 
         r0 = np.empty((d1, _BLOCK), dtype=np.int64)
         rank = np.empty((d1, _BLOCK), dtype=np.int64)
         prev = np.empty((2, d1), dtype=np.int64)
+        srt = np.empty((d1, _BLOCK))
+        same = np.empty(_BLOCK, dtype=np.bool_)
         m = 0
         first = c * chunk
         end = min(n, first + chunk)
         for b0 in range(first, end, _BLOCK):
             nb = min(_BLOCK, end - b0)
-            _elevate_block(features, scale, b0, nb, el, r0, rank)
+            _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights)
             t = 0
             while True:
-                t, m = _block_vertices(b0, t, nb, first, el, r0, rank, lo, fields, prev, offsets, weights, store,
-                                       m, tkeys, tids, shift)
+                t, m = _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids,
+                                       shift)
                 if t == nb:
                     break
                 capacity *= 2

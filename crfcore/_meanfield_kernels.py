@@ -7,36 +7,114 @@ softmaxes (logit gaps beyond ~87 in float32) produce subnormal floats, which CPU
 slower; TensorFlow flushes subnormals to zero for the same reason.
 """
 
+import math
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ._config import JIT, PJIT
 
 
+@intrinsic
+def _as_float64(typingctx, bits):
+    """The float64 whose IEEE bits are the int64 ``bits`` (a register reinterpretation, free)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+_LOG2E = 1.4426950408889634
+# ln 2 split in two (Cody & Waite) so that k ln 2 is subtracted without rounding error for |k| <= 1022
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_TAYLOR = tuple(1.0 / math.factorial(i) for i in range(13))
+#: Below this exp(x) is under float64's smallest normal number: the softmax flushes it to zero anyway.
+_EXP_MIN = -708.0
+
+
 @njit(inline="always", **JIT)
-def _softmax_row(z, out, i, tiny):
-    """Row ``i`` of the numerically stable softmax: ``out[i] = exp(z[i] - max z[i]) / sum exp(...)``."""
+def _exp_nonpos(x):
+    """``exp(x)`` for ``x <= 0``, to a few float64 ulps, in plain arithmetic that vectorises.
+
+    Numba's ``np.exp`` calls libm one value at a time (no SVML here), which made the softmax of 21 labels
+    cost more than the two filterings. ``exp(x) = 2^k exp(r)`` with ``k = round(x / ln 2)``, ``|r| <= ln(2)/2``
+    and a degree-12 Taylor polynomial (error below 2e-16); ``2^k`` is built from its exponent bits.
+    Returns 0 below :data:`_EXP_MIN`.
+    """
+    xc = max(x, _EXP_MIN)
+    k = np.floor(xc * _LOG2E + 0.5)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    c = _TAYLOR
+    p = c[12]
+    p = p * r + c[11]
+    p = p * r + c[10]
+    p = p * r + c[9]
+    p = p * r + c[8]
+    p = p * r + c[7]
+    p = p * r + c[6]
+    p = p * r + c[5]
+    p = p * r + c[4]
+    p = p * r + c[3]
+    p = p * r + c[2]
+    p = p * r + 1.0
+    p = p * r + 1.0
+    e = p * _as_float64((np.int64(k) + 1023) << 52)
+    return e if x >= _EXP_MIN else 0.0
+
+
+#: Rows per block of the softmax: the block is transposed so that its loops run over rows (SIMD lanes).
+_ROWS = 64
+
+
+@njit(**JIT)
+def _softmax_block(z, r0, nr, out, tiny, zt):
+    """Rows ``r0 .. r0 + nr - 1`` of the numerically stable softmax ``exp(z - max z) / sum exp(z - max z)``.
+
+    The rows are copied label-major into the float64 scratch ``zt`` (L, _ROWS), so every loop runs over the
+    block's rows in SIMD lanes (a row of 21 labels does not fill vector registers), and the exponentials stay
+    in float64 until normalised: nothing subnormal reaches a float32 array (each subnormal costs a microcode
+    assist). Values below ``tiny`` become 0.
+    """
     n_lab = z.shape[1]
-    mx = z[i, 0]
+    mx = np.empty(nr)
+    tot = np.zeros(nr)
+    for t in range(nr):
+        for k in range(n_lab):
+            zt[k, t] = z[r0 + t, k]
+    for t in range(nr):
+        mx[t] = zt[0, t]
     for k in range(1, n_lab):
-        if z[i, k] > mx:
-            mx = z[i, k]
-    s = 0.0
+        for t in range(nr):
+            mx[t] = max(mx[t], zt[k, t])
     for k in range(n_lab):
-        e = np.exp(z[i, k] - mx)
-        out[i, k] = e
-        s += e
-    inv = 1.0 / s
+        for t in range(nr):
+            e = _exp_nonpos(zt[k, t] - mx[t])
+            zt[k, t] = e
+            tot[t] += e
+    for t in range(nr):
+        tot[t] = 1.0 / tot[t]
     for k in range(n_lab):
-        p = out[i, k] * inv
-        out[i, k] = p if p >= tiny else 0.0
+        for t in range(nr):
+            p = zt[k, t] * tot[t]
+            zt[k, t] = p if p >= tiny else 0.0
+    for t in range(nr):
+        for k in range(n_lab):
+            out[r0 + t, k] = zt[k, t]
 
 
 @njit(**PJIT)
 def softmax_rows(z, out, tiny):
     """The softmax of every row of ``z`` into ``out`` (which may alias ``z``)."""
-    for i in prange(z.shape[0]):
-        _softmax_row(z, out, i, tiny)
+    n, n_lab = z.shape
+    for blk in prange((n + _ROWS - 1) // _ROWS):
+        zt = np.empty((n_lab, _ROWS))
+        r0 = blk * _ROWS
+        _softmax_block(z, r0, min(_ROWS, n - r0), out, tiny, zt)
 
 
 @njit(**PJIT)
@@ -55,14 +133,14 @@ def softmax_rows_bwd(q, dq, out, tiny):
 
 @njit(inline="always", **JIT)
 def _softmax_pair(z0, z1, q, i, tiny):
-    """:func:`_softmax_row` for two labels, the same operations on scalars (one exp)."""
+    """:func:`_softmax_block` for two labels, the same operations on scalars (one exp)."""
     if z1 > z0:
-        e = np.exp(z0 - z1)
+        e = _exp_nonpos(z0 - z1)
         inv = 1.0 / (e + 1.0)
         p0 = e * inv
         p1 = inv
     else:
-        e = np.exp(z1 - z0)
+        e = _exp_nonpos(z1 - z0)
         inv = 1.0 / (1.0 + e)
         p0 = inv
         p1 = e * inv
@@ -91,22 +169,26 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
             z[i, 1] = z1
             _softmax_pair(z0, z1, q, i, tiny)
         return
-    for i in prange(n):
-        if potts:
-            ts = 0.0
-            tb = 0.0
-            for k in range(n_lab):
-                ts += s[i, k]
-                tb += b[i, k]
-            for k in range(n_lab):
-                z[i, k] = u[i, k] - c_s * (ts - s[i, k]) - c_b * (tb - b[i, k])
-        else:
-            for k in range(n_lab):
-                acc = u[i, k]
-                for j in range(n_lab):
-                    acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
-                z[i, k] = acc
-        _softmax_row(z, q, i, tiny)
+    for blk in prange((n + _ROWS - 1) // _ROWS):
+        zt = np.empty((n_lab, _ROWS))
+        r0 = blk * _ROWS
+        r1 = min(n, r0 + _ROWS)
+        for i in range(r0, r1):
+            if potts:
+                ts = 0.0
+                tb = 0.0
+                for k in range(n_lab):
+                    ts += s[i, k]
+                    tb += b[i, k]
+                for k in range(n_lab):
+                    z[i, k] = u[i, k] - c_s * (ts - s[i, k]) - c_b * (tb - b[i, k])
+            else:
+                for k in range(n_lab):
+                    acc = u[i, k]
+                    for j in range(n_lab):
+                        acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
+                    z[i, k] = acc
+        _softmax_block(z, r0, r1 - r0, q, tiny, zt)
 
 
 @njit(**PJIT)

@@ -474,6 +474,7 @@ def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
     zero = alpha - alpha  # accumulate in the values' dtype
     for c in prange(starts.shape[0] - 1):
         base = starts[c]
+        acc = np.empty(n_ch, dtype=out.dtype)
         for p in range(c * chunk, min(n, (c + 1) * chunk)):
             s = alpha * post[p]
             if n_ch == 1:
@@ -494,12 +495,12 @@ def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
                 out[p, 1] = s * a1
             else:
                 for k in range(n_ch):
-                    out[p, k] = zero
+                    acc[k] = zero
                 for r in range(d1):
                     q = p * d1 + r
                     i = base + offsets[q]
                     w = weights[q]
                     for k in range(n_ch):
-                        out[p, k] += w * local[i, k]
+                        acc[k] += w * local[i, k]
                 for k in range(n_ch):
-                    out[p, k] *= s
+                    out[p, k] = s * acc[k]

@@ -7,15 +7,26 @@ so that lattices built here are the same as densecrf's.
 import numpy as np
 
 
-def positions(spatial_shape):
-    """Pixel coordinates, shape ``(prod(spatial_shape), len(spatial_shape))``, last axis first."""
-    grids = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in spatial_shape], indexing="ij")
-    return np.stack([g.ravel() for g in reversed(grids)], axis=1)
+def positions(spatial_shape, width=1.0, out=None):
+    """Pixel coordinates divided by ``width``, shape ``(prod(spatial_shape), len(spatial_shape))``, last axis first.
+
+    ``out``, if given, is a float64 array whose first ``len(spatial_shape)`` columns receive them.
+    """
+    n_dims = len(spatial_shape)
+    n = int(np.prod(spatial_shape))
+    if out is None:
+        out = np.empty((n, n_dims), dtype=np.float64)
+    view = out.reshape(*spatial_shape, out.shape[1])
+    for axis, size in enumerate(spatial_shape):
+        shape = [1] * n_dims
+        shape[axis] = size
+        view[..., n_dims - 1 - axis] = (np.arange(size, dtype=np.float64) / width).reshape(shape)
+    return out
 
 
 def spatial_features(spatial_shape, theta_gamma):
     """Features of the smoothness (spatial) kernel: ``p / theta_gamma``."""
-    return positions(spatial_shape) / theta_gamma
+    return positions(spatial_shape, theta_gamma)
 
 
 def bilateral_features(image, spatial_shape, theta_alpha, theta_beta):
@@ -29,5 +40,9 @@ def bilateral_features(image, spatial_shape, theta_alpha, theta_beta):
     theta_alpha, theta_beta : float
         Kernel widths in pixels and in image units.
     """
-    pos = positions(spatial_shape) / theta_alpha
-    return np.concatenate([pos, np.asarray(image, dtype=np.float64) / theta_beta], axis=1)
+    image = np.asarray(image)
+    n_dims = len(spatial_shape)
+    out = np.empty((image.shape[0], n_dims + image.shape[1]), dtype=np.float64)
+    positions(spatial_shape, theta_alpha, out)
+    np.divide(image, theta_beta, out=out[:, n_dims:])
+    return out

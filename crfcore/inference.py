@@ -222,15 +222,16 @@ def tiny(dtype):
     return np.finfo(dtype).tiny  # the smallest normal number: flush subnormals only
 
 
-def forward_one(u, ks, kb, tr, n_iter, trace=None):
+def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None):
     """Mean field on one image: ``u`` ``(N, L)``, ``tr`` a :class:`Transform`; returns ``(Z_T, Q_T)``.
 
-    ``trace``, if given, is ``(q_in, s, b)``, each ``(T, N, L)``, filled with the iterates.
+    ``trace``, if given, is ``(q_in, s, b)``, each ``(T, N, L)``, filled with the iterates. ``q``, if given,
+    is where ``Q_T`` goes.
     """
-    q = np.empty_like(u)
+    q = np.empty_like(u) if q is None else q
     eps = tiny(u.dtype)
     MK.softmax_rows(u, q, eps)
-    z = u.copy()
+    z = u
     s = np.empty_like(u)
     b = np.empty_like(u)
     for t in range(n_iter):
@@ -239,6 +240,8 @@ def forward_one(u, ks, kb, tr, n_iter, trace=None):
             s, b = trace[1][t], trace[2][t]
         ks.apply(q, s)
         kb.apply(q, b)
+        if t == 0:
+            z = np.empty_like(u)
         MK.combine_softmax(u, s, b, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, z, q, eps)
     return z, q
 
@@ -318,7 +321,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     n_batch = u3.shape[0]
     tr = Transform.of(*_combined(params), u.dtype)
     out = np.empty_like(u3)
-    q_out = np.empty_like(u3)
+    q_out = np.empty_like(u3) if keep_residuals or output != "probs" else out
     kernels = []
     if keep_residuals:
         trace_shape = (n_batch, params.n_iter, n, n_lab)
@@ -326,9 +329,11 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     for i in range(n_batch):
         ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
-        z, q = forward_one(u3[i], ks, kb, tr, params.n_iter, trace)
-        out[i] = q if output == "probs" else z
-        q_out[i] = q
+        z, _ = forward_one(u3[i], ks, kb, tr, params.n_iter, trace, q=q_out[i])
+        if output != "probs":
+            out[i] = z
+        elif q_out is not out:
+            out[i] = q_out[i]
         if keep_residuals:
             kernels.append((ks, kb))
     out = out.reshape(u.shape)

@@ -191,24 +191,61 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
         _softmax_block(z, r0, r1 - r0, q, tiny, zt)
 
 
+#: Rows per block of the backward's ``dZ^T S`` products (partial sums per block, summed in block order).
+BWD_ROWS = 4096
+
+
 @njit(**PJIT)
-def combine_bwd(dz, a_s, a_b, potts, c_s, c_b, ds, db):
-    """Backward of the compatibility transform (without its sign): ``dS = dZ A_s``, ``dB = dZ A_b``."""
+def combine_bwd(dz, s, b, a_s, a_b, potts, c_s, c_b, ds, db, du, partial):
+    """Backward of ``Z = U - S A_s^T - B A_b^T`` (without its sign), fused in one pass over ``dZ``.
+
+    ``dS = dZ A_s``, ``dB = dZ A_b``, ``du += dZ``, and ``partial[blk] = (dZ^T S, dZ^T B)`` over block ``blk`` of
+    :data:`BWD_ROWS` rows, accumulated in the values' dtype as BLAS would (the caller sums the blocks in
+    float64, in block order: the same result whatever the thread count). In parallel over blocks; with
+    ``potts`` the matrices are ``c (J - I)``.
+    """
     n, n_lab = dz.shape
-    for i in prange(n):
-        if potts:
-            tot = 0.0
+    for blk in prange((n + BWD_ROWS - 1) // BWD_ROWS):
+        acc_s = np.zeros((n_lab, n_lab), dtype=dz.dtype)
+        acc_b = np.zeros((n_lab, n_lab), dtype=dz.dtype)
+        for i in range(blk * BWD_ROWS, min(n, (blk + 1) * BWD_ROWS)):
             for k in range(n_lab):
-                tot += dz[i, k]
-            for k in range(n_lab):
-                ds[i, k] = c_s * (tot - dz[i, k])
-                db[i, k] = c_b * (tot - dz[i, k])
-        else:
-            for k in range(n_lab):
-                acc_s = 0.0
-                acc_b = 0.0
+                g = dz[i, k]
+                du[i, k] += g
                 for j in range(n_lab):
-                    acc_s += dz[i, j] * a_s[j, k]
-                    acc_b += dz[i, j] * a_b[j, k]
-                ds[i, k] = acc_s
-                db[i, k] = acc_b
+                    acc_s[k, j] += g * s[i, j]
+                    acc_b[k, j] += g * b[i, j]
+            if potts:
+                tot = dz[i, 0] - dz[i, 0]
+                for k in range(n_lab):
+                    tot += dz[i, k]
+                for k in range(n_lab):
+                    ds[i, k] = c_s * (tot - dz[i, k])
+                    db[i, k] = c_b * (tot - dz[i, k])
+            else:
+                for k in range(n_lab):
+                    sum_s = dz[i, 0] - dz[i, 0]
+                    sum_b = sum_s
+                    for j in range(n_lab):
+                        sum_s += dz[i, j] * a_s[j, k]
+                        sum_b += dz[i, j] * a_b[j, k]
+                    ds[i, k] = sum_s
+                    db[i, k] = sum_b
+        for k in range(n_lab):
+            for j in range(n_lab):
+                partial[blk, 0, k, j] = acc_s[k, j]
+                partial[blk, 1, k, j] = acc_b[k, j]
+
+
+@njit(**PJIT)
+def iteration_bwd(q, dq_s, dq_b, dz, tiny):
+    """Backward of one iteration's softmax given both kernels' transposed outputs: ``dZ = softmax'(Q)^T g``
+    with ``g = -(dq_s + dq_b)`` (the sign of ``Z = U - ...``), i.e. ``dz[i] = q[i] * (g[i] - <q[i], g[i]>)``."""
+    n, n_lab = q.shape
+    for i in prange(n):
+        dot = q[i, 0] - q[i, 0]
+        for k in range(n_lab):
+            dot -= q[i, k] * (dq_s[i, k] + dq_b[i, k])
+        for k in range(n_lab):
+            g = q[i, k] * (-(dq_s[i, k] + dq_b[i, k]) - dot)
+            dz[i, k] = g if abs(g) >= tiny else 0.0

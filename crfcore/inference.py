@@ -17,7 +17,6 @@ import numbers
 from typing import NamedTuple
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from . import _meanfield_kernels as MK
 from ._validation import as_float_array, check_finite, check_nonempty, positive_scalar
@@ -246,38 +245,30 @@ def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None):
     return z, q
 
 
-#: BLAS thread pools (for the backward's ``dZ^T S`` products). Multi-threaded BLAS leaves its threads spinning
-#: after each call, and Numba's parallel kernels that follow then share the cores with them: on 2 cores the
-#: backward ran 1.8x the forward instead of 0.9x. The products are small (L x N by N x L), so one BLAS thread is
-#: enough.
-_BLAS = ThreadpoolController()
-
-
 def backward_one(dz, ks, kb, tr, q_in, s, b):
-    """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, dA_s, dA_b)``."""
-    with _BLAS.limit(limits=1, user_api="blas"):
-        return _backward_one(dz, ks, kb, tr, q_in, s, b)
+    """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, dA_s, dA_b)``.
 
-
-def _backward_one(dz, ks, kb, tr, q_in, s, b):
+    No BLAS: the ``dZ^T S`` products are fused into :func:`combine_bwd` (multi-threaded BLAS had left its
+    threads spinning beside Numba's, and single-threaded BLAS was the backward's largest cost).
+    """
     du = np.zeros_like(dz)
+    n_blocks = -(-dz.shape[0] // MK.BWD_ROWS)
+    partial = np.empty((n_blocks, 2) + tr.a_s.shape, dtype=dz.dtype)
     da_s = np.zeros(tr.a_s.shape)
     da_b = np.zeros(tr.a_b.shape)
     ds = np.empty_like(dz)
     db = np.empty_like(dz)
-    dq = np.empty_like(dz)
-    tmp = np.empty_like(dz)
+    dq_s = np.empty_like(dz)
+    dq_b = np.empty_like(dz)
     for t in range(q_in.shape[0] - 1, -1, -1):
-        du += dz
-        # Z = U - S A_s^T - B A_b^T
-        da_s -= dz.T @ s[t]
-        da_b -= dz.T @ b[t]
-        MK.combine_bwd(dz, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, ds, db)
-        ks.apply(ds, dq, transpose=True)
-        kb.apply(db, tmp, transpose=True)
-        dq += tmp
-        np.negative(dq, out=dq)
-        MK.softmax_rows_bwd(q_in[t], dq, dz, tiny(dz.dtype))
+        # Z = U - S A_s^T - B A_b^T: du += dZ, dA = -dZ^T S, dS = -dZ A (sign folded into iteration_bwd)
+        MK.combine_bwd(dz, s[t], b[t], tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, ds, db, du, partial)
+        total = partial.sum(axis=0, dtype=np.float64)
+        da_s -= total[0]
+        da_b -= total[1]
+        ks.apply(ds, dq_s, transpose=True)
+        kb.apply(db, dq_b, transpose=True)
+        MK.iteration_bwd(q_in[t], dq_s, dq_b, dz, tiny(dz.dtype))
     du += dz
     return du, da_s, da_b
 

@@ -298,18 +298,18 @@ def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, 
 
 
 @njit(**JIT_EXACT)
-def build(features, scale, lo, bits, per_word, n_words, chunk, wave):
+def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
     """The whole lattice construction: embed ``wave`` chunks at a time in parallel, then number their unique
     vertices globally in chunk order (serial, so the numbering is the same whatever the thread count).
 
-    Returns ``offsets``, ``weights`` (float32), ``starts``, ``remap``, the unique keys ``(M, n_words)`` and the
-    global hash table (``tkeys``, ``tids``, ``shift``) for the neighbour search.
+    Fills ``offsets`` (uint16 or int32, ``N * (d + 1)``) and returns ``weights`` (float32), ``starts``,
+    ``remap``, the unique keys ``(M, n_words)`` and the global hash table (``tkeys``, ``tids``, ``shift``) for
+    the neighbour search.
     """
     n, d = features.shape
     d1 = d + 1
     n_chunks = (n + chunk - 1) // chunk
     stride = chunk * d1
-    offsets = np.empty(n * d1, dtype=np.int32)
     weights = np.empty(n * d1, dtype=np.float32)
     counts = np.zeros(n_chunks, dtype=np.int64)
     keys = np.empty((wave * stride, n_words), dtype=np.uint64)
@@ -346,7 +346,7 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave):
                         h = _lookup(tkeys, tids, key, shift)
                 remap[rows] = tids[h]
                 rows += 1
-    return offsets, weights, starts, remap[:rows].copy(), uniq[:m].copy(), tkeys, tids, shift
+    return weights, starts, remap[:rows].copy(), uniq[:m].copy(), tkeys, tids, shift
 
 
 @njit(**PJIT)

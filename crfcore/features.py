@@ -35,7 +35,8 @@ def bilateral_features(image, spatial_shape, theta_alpha, theta_beta):
     Parameters
     ----------
     image : ndarray, shape (N, C)
-        Pixel values in their own units (0-255 for uint8 images), flattened over ``spatial_shape``.
+        Pixel values in their own units (0-255 for uint8 images), flattened over ``spatial_shape``; any real
+        dtype (divided in float64).
     spatial_shape : tuple of int
     theta_alpha, theta_beta : float
         Kernel widths in pixels and in image units.
@@ -44,5 +45,5 @@ def bilateral_features(image, spatial_shape, theta_alpha, theta_beta):
     n_dims = len(spatial_shape)
     out = np.empty((image.shape[0], n_dims + image.shape[1]), dtype=np.float64)
     positions(spatial_shape, theta_alpha, out)
-    np.divide(image, theta_beta, out=out[:, n_dims:])
+    np.divide(image, theta_beta, out=out[:, n_dims:], dtype=np.float64)
     return out

@@ -174,9 +174,9 @@ def _check_inputs(logits, image, spatial_dims):
             f"(batch and spatial): resize one to match"
         )
     check_nonempty(img, "image")
-    img = np.ascontiguousarray(img, dtype=np.float64)
-    check_finite(img, "image")
-    return u, img
+    if img.dtype.kind == "f":
+        check_finite(img, "image")
+    return u, img  # in its own dtype: the bilateral features convert it (no float64 copy of the whole batch)
 
 
 def _combined(params):
@@ -206,13 +206,16 @@ class Transform(NamedTuple):
 
 
 def build_kernels(image_flat, spatial_shape, params, dtype):
-    """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)`` float64)."""
-    ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
+    """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)``, any real dtype).
+
+    The bilateral one first: its float64 features are freed before the spatial ones are made.
+    """
     kb = Kernel(
         bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta),
         params.normalization,
         dtype,
     )
+    ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
     return ks, kb
 
 

@@ -96,20 +96,39 @@ def key_fields(d, bits, per_word, n_words):
     return word, shift, ones
 
 
-@njit(**JIT)
+@njit(**PJIT)
 def feature_range(features):
-    """Per-feature minimum and maximum, and whether every value is finite (one pass over the points)."""
+    """Per-feature minimum and maximum, and whether every value is finite (one parallel pass).
+
+    Finiteness is read from a sum of ``x * 0``, which is NaN exactly when some ``x`` is NaN or infinite, so
+    the pass has no branches and vectorises.
+    """
     n, d = features.shape
-    fmin = features[0].copy()
-    fmax = features[0].copy()
-    finite = True
-    for p in range(n):
+    n_blocks = max(1, min(64, n // 4096))
+    lows = np.empty((n_blocks, d))
+    highs = np.empty((n_blocks, d))
+    probe = np.zeros(n_blocks)
+    for blk in prange(n_blocks):
+        p0 = blk * n // n_blocks
+        p1 = (blk + 1) * n // n_blocks
         for k in range(d):
-            x = features[p, k]
-            finite &= np.isfinite(x)
-            fmin[k] = min(fmin[k], x)
-            fmax[k] = max(fmax[k], x)
-    return fmin, fmax, finite
+            lows[blk, k] = features[p0, k]
+            highs[blk, k] = features[p0, k]
+        acc = 0.0
+        for p in range(p0, p1):
+            for k in range(d):
+                x = features[p, k]
+                lows[blk, k] = min(lows[blk, k], x)
+                highs[blk, k] = max(highs[blk, k], x)
+                acc += x * 0.0
+        probe[blk] = acc
+    fmin = lows[0].copy()
+    fmax = highs[0].copy()
+    for blk in range(1, n_blocks):
+        for k in range(d):
+            fmin[k] = min(fmin[k], lows[blk, k])
+            fmax[k] = max(fmax[k], highs[blk, k])
+    return fmin, fmax, np.isfinite(probe.sum())
 
 
 @njit(**JIT_EXACT)

@@ -317,6 +317,49 @@ def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, 
 
 
 @njit(**JIT_EXACT)
+def _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows):
+    """Global vertex of each of a chunk's keys from ``e`` on (``remap[rows + e]``), new ones appended to ``uniq``.
+
+    Stops before the table would fill past half, returning ``(e, m)`` so the caller can grow it and call
+    again; ``e == len(chunk_keys)`` when done. Like :func:`_block_vertices`, it never reassigns the table.
+    """
+    n_words = chunk_keys.shape[1]
+    mask = np.uint64(tids.shape[0] - 1)
+    if n_words == 1 and e < chunk_keys.shape[0]:
+        # touch every slot first: independent loads overlap their cache misses (the table outgrows the caches
+        # on large images), so the probes below mostly hit the cache
+        touched = np.uint64(0)
+        for i in range(e, chunk_keys.shape[0]):
+            k1 = chunk_keys[i, 0]
+            h = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+            touched += tkeys[h, 0] + np.uint64(tids[h])
+        remap[rows + e] = np.int32(touched & _ONE)  # keeps the loads alive; overwritten below
+    while e < chunk_keys.shape[0]:
+        if 2 * (m + 1) > tids.shape[0]:
+            return e, m
+        if n_words == 1:
+            k1 = chunk_keys[e, 0]
+            h = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+            v = tids[h]
+            while v >= 0 and tkeys[h, 0] != k1:
+                h = (h + _ONE) & mask
+                v = tids[h]
+        else:
+            h = _lookup(tkeys, tids, chunk_keys[e], shift)
+            v = tids[h]
+        if v < 0:
+            v = m
+            for w in range(n_words):
+                uniq[m, w] = chunk_keys[e, w]
+                tkeys[h, w] = chunk_keys[e, w]
+            tids[h] = m
+            m += 1
+        remap[rows + e] = v
+        e += 1
+    return e, m
+
+
+@njit(**JIT_EXACT)
 def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
     """The whole lattice construction: embed ``wave`` chunks at a time in parallel, then number their unique
     vertices globally in chunk order (serial, so the numbering is the same whatever the thread count).
@@ -348,23 +391,18 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
                 grown = np.empty(max(2 * remap.shape[0], starts[c + 1]), dtype=np.int32)
                 grown[:rows] = remap[:rows]
                 remap = grown
-            for e in range(counts[c]):
-                key = keys[(c - c0) * stride + e]
-                h = _lookup(tkeys, tids, key, shift)
-                if tids[h] < 0:
-                    uniq[m] = key
-                    tkeys[h] = key
-                    tids[h] = m
-                    m += 1
-                    if 2 * m > capacity:
-                        capacity *= 2
-                        grown_keys = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
-                        grown_keys[:m] = uniq[:m]
-                        uniq = grown_keys
-                        tkeys, tids, shift = _table(uniq, m, capacity)
-                        h = _lookup(tkeys, tids, key, shift)
-                remap[rows] = tids[h]
-                rows += 1
+            chunk_keys = keys[(c - c0) * stride:(c - c0) * stride + counts[c]]
+            e = 0
+            while True:
+                e, m = _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows)
+                if e == chunk_keys.shape[0]:
+                    break
+                capacity *= 2
+                grown_keys = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
+                grown_keys[:m] = uniq[:m]
+                uniq = grown_keys
+                tkeys, tids, shift = _table(uniq, m, capacity)
+            rows += counts[c]
     return weights, starts, remap[:rows].copy(), uniq[:m].copy(), tkeys, tids, shift
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _meanfield_kernels as MK
+from ._parallel import PARALLEL
 from ._validation import as_float_array, check_finite, check_nonempty, positive_scalar
 from .features import bilateral_features, spatial_features
 from .lattice import Lattice
@@ -321,9 +322,10 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
         trace_shape = (n_batch, params.n_iter, n, n_lab)
         q_in, s, b = (np.empty(trace_shape, dtype=u.dtype) for _ in range(3))
     for i in range(n_batch):
-        ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
-        z, _ = forward_one(u3[i], ks, kb, tr, params.n_iter, trace, q=q_out[i])
+        with PARALLEL:  # one image at a time across Python threads: no oversubscription
+            ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
+            z, _ = forward_one(u3[i], ks, kb, tr, params.n_iter, trace, q=q_out[i])
         if output != "probs":
             out[i] = z
         elif q_out is not out:
@@ -367,13 +369,14 @@ def meanfield_bwd(residuals, grad):
     da_s = np.zeros((n_lab, n_lab))
     da_b = np.zeros((n_lab, n_lab))
     for i in range(n_batch):
-        if residuals.output == "probs":
-            dz = np.empty_like(g3[i])
-            MK.softmax_rows_bwd(residuals.q_out[i], g3[i], dz, tiny(dz.dtype))
-        else:
-            dz = g3[i].copy()
         ks, kb = residuals.kernels[i]
-        du, das, dab = backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i])
+        with PARALLEL:
+            if residuals.output == "probs":
+                dz = np.empty_like(g3[i])
+                MK.softmax_rows_bwd(residuals.q_out[i], g3[i], dz, tiny(dz.dtype))
+            else:
+                dz = g3[i].copy()
+            du, das, dab = backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i])
         d_logits[i] = du
         da_s += das
         da_b += dab

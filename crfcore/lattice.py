@@ -5,6 +5,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _lattice_kernels as K
+from ._parallel import PARALLEL
 from ._validation import as_float_array, check_finite, check_nonempty
 
 #: Elevated features must stay well inside int32 (the pure-TensorFlow lattice's coordinates).
@@ -117,6 +118,10 @@ class Lattice:
             raise ValueError(f"`features` must have shape (N, d), got shape {f.shape}")
         check_nonempty(f, "features")
         f = np.ascontiguousarray(f, dtype=np.float64)
+        with PARALLEL:
+            self._build(f)
+
+    def _build(self, f):
         fmin, fmax, finite = K.feature_range(f)
         if not finite:
             check_finite(f, "features")  # raises, counting the bad values
@@ -136,7 +141,6 @@ class Lattice:
         weights, starts, remap, uniq, tkeys, tids, shift = K.build(
             f, scale, lo, bits, per_word, n_words, chunk, _WAVE, offsets
         )
-        del f
         m = uniq.shape[0]
         neighbours = K.blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word)
         del uniq, tkeys, tids
@@ -168,6 +172,8 @@ class Lattice:
 
     def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
+
+        Callers hold :data:`crfcore._parallel.PARALLEL` (as :meth:`filter` and the mean field do).
 
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).
@@ -216,5 +222,6 @@ class Lattice:
         check_nonempty(v, "values")
         check_finite(v, "values")
         out = np.empty_like(v)
-        self.apply(v, out, transpose=bool(transpose))
+        with PARALLEL:
+            self.apply(v, out, transpose=bool(transpose))
         return out[:, 0] if squeeze else out

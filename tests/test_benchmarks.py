@@ -32,6 +32,9 @@ def test_quick_json_structure(quick_result):
     for b in result["backward"]:
         assert b["forward_backward_ms"] > 0 and b["residual_bytes_per_pixel_per_iteration"] > 0
     assert result["batch"]["crfcore_images_per_s"] > 0
+    assert result["batch"]["crfcore_4_python_threads_images_per_s"] > 0
+    for row in result["rows"]:
+        assert row["crfcore_peak_mib"] is None or row["crfcore_peak_mib"] > 0  # measured in a fresh process
     assert "ms/MP/it" in stdout and "batch of 8" in stdout
 
 

@@ -415,9 +415,22 @@ def blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word):
     word, fshift, ones = key_fields(d, bits, per_word, n_words)
     out = np.empty((d1, m, 2), dtype=np.int32)
     n_blocks = (m + _BLOCK - 1) // _BLOCK
+    mask = np.uint64(tids.shape[0] - 1)
     for blk in prange(n_blocks):
         key = np.empty(n_words, dtype=np.uint64)
         for v in range(blk * _BLOCK, min(m, (blk + 1) * _BLOCK)):
+            if n_words == 1:  # one-word keys: the same search on scalars
+                for j in range(d1):
+                    step = np.uint64(d1) << fshift[j] if j < d else np.uint64(0)
+                    for side in range(2):
+                        k1 = uniq[v, 0] - ones[0] + step if side == 0 else uniq[v, 0] + ones[0] - step
+                        h = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+                        e = tids[h]
+                        while e >= 0 and tkeys[h, 0] != k1:
+                            h = (h + _ONE) & mask
+                            e = tids[h]
+                        out[j, v, side] = m if e < 0 else e
+                continue
             for j in range(d1):
                 for side in range(2):
                     for w in range(n_words):

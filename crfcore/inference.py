@@ -52,7 +52,8 @@ class Kernel:
     def __init__(self, features, normalization, dtype):
         self.lattice = Lattice(features)
         n = self.lattice.num_points
-        norm = self.lattice.apply(np.ones((n, 1)), np.empty((n, 1)))[:, 0]
+        norm = self.lattice.apply(np.ones((n, 1), dtype), np.empty((n, 1), dtype))[:, 0]  # as densecrf: in the
+        # compute dtype
         self.pre = self.post = None
         if normalization == "symmetric":
             self.pre = self.post = (1.0 / np.sqrt(norm + 1e-20)).astype(dtype)

@@ -124,7 +124,7 @@ def phases(logits, image, repeats):
     out["build_bilateral_ms"] = 1e3 * timed(lambda: Lattice(fb), repeats)[0]
     out["build_spatial_ms"] = 1e3 * timed(lambda: Lattice(fs), repeats)[0]
     lat = Lattice(fb)
-    a, d1 = lat.arrays, lat.dim + 1
+    a = lat.arrays
     values = np.ascontiguousarray(np.full((h * w, n_lab), 1.0 / n_lab, dtype=np.float32))
     ones = lat.ones(np.float32)
     local, buf, tmp = lat.workspace(n_lab, np.float32)
@@ -135,8 +135,7 @@ def phases(logits, image, repeats):
         LK.gather_rows(local, a.indptr, a.rows, buf)
 
     def blur_all():
-        for j in range(d1):
-            LK.blur(buf, a.neighbours[j], tmp)
+        LK.blur(buf, tmp, a.neighbours, False)
 
     def slice_():
         LK.scatter_rows(buf, a.remap, local)

@@ -522,17 +522,26 @@ def scatter_rows(lattice_values, remap, local):
 
 
 @njit(**PJIT)
-def blur(src, nbrs, dst):
-    """One blur direction, stencil [0.5, 1, 0.5]: ``dst[v] = src[v] + (src[v-] + src[v+]) / 2``."""
-    m = nbrs.shape[0]
-    n_ch = src.shape[1]
-    for v in prange(m):
-        a = nbrs[v, 0]
-        b = nbrs[v, 1]
+def blur(buf, tmp, neighbours, transpose):
+    """Every blur direction in turn (reversed for the transpose), stencil [0.5, 1, 0.5]:
+    ``dst[v] = src[v] + (src[v-] + src[v+]) / 2``, ping-ponging between ``buf`` and ``tmp`` (one call, so a
+    small image pays one dispatch for all ``d + 1`` passes). Returns True when the result is in ``tmp``.
+    Row ``M`` of each buffer stays zero (absent neighbours)."""
+    d1, m, _ = neighbours.shape
+    n_ch = buf.shape[1]
+    src = buf
+    dst = tmp
+    for jj in range(d1):
+        nbrs = neighbours[d1 - 1 - jj] if transpose else neighbours[jj]
+        for v in prange(m):
+            a = nbrs[v, 0]
+            b = nbrs[v, 1]
+            for k in range(n_ch):
+                dst[v, k] = src[v, k] + 0.5 * (src[a, k] + src[b, k])
         for k in range(n_ch):
-            dst[v, k] = src[v, k] + 0.5 * (src[a, k] + src[b, k])
-    for k in range(n_ch):
-        dst[m, k] = 0.0
+            dst[m, k] = 0.0
+        src, dst = dst, src
+    return d1 % 2 == 1
 
 
 @njit(**PJIT)

@@ -186,9 +186,7 @@ class Lattice:
         local, buf, tmp = self.workspace(values.shape[1], dtype) if work is None else work
         K.splat(values, pre, a.offsets, a.weights, a.starts, self.chunk, local)
         K.gather_rows(local, a.indptr, a.rows, buf)
-        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
-        for j in order:
-            K.blur(buf, a.neighbours[j], tmp)
+        if K.blur(buf, tmp, a.neighbours, transpose):
             buf, tmp = tmp, buf
         K.scatter_rows(buf, a.remap, local)
         K.slice_(local, a.offsets, a.weights, a.starts, self.chunk, dtype.type(self.alpha), post, out)

@@ -139,7 +139,7 @@ def phases(logits, image, repeats):
 
     def slice_():
         LK.scatter_rows(buf, a.remap, local)
-        LK.slice_(local, a.offsets, a.weights, a.starts, lat.chunk, np.float32(lat.alpha), ones, res)
+        LK.slice_(local, a.offsets, a.weights, a.starts, lat.chunk, np.float32(lat.alpha), ones, res, False)
 
     out["splat_ms"] = 1e3 * timed(splat, repeats)[0]
     out["blur_ms"] = 1e3 * timed(blur_all, repeats)[0]

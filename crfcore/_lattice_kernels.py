@@ -545,9 +545,9 @@ def blur(buf, tmp, neighbours, transpose):
 
 
 @njit(**PJIT)
-def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
+def slice_(local, offsets, weights, starts, chunk, alpha, post, out, accumulate):
     """``out[p] = alpha * post[p] * sum_r weights[p, r] * local[starts[c] + offsets[p, r]]`` (in parallel over
-    chunks ``c``)."""
+    chunks ``c``); ``accumulate`` adds to ``out`` instead."""
     n, n_ch = out.shape
     d1 = offsets.shape[0] // n
     zero = alpha - alpha  # accumulate in the values' dtype
@@ -561,7 +561,7 @@ def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
                 for r in range(d1):
                     q = p * d1 + r
                     a0 += weights[q] * local[base + offsets[q], 0]
-                out[p, 0] = s * a0
+                out[p, 0] = s * a0 + out[p, 0] if accumulate else s * a0
             elif n_ch == 2:
                 a0 = zero
                 a1 = zero
@@ -570,8 +570,12 @@ def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
                     i = base + offsets[q]
                     a0 += weights[q] * local[i, 0]
                     a1 += weights[q] * local[i, 1]
-                out[p, 0] = s * a0
-                out[p, 1] = s * a1
+                if accumulate:
+                    out[p, 0] += s * a0
+                    out[p, 1] += s * a1
+                else:
+                    out[p, 0] = s * a0
+                    out[p, 1] = s * a1
             else:
                 for k in range(n_ch):
                     acc[k] = zero
@@ -582,4 +586,4 @@ def slice_(local, offsets, weights, starts, chunk, alpha, post, out):
                     for k in range(n_ch):
                         acc[k] += w * local[i, k]
                 for k in range(n_ch):
-                    out[p, k] = s * acc[k]
+                    out[p, k] = s * acc[k] + out[p, k] if accumulate else s * acc[k]

@@ -72,20 +72,17 @@ _ROWS = 64
 
 
 @njit(**JIT)
-def _softmax_block(z, r0, nr, out, tiny, zt):
-    """Rows ``r0 .. r0 + nr - 1`` of the numerically stable softmax ``exp(z - max z) / sum exp(z - max z)``.
+def _softmax_block(zt, r0, nr, out, tiny):
+    """Rows ``r0 .. r0 + nr - 1`` of the numerically stable softmax ``exp(z - max z) / sum exp(z - max z)``,
+    from the block's logits already copied label-major into the float64 scratch ``zt`` (L, _ROWS).
 
-    The rows are copied label-major into the float64 scratch ``zt`` (L, _ROWS), so every loop runs over the
-    block's rows in SIMD lanes (a row of 21 labels does not fill vector registers), and the exponentials stay
-    in float64 until normalised: nothing subnormal reaches a float32 array (each subnormal costs a microcode
-    assist). Values below ``tiny`` become 0.
+    Label-major, every loop runs over the block's rows in SIMD lanes (a row of 21 labels does not fill vector
+    registers), and the exponentials stay in float64 until normalised: nothing subnormal reaches a float32
+    array (each subnormal costs a microcode assist). Values below ``tiny`` become 0.
     """
-    n_lab = z.shape[1]
+    n_lab = zt.shape[0]
     mx = np.empty(nr)
     tot = np.zeros(nr)
-    for t in range(nr):
-        for k in range(n_lab):
-            zt[k, t] = z[r0 + t, k]
     for t in range(nr):
         mx[t] = zt[0, t]
     for k in range(1, n_lab):
@@ -114,7 +111,11 @@ def softmax_rows(z, out, tiny):
     for blk in prange((n + _ROWS - 1) // _ROWS):
         zt = np.empty((n_lab, _ROWS))
         r0 = blk * _ROWS
-        _softmax_block(z, r0, min(_ROWS, n - r0), out, tiny, zt)
+        nr = min(_ROWS, n - r0)
+        for t in range(nr):
+            for k in range(n_lab):
+                zt[k, t] = z[r0 + t, k]
+        _softmax_block(zt, r0, nr, out, tiny)
 
 
 @njit(**PJIT)
@@ -154,8 +155,10 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
 
     With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel. Two labels
     (binary segmentation) take a scalar path: loops over a run-time label count cost more than the work.
+    ``Z`` is stored only where ``z`` has rows (it is not needed for probabilities).
     """
     n, n_lab = u.shape
+    store_z = z.shape[0] > 0
     if n_lab == 2:
         for i in prange(n):
             s0, s1, b0, b1 = s[i, 0], s[i, 1], b[i, 0], b[i, 1]
@@ -165,15 +168,17 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
             else:
                 z0 = u[i, 0] - (a_s[0, 0] * s0 + a_b[0, 0] * b0) - (a_s[0, 1] * s1 + a_b[0, 1] * b1)
                 z1 = u[i, 1] - (a_s[1, 0] * s0 + a_b[1, 0] * b0) - (a_s[1, 1] * s1 + a_b[1, 1] * b1)
-            z[i, 0] = z0
-            z[i, 1] = z1
+            if store_z:
+                z[i, 0] = z0
+                z[i, 1] = z1
             _softmax_pair(z0, z1, q, i, tiny)
         return
     for blk in prange((n + _ROWS - 1) // _ROWS):
         zt = np.empty((n_lab, _ROWS))
         r0 = blk * _ROWS
-        r1 = min(n, r0 + _ROWS)
-        for i in range(r0, r1):
+        nr = min(_ROWS, n - r0)
+        for t in range(nr):
+            i = r0 + t
             if potts:
                 ts = 0.0
                 tb = 0.0
@@ -181,14 +186,17 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
                     ts += s[i, k]
                     tb += b[i, k]
                 for k in range(n_lab):
-                    z[i, k] = u[i, k] - c_s * (ts - s[i, k]) - c_b * (tb - b[i, k])
+                    zt[k, t] = u[i, k] - c_s * (ts - s[i, k]) - c_b * (tb - b[i, k])
             else:
                 for k in range(n_lab):
                     acc = u[i, k]
                     for j in range(n_lab):
                         acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
-                    z[i, k] = acc
-        _softmax_block(z, r0, r1 - r0, q, tiny, zt)
+                    zt[k, t] = acc
+            if store_z:
+                for k in range(n_lab):
+                    z[i, k] = zt[k, t]
+        _softmax_block(zt, r0, nr, q, tiny)
 
 
 #: Rows per block of the backward's ``dZ^T S`` products (partial sums per block, summed in block order).

@@ -64,11 +64,12 @@ class Kernel:
 
         self._work = None
 
-    def apply(self, x, out, transpose=False):
+    def apply(self, x, out, transpose=False, scale=1.0, accumulate=False):
         if self._work is None or self._work[0].shape[1] != x.shape[1] or self._work[0].dtype != x.dtype:
             self._work = self.lattice.workspace(x.shape[1], x.dtype)
         pre, post = (self.post, self.pre) if transpose else (self.pre, self.post)
-        return self.lattice.apply(x, out, transpose=transpose, pre=pre, post=post, work=self._work)
+        return self.lattice.apply(x, out, transpose=transpose, pre=pre, post=post, work=self._work, scale=scale,
+                                  accumulate=accumulate)
 
 
 class MeanfieldResiduals(NamedTuple):
@@ -226,28 +227,34 @@ def tiny(dtype):
     return np.finfo(dtype).tiny  # the smallest normal number: flush subnormals only
 
 
-def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None):
+def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None, want_z=True, weights=None):
     """Mean field on one image: ``u`` ``(N, L)``, ``tr`` a :class:`Transform`; returns ``(Z_T, Q_T)``.
 
     ``trace``, if given, is ``(q_in, s, b)``, each ``(T, N, L)``, filled with the iterates. ``q``, if given,
-    is where ``Q_T`` goes.
+    is where ``Q_T`` goes. ``want_z=False`` skips storing ``Z`` (None is returned for it). ``weights``, if given,
+    is ``(w_s, w_b)`` for scalar kernel weights, with ``tr`` the transform of the compatibility alone: both
+    kernels then add into one message array ``w_s K_s Q + w_b K_b Q`` (one array less, read once).
     """
     q = np.empty_like(u) if q is None else q
     eps = tiny(u.dtype)
     MK.softmax_rows(u, q, eps)
     z = u
     s = np.empty_like(u)
-    b = np.empty_like(u)
+    b = s if weights is not None else np.empty_like(u)
     for t in range(n_iter):
         if trace is not None:
             trace[0][t] = q
             s, b = trace[1][t], trace[2][t]
-        ks.apply(q, s)
-        kb.apply(q, b)
+        if weights is not None:
+            ks.apply(q, s, scale=weights[0])
+            kb.apply(q, s, scale=weights[1], accumulate=True)
+        else:
+            ks.apply(q, s)
+            kb.apply(q, b)
         if t == 0:
-            z = np.empty_like(u)
+            z = np.empty_like(u) if want_z else np.empty((0, u.shape[1]), u.dtype)
         MK.combine_softmax(u, s, b, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, z, q, eps)
-    return z, q
+    return (z if want_z else None), q
 
 
 def backward_one(dz, ks, kb, tr, q_in, s, b):
@@ -322,11 +329,18 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     if keep_residuals:
         trace_shape = (n_batch, params.n_iter, n, n_lab)
         q_in, s, b = (np.empty(trace_shape, dtype=u.dtype) for _ in range(3))
+    # scalar kernel weights: S A_s^T + B A_b^T = (w_s S + w_b B) mu^T, one message array (not for training,
+    # whose gradients need S and B apart)
+    fused = not keep_residuals and np.ndim(params.w_spatial) == 0 and np.ndim(params.w_bilateral) == 0
+    if fused:
+        tr = Transform.of(params.compat, np.zeros_like(params.compat), u.dtype)
+        weights = (params.w_spatial, params.w_bilateral)
     for i in range(n_batch):
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
         with PARALLEL:  # one image at a time across Python threads: no oversubscription
             ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
-            z, _ = forward_one(u3[i], ks, kb, tr, params.n_iter, trace, q=q_out[i])
+            z, _ = forward_one(u3[i], ks, kb, tr, params.n_iter, trace, q=q_out[i], want_z=output != "probs",
+                               weights=weights if fused else None)
         if output != "probs":
             out[i] = z
         elif q_out is not out:

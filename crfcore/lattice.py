@@ -170,14 +170,15 @@ class Lattice:
         shape = (self.num_vertices + 1, n_channels)
         return local, np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
 
-    def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None):
+    def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None, scale=1.0, accumulate=False):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
 
         Callers hold :data:`crfcore._parallel.PARALLEL` (as :meth:`filter` and the mean field do).
 
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).
-        ``work`` is an optional :meth:`workspace` of matching shape and dtype.
+        ``work`` is an optional :meth:`workspace` of matching shape and dtype. ``scale`` multiplies the result;
+        ``accumulate=True`` adds it to ``out`` instead of overwriting it.
         """
         dtype = values.dtype
         a = self.arrays
@@ -189,7 +190,8 @@ class Lattice:
         if K.blur(buf, tmp, a.neighbours, transpose):
             buf, tmp = tmp, buf
         K.scatter_rows(buf, a.remap, local)
-        K.slice_(local, a.offsets, a.weights, a.starts, self.chunk, dtype.type(self.alpha), post, out)
+        K.slice_(local, a.offsets, a.weights, a.starts, self.chunk, dtype.type(self.alpha * scale), post, out,
+                 accumulate)
         return out
 
     def filter(self, values, transpose=False):

@@ -181,3 +181,20 @@ def test_saturated_logits_give_clean_probabilities_and_gradients(rng):
     assert not np.any((np.abs(res.q_in) > 0) & (np.abs(res.q_in) < tiny))
     grads = crfcore.meanfield_bwd(res, rng.normal(size=out.shape))
     assert np.isfinite(grads.logits).all() and np.isfinite(grads.compat).all()
+
+
+@pytest.mark.parametrize("n_labels", [2, 5])
+@pytest.mark.parametrize("potts_compat", [True, False])
+def test_inference_path_equals_training_path(rng, n_labels, potts_compat):
+    # inference adds both kernels' messages into one array (scalar weights); training keeps them apart
+    image = rng.integers(0, 256, size=(24, 30, 3)).astype(np.uint8)
+    logits = rng.normal(scale=2.0, size=(24, 30, n_labels))
+    compat = None if potts_compat else rng.uniform(0.2, 1.5, size=(n_labels, n_labels))
+    kw = dict(n_iter=4, theta_alpha=10.0, theta_beta=20.0, w_spatial=2.5, w_bilateral=4.0, compat=compat)
+    q_infer = meanfield(logits, image, **kw)
+    q_train, res = meanfield_fwd(logits, image, keep_residuals=True, **kw)
+    assert res is not None
+    np.testing.assert_allclose(q_infer, q_train, rtol=1e-12, atol=1e-12)
+    z_infer = meanfield_fwd(logits, image, keep_residuals=False, output="logits", **kw)[0]
+    z_train = meanfield_fwd(logits, image, keep_residuals=True, output="logits", **kw)[0]
+    np.testing.assert_allclose(z_infer, z_train, rtol=1e-11, atol=1e-11)

@@ -22,6 +22,7 @@ import numpy as np
 
 import crfcore
 from crfcore import _lattice_kernels as LK
+from crfcore import _parallel
 from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
@@ -113,6 +114,11 @@ def ours(logits, image, n_iter):
 
 
 def phases(logits, image, repeats):
+    """See :func:`_phases`: run on crfcore's compute thread, like every crfcore call (one OpenMP team)."""
+    return _parallel.run(_phases, logits, image, repeats)
+
+
+def _phases(logits, image, repeats):
     """Median milliseconds of crfcore's phases on one image: lattice builds, and splat (with the sum of each
     vertex's chunk rows) / blur / slice (with the copy back to the chunk rows) of one
     bilateral filtering of all L channels."""

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _meanfield_kernels as MK
-from ._parallel import PARALLEL
+from . import _parallel
 from ._validation import as_float_array, check_finite, check_nonempty, positive_scalar
 from .features import bilateral_features, spatial_features
 from .lattice import Lattice
@@ -299,6 +299,22 @@ def backward_one(dz, ks, kb, tr, q_in, s, b):
     return du, da_s, da_b
 
 
+def _forward_image(img, u, spatial_shape, params, tr, trace, q, want_z, weights):
+    ks, kb = build_kernels(img, spatial_shape, params, u.dtype)
+    z, _ = forward_one(u, ks, kb, tr, params.n_iter, trace, q=q, want_z=want_z, weights=weights)
+    return ks, kb, z
+
+
+def _backward_image(residuals, i, grad, tr):
+    if residuals.output == "probs":
+        dz = np.empty_like(grad)
+        MK.softmax_rows_bwd(residuals.q_out[i], grad, dz, tiny(dz.dtype))
+    else:
+        dz = grad.copy()
+    ks, kb = residuals.kernels[i]
+    return backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i])
+
+
 def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0,
                   w_bilateral=10.0, w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2,
                   output="probs", keep_residuals=True):
@@ -351,10 +367,9 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
         weights = (params.w_spatial, params.w_bilateral)
     for i in range(n_batch):
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
-        with PARALLEL:  # one image at a time across Python threads: no oversubscription
-            ks, kb = build_kernels(img3[i], spatial_shape, params, u.dtype)
-            z, _ = forward_one(u3[i], ks, kb, tr, params.n_iter, trace, q=q_out[i], want_z=output != "probs",
-                               weights=weights if fused else None)
+        # one image at a time on crfcore's compute thread, whichever Python thread calls: no oversubscription
+        ks, kb, z = _parallel.run(_forward_image, img3[i], u3[i], spatial_shape, params, tr, trace, q_out[i],
+                                  output != "probs", weights if fused else None)
         if output != "probs":
             out[i] = z
         elif q_out is not out:
@@ -398,14 +413,7 @@ def meanfield_bwd(residuals, grad):
     da_s = np.zeros((n_lab, n_lab))
     da_b = np.zeros((n_lab, n_lab))
     for i in range(n_batch):
-        ks, kb = residuals.kernels[i]
-        with PARALLEL:
-            if residuals.output == "probs":
-                dz = np.empty_like(g3[i])
-                MK.softmax_rows_bwd(residuals.q_out[i], g3[i], dz, tiny(dz.dtype))
-            else:
-                dz = g3[i].copy()
-            du, das, dab = backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i])
+        du, das, dab = _parallel.run(_backward_image, residuals, i, g3[i], tr)
         d_logits[i] = du
         da_s += das
         da_b += dab

@@ -5,7 +5,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _lattice_kernels as K
-from ._parallel import PARALLEL
+from . import _parallel
 from ._validation import as_float_array, check_finite, check_nonempty
 
 #: Elevated features must stay well inside int32 (the pure-TensorFlow lattice's coordinates).
@@ -118,8 +118,7 @@ class Lattice:
             raise ValueError(f"`features` must have shape (N, d), got shape {f.shape}")
         check_nonempty(f, "features")
         f = np.ascontiguousarray(f, dtype=np.float64)
-        with PARALLEL:
-            self._build(f)
+        _parallel.run(self._build, f)
 
     def _build(self, f):
         fmin, fmax, finite = K.feature_range(f)
@@ -173,7 +172,7 @@ class Lattice:
     def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None, scale=1.0, accumulate=False):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
 
-        Callers hold :data:`crfcore._parallel.PARALLEL` (as :meth:`filter` and the mean field do).
+        Callers run it through :func:`crfcore._parallel.run` (as :meth:`filter` and the mean field do).
 
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).
@@ -222,6 +221,5 @@ class Lattice:
         check_nonempty(v, "values")
         check_finite(v, "values")
         out = np.empty_like(v)
-        with PARALLEL:
-            self.apply(v, out, transpose=bool(transpose))
+        _parallel.run(self.apply, v, out, transpose=bool(transpose))
         return out[:, 0] if squeeze else out

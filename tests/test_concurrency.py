@@ -1,12 +1,14 @@
-"""crfcore called from several Python threads at once: same results, one parallel computation at a time."""
+"""crfcore called from several Python threads at once: same results, all parallel work on one compute thread."""
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
+import pytest
 
 import crfcore
-from crfcore._parallel import PARALLEL
+from crfcore import _parallel
 
 
 def _inputs(seed):
@@ -34,18 +36,48 @@ def test_threads_get_the_serial_results():
 
 def test_a_call_waits_while_another_holds_the_cores():
     logits, image = _inputs(0)
+    release = threading.Event()
     done = threading.Event()
+    holder = threading.Thread(target=_parallel.run, args=(release.wait, 30))  # another caller's image
+    holder.start()
 
     def call():
         crfcore.meanfield(logits, image, n_iter=2)
         done.set()
 
-    with PARALLEL:  # as another thread's running image would
-        worker = threading.Thread(target=call)
-        worker.start()
-        assert not done.wait(0.5), "meanfield ran its kernels while another computation held the cores"
+    worker = threading.Thread(target=call)
+    worker.start()
+    assert not done.wait(0.5), "meanfield ran its kernels while another computation held the cores"
+    release.set()
     worker.join(60)
+    holder.join(60)
     assert done.is_set()
+
+
+def test_work_runs_on_one_thread_with_the_callers_thread_count():
+    seen = set()
+
+    def where():
+        seen.add(threading.get_ident())
+        return numba.get_num_threads()
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert _parallel.run(where) == 1
+        numba.set_num_threads(before)
+        assert _parallel.run(where) == before
+    finally:
+        numba.set_num_threads(before)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: _parallel.run(where), range(6)))
+    assert len(seen) == 1 and threading.get_ident() not in seen
+    assert _parallel.run(lambda: _parallel.run(where)) == before  # re-entrant: no deadlock
+
+
+def test_errors_reach_the_caller():
+    with pytest.raises(ValueError, match="finite"):
+        crfcore.Lattice(np.array([[0.0, np.nan]]))
 
 
 def test_lattice_filter_from_threads():

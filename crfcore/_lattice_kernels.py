@@ -50,6 +50,23 @@ def _slot(key, shift):
 
 
 @njit(inline="always", **JIT)
+def _slot1(k1, shift):
+    """:func:`_slot` of a one-word key, on a scalar (the same hash)."""
+    return ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+
+
+@njit(inline="always", **JIT)
+def _probe1(tkeys, tids, k1, h, mask):
+    """From slot ``h`` on, the slot holding the one-word key ``k1`` or the empty one where it goes, and the id
+    there (-1: absent)."""
+    e = tids[h]
+    while e >= 0 and tkeys[h, 0] != k1:
+        h = (h + _ONE) & mask
+        e = tids[h]
+    return h, e
+
+
+@njit(inline="always", **JIT)
 def _lookup(tkeys, tids, key, shift):
     """The slot of ``key`` in an open-addressing table: the one holding it, or the empty one where it goes."""
     mask = np.uint64(tids.shape[0] - 1)
@@ -238,18 +255,14 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
             k1 = key[0]
             for r in range(d1):
                 vk[r] = k1
-                vh[r] = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+                vh[r] = _slot1(k1, shift)
                 k1 += ones[0]
                 k = inverse[d - r]
                 if k < d:
                     k1 -= np.uint64(d1) << fshift[k]
             for r in range(d1):
                 k1 = vk[r]
-                h = vh[r]
-                e = tids[h]
-                while e >= 0 and tkeys[h, 0] != k1:
-                    h = (h + _ONE) & mask
-                    e = tids[h]
+                h, e = _probe1(tkeys, tids, k1, vh[r], mask)
                 if e < 0:
                     e = m
                     tkeys[h, 0] = k1
@@ -331,7 +344,7 @@ def _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows):
         touched = np.uint64(0)
         for i in range(e, chunk_keys.shape[0]):
             k1 = chunk_keys[i, 0]
-            h = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
+            h = _slot1(k1, shift)
             touched += tkeys[h, 0] + np.uint64(tids[h])
         remap[rows + e] = np.int32(touched & _ONE)  # keeps the loads alive; overwritten below
     while e < chunk_keys.shape[0]:
@@ -339,11 +352,7 @@ def _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows):
             return e, m
         if n_words == 1:
             k1 = chunk_keys[e, 0]
-            h = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
-            v = tids[h]
-            while v >= 0 and tkeys[h, 0] != k1:
-                h = (h + _ONE) & mask
-                v = tids[h]
+            h, v = _probe1(tkeys, tids, k1, _slot1(k1, shift), mask)
         else:
             h = _lookup(tkeys, tids, chunk_keys[e], shift)
             v = tids[h]
@@ -424,11 +433,7 @@ def blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word):
                     step = np.uint64(d1) << fshift[j] if j < d else np.uint64(0)
                     for side in range(2):
                         k1 = uniq[v, 0] - ones[0] + step if side == 0 else uniq[v, 0] + ones[0] - step
-                        h = ((k1 ^ (k1 >> _FOLD)) * _GOLDEN) >> shift
-                        e = tids[h]
-                        while e >= 0 and tkeys[h, 0] != k1:
-                            h = (h + _ONE) & mask
-                            e = tids[h]
+                        e = _probe1(tkeys, tids, k1, _slot1(k1, shift), mask)[1]
                         out[j, v, side] = m if e < 0 else e
                 continue
             for j in range(d1):

@@ -390,7 +390,6 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
     uniq = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
     tkeys, tids, shift = _table(uniq, 0, capacity)
     m = 0
-    rows = 0
     for c0 in range(0, n_chunks, wave):
         c1 = min(n_chunks, c0 + wave)
         embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)
@@ -398,12 +397,12 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
             starts[c + 1] = starts[c] + counts[c]
             if starts[c + 1] > remap.shape[0]:
                 grown = np.empty(max(2 * remap.shape[0], starts[c + 1]), dtype=np.int32)
-                grown[:rows] = remap[:rows]
+                grown[:starts[c]] = remap[:starts[c]]
                 remap = grown
             chunk_keys = keys[(c - c0) * stride:(c - c0) * stride + counts[c]]
             e = 0
             while True:
-                e, m = _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows)
+                e, m = _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, starts[c])
                 if e == chunk_keys.shape[0]:
                     break
                 capacity *= 2
@@ -411,8 +410,7 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
                 grown_keys[:m] = uniq[:m]
                 uniq = grown_keys
                 tkeys, tids, shift = _table(uniq, m, capacity)
-            rows += counts[c]
-    return weights, starts, remap[:rows].copy(), uniq[:m].copy(), tkeys, tids, shift
+    return weights, starts, remap[:starts[n_chunks]].copy(), uniq[:m].copy(), tkeys, tids, shift
 
 
 @njit(**PJIT)

@@ -155,13 +155,16 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
 
     With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel. Two labels
     (binary segmentation) take a scalar path: loops over a run-time label count cost more than the work.
-    ``Z`` is stored only where ``z`` has rows (it is not needed for probabilities).
+    An array with no rows stands for an absent one: ``Z`` is stored only where ``z`` has rows (probabilities
+    do not need it), and a ``b`` without rows drops its term (both kernels' messages already added in ``s``).
     """
     n, n_lab = u.shape
     store_z = z.shape[0] > 0
+    has_b = b.shape[0] > 0
     if n_lab == 2:
         for i in prange(n):
-            s0, s1, b0, b1 = s[i, 0], s[i, 1], b[i, 0], b[i, 1]
+            s0, s1 = s[i, 0], s[i, 1]
+            b0, b1 = (b[i, 0], b[i, 1]) if has_b else (s0 - s0, s0 - s0)
             if potts:
                 z0 = u[i, 0] - c_s * s1 - c_b * b1
                 z1 = u[i, 1] - c_s * s0 - c_b * b0
@@ -181,17 +184,21 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
             i = r0 + t
             if potts:
                 ts = 0.0
-                tb = 0.0
                 for k in range(n_lab):
                     ts += s[i, k]
-                    tb += b[i, k]
                 for k in range(n_lab):
-                    zt[k, t] = u[i, k] - c_s * (ts - s[i, k]) - c_b * (tb - b[i, k])
+                    zt[k, t] = u[i, k] - c_s * (ts - s[i, k])
+                if has_b:
+                    tb = 0.0
+                    for k in range(n_lab):
+                        tb += b[i, k]
+                    for k in range(n_lab):
+                        zt[k, t] -= c_b * (tb - b[i, k])
             else:
                 for k in range(n_lab):
                     acc = u[i, k]
                     for j in range(n_lab):
-                        acc -= a_s[k, j] * s[i, j] + a_b[k, j] * b[i, j]
+                        acc -= a_s[k, j] * s[i, j] + (a_b[k, j] * b[i, j] if has_b else 0.0)
                     zt[k, t] = acc
             if store_z:
                 for k in range(n_lab):

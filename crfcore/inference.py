@@ -52,8 +52,8 @@ class Kernel:
     def __init__(self, features, normalization, dtype):
         self.lattice = Lattice(features)
         n = self.lattice.num_points
-        norm = self.lattice.apply(np.ones((n, 1), dtype), np.empty((n, 1), dtype))[:, 0]  # as densecrf: in the
-        # compute dtype
+        # in the compute dtype, as densecrf
+        norm = self.lattice.apply(np.ones((n, 1), dtype), np.empty((n, 1), dtype))[:, 0]
         self.pre = self.post = None
         if normalization == "symmetric":
             self.pre = self.post = (1.0 / np.sqrt(norm + 1e-20)).astype(dtype)
@@ -250,10 +250,14 @@ def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None, want_z=True, weights=
     q = np.empty_like(u) if q is None else q
     eps = tiny(u.dtype)
     MK.softmax_rows(u, q, eps)
+    if n_iter == 0:
+        return (u if want_z else None), q
     share_workspace((ks, kb), u.shape[1], u.dtype)
-    z = u
-    s = np.empty_like(u)
-    b = s if weights is not None else np.empty_like(u)
+    absent = np.empty((0, u.shape[1]), u.dtype)  # an array without rows: "not stored" to combine_softmax
+    z = np.empty_like(u) if want_z else absent
+    if trace is None:  # else each iteration's s and b are its trace slots
+        s = np.empty_like(u)
+        b = absent if weights is not None else np.empty_like(u)
     for t in range(n_iter):
         if trace is not None:
             trace[0][t] = q
@@ -264,8 +268,6 @@ def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None, want_z=True, weights=
         else:
             ks.apply(q, s)
             kb.apply(q, b)
-        if t == 0:
-            z = np.empty_like(u) if want_z else np.empty((0, u.shape[1]), u.dtype)
         MK.combine_softmax(u, s, b, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, z, q, eps)
     return (z if want_z else None), q
 
@@ -276,8 +278,7 @@ def backward_one(dz, ks, kb, tr, q_in, s, b):
     No BLAS: the ``dZ^T S`` products are fused into :func:`combine_bwd` (multi-threaded BLAS had left its
     threads spinning beside Numba's, and single-threaded BLAS was the backward's largest cost).
     """
-    share_workspace((ks, kb), dz.shape[1], dz.dtype)
-    du = np.zeros_like(dz)
+    du = np.zeros_like(dz)  # the kernels kept the workspace the forward gave them
     n_blocks = -(-dz.shape[0] // MK.BWD_ROWS)
     partial = np.empty((n_blocks, 2) + tr.a_s.shape, dtype=dz.dtype)
     da_s = np.zeros(tr.a_s.shape)
@@ -361,15 +362,15 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
         q_in, s, b = (np.empty(trace_shape, dtype=u.dtype) for _ in range(3))
     # scalar kernel weights: S A_s^T + B A_b^T = (w_s S + w_b B) mu^T, one message array (not for training,
     # whose gradients need S and B apart)
-    fused = not keep_residuals and np.ndim(params.w_spatial) == 0 and np.ndim(params.w_bilateral) == 0
-    if fused:
+    weights = None
+    if not keep_residuals and np.ndim(params.w_spatial) == 0 and np.ndim(params.w_bilateral) == 0:
         tr = Transform.of(params.compat, np.zeros_like(params.compat), u.dtype)
         weights = (params.w_spatial, params.w_bilateral)
     for i in range(n_batch):
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
         # one image at a time on crfcore's compute thread, whichever Python thread calls: no oversubscription
         ks, kb, z = _parallel.run(_forward_image, img3[i], u3[i], spatial_shape, params, tr, trace, q_out[i],
-                                  output != "probs", weights if fused else None)
+                                  output != "probs", weights)
         if output != "probs":
             out[i] = z
         elif q_out is not out:

@@ -148,15 +148,15 @@ def feature_range(features):
     return fmin, fmax, np.isfinite(probe.sum())
 
 
-@njit(**JIT_EXACT)
-def _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights):
-    """Elevate points ``b0 .. b0 + nb - 1``, round them to their remainder-0 point, rank their residuals and
-    write their barycentric ``weights`` (Adams et al. 2010, p. 5-10), coordinate by coordinate over the block's
-    points (SIMD lanes). ``same[t]``: point ``t`` lies in the simplex of the point before it (in its chunk,
-    which starts at ``first``); ``prev`` carries the last point's simplex from block to block.
+@njit(inline="always", **JIT_EXACT)
+def _simplex_block(features, scale, b0, nb, el, r0, rank):
+    """Elevate points ``b0 .. b0 + nb - 1`` (``el``), round them to their remainder-0 point (``r0``) and rank
+    their residuals (``rank``): the enclosing simplex (Adams et al. 2010, p. 5-10), coordinate by coordinate over
+    the block's points (SIMD lanes).
 
     The float64 arithmetic is plain IEEE in the paper's order, which the pure-TensorFlow lattice repeats step by
-    step, so points on a simplex boundary land in the same simplex in both.
+    step, so points on a simplex boundary land in the same simplex in both. The feature gradient calls it again
+    and finds the very simplex the construction found.
     """
     d = features.shape[1]
     d1 = d + 1
@@ -195,6 +195,19 @@ def _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev
             fix = np.int64(rk < 0) - np.int64(rk > d)
             rank[i, t] = rk + fix * d1
             r0[i, t] += fix * d1
+
+
+@njit(**JIT_EXACT)
+def _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights):
+    """The simplex of points ``b0 .. b0 + nb - 1`` (:func:`_simplex_block`) and their barycentric ``weights``.
+
+    ``same[t]``: point ``t`` lies in the simplex of the point before it (in its chunk, which starts at
+    ``first``); ``prev`` carries the last point's simplex from block to block.
+    """
+    d = features.shape[1]
+    d1 = d + 1
+    inv_d1 = 1.0 / d1
+    _simplex_block(features, scale, b0, nb, el, r0, rank)
     # barycentric coordinates (p. 10) from the residuals sorted by rank: the vertex of remainder r weighs
     # srt[d - r] - srt[d - r + 1], and vertex 0 takes srt[d] + (1 - srt[0])
     for i in range(d1):
@@ -369,11 +382,11 @@ def _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows):
 
 
 @njit(**JIT_EXACT)
-def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
+def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, weights):
     """The whole lattice construction: embed ``wave`` chunks at a time in parallel, then number their unique
     vertices globally in chunk order (serial, so the numbering is the same whatever the thread count).
 
-    Fills ``offsets`` (uint16 or int32, ``N * (d + 1)``) and returns ``weights`` (float32), ``starts``,
+    Fills ``offsets`` (uint16 or int32, ``N * (d + 1)``) and ``weights`` (float32 or float64) and returns ``starts``,
     ``remap``, the unique keys ``(M, n_words)`` and the global hash table (``tkeys``, ``tids``, ``shift``) for
     the neighbour search.
     """
@@ -381,7 +394,6 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
     d1 = d + 1
     n_chunks = (n + chunk - 1) // chunk
     stride = chunk * d1
-    weights = np.empty(n * d1, dtype=np.float32)
     counts = np.zeros(n_chunks, dtype=np.int64)
     keys = np.empty((wave * stride, n_words), dtype=np.uint64)
     starts = np.zeros(n_chunks + 1, dtype=np.int64)
@@ -410,7 +422,7 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets):
                 grown_keys[:m] = uniq[:m]
                 uniq = grown_keys
                 tkeys, tids, shift = _table(uniq, m, capacity)
-    return weights, starts, remap[:starts[n_chunks]].copy(), uniq[:m].copy(), tkeys, tids, shift
+    return starts, remap[:starts[n_chunks]].copy(), uniq[:m].copy(), tkeys, tids, shift
 
 
 @njit(**PJIT)
@@ -590,3 +602,62 @@ def slice_(local, offsets, weights, starts, chunk, alpha, post, out, accumulate)
                         acc[k] += w * local[i, k]
                 for k in range(n_ch):
                     out[p, k] = s * acc[k] + out[p, k] if accumulate else s * acc[k]
+
+
+@njit(**PJIT)
+def slice_grad(local, offsets, starts, chunk, other, post, scale, out):
+    """The slice's derivative w.r.t. the barycentric weights, accumulated:
+    ``out[p, r] += scale * post[p] * <other[p], local[starts[c] + offsets[p, r]]>`` (float64 ``out`` of shape
+    ``(N, d + 1)``; in parallel over chunks ``c``, so each point's sum runs in one order whatever the threads).
+
+    With ``local`` the blurred splat of ``x`` and ``other`` the upstream gradient, this is ``dl/dW`` through the
+    slice; with ``local`` the blurred (reversed) splat of the gradient and ``other = x``, through the splat
+    (``shared/notes/lattice-feature-gradient.md``).
+    """
+    n, n_ch = other.shape
+    d1 = offsets.shape[0] // n
+    for c in prange(starts.shape[0] - 1):
+        base = starts[c]
+        for p in range(c * chunk, min(n, (c + 1) * chunk)):
+            s = scale * post[p]
+            for r in range(d1):
+                i = base + offsets[p * d1 + r]
+                acc = 0.0
+                for k in range(n_ch):
+                    acc += other[p, k] * local[i, k]
+                out[p, r] += s * acc
+
+
+@njit(**PJIT_EXACT)
+def weights_to_features(features, scale, grad_w, out):
+    """``out[p] = dl/df[p]`` (``(N, d)``) from ``grad_w[p, r] = dl/dW[p, r]`` (``(N, d + 1)``), the gradient
+    w.r.t. each point's barycentric weights: the chain rule through the barycentric coordinates and the
+    elevation, in the simplex :func:`build` found (recomputed here, the same arithmetic).
+
+    The weight of remainder ``r`` is ``srt[d - r] - srt[d - r + 1]`` (``r = 0``: ``srt[d] + 1 - srt[0]``) with
+    ``srt[rank_i] = (el_i - rem0_i) / (d + 1)`` (Adams et al. 2010, p. 10), so coordinate ``i`` of rank ``k``
+    gets ``(g[d - k] - g[(d - k + 1) mod (d + 1)]) / (d + 1)``; the elevation ``el = E (scale * f)`` is then
+    transposed: ``dl/dc_k = sum_{j <= k} dl/del_j - (k + 1) dl/del_{k + 1}``. Rounding and ranking are
+    piecewise constant (zero derivative).
+    """
+    n, d = features.shape
+    d1 = d + 1
+    inv_d1 = 1.0 / d1
+    for blk in prange((n + _BLOCK - 1) // _BLOCK):
+        b0 = blk * _BLOCK
+        nb = min(_BLOCK, n - b0)
+        el = np.empty((d1, _BLOCK))
+        r0 = np.empty((d1, _BLOCK), dtype=np.int64)
+        rank = np.empty((d1, _BLOCK), dtype=np.int64)
+        de = np.empty(d1)
+        _simplex_block(features, scale, b0, nb, el, r0, rank)
+        for t in range(nb):
+            p = b0 + t
+            for i in range(d1):
+                a = d - rank[i, t]
+                b = a + 1 if a < d else 0
+                de[i] = (grad_w[p, a] - grad_w[p, b]) * inv_d1
+            run = 0.0
+            for k in range(d):
+                run += de[k]
+                out[p, k] = scale[k] * (run - (k + 1) * de[k + 1])

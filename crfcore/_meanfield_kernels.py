@@ -264,3 +264,14 @@ def iteration_bwd(q, dq_s, dq_b, dz, tiny):
         for k in range(n_lab):
             g = q[i, k] * (-(dq_s[i, k] + dq_b[i, k]) - dot)
             dz[i, k] = g if abs(g) >= tiny else 0.0
+
+
+@njit(**PJIT)
+def row_dots(a, b, out):
+    """``out[i] += <a[i], b[i]>`` (accumulated in float64, ``out`` float64)."""
+    n, n_lab = a.shape
+    for i in prange(n):
+        acc = 0.0
+        for k in range(n_lab):
+            acc += a[i, k] * b[i, k]
+        out[i] += acc

@@ -10,7 +10,8 @@ import numpy as np
 def positions(spatial_shape, width=1.0, out=None):
     """Pixel coordinates divided by ``width``, shape ``(prod(spatial_shape), len(spatial_shape))``, last axis first.
 
-    ``out``, if given, is a float64 array whose first ``len(spatial_shape)`` columns receive them.
+    ``width`` is a float or one per spatial axis (in axis order). ``out``, if given, is a float64 array whose
+    first ``len(spatial_shape)`` columns receive them.
     """
     n_dims = len(spatial_shape)
     n = int(np.prod(spatial_shape))
@@ -20,7 +21,8 @@ def positions(spatial_shape, width=1.0, out=None):
     for axis, size in enumerate(spatial_shape):
         shape = [1] * n_dims
         shape[axis] = size
-        view[..., n_dims - 1 - axis] = (np.arange(size, dtype=np.float64) / width).reshape(shape)
+        w = width if np.ndim(width) == 0 else width[axis]
+        view[..., n_dims - 1 - axis] = (np.arange(size, dtype=np.float64) / w).reshape(shape)
     return out
 
 
@@ -38,8 +40,8 @@ def bilateral_features(image, spatial_shape, theta_alpha, theta_beta):
         Pixel values in their own units (0-255 for uint8 images), flattened over ``spatial_shape``; any real
         dtype (divided in float64).
     spatial_shape : tuple of int
-    theta_alpha, theta_beta : float
-        Kernel widths in pixels and in image units.
+    theta_alpha, theta_beta : float or ndarray
+        Kernel widths in pixels (or one per spatial axis) and in image units (or one per channel).
     """
     image = np.asarray(image)
     n_dims = len(spatial_shape)

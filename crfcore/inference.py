@@ -20,68 +20,12 @@ import numpy as np
 
 from . import _meanfield_kernels as MK
 from . import _parallel
-from ._validation import as_float_array, check_finite, check_nonempty, positive_scalar
+from ._validation import as_float_array, check_finite, check_nonempty
 from .features import bilateral_features, spatial_features
-from .lattice import Lattice
+from .kernel import FeatureGrad, Kernel, share_workspace
+from .params import NORMALIZATIONS, CrfParams, check_params, potts  # noqa: F401  (re-exported)
 
-NORMALIZATIONS = ("symmetric", "after", "before", "none")
 OUTPUTS = ("probs", "logits")
-
-
-class CrfParams(NamedTuple):
-    """Validated parameters of a dense CRF."""
-
-    n_iter: int
-    theta_alpha: float
-    theta_beta: float
-    theta_gamma: float
-    w_spatial: object  # float or (L, L) float64 array
-    w_bilateral: object  # float or (L, L) float64 array
-    compat: np.ndarray  # (L, L) float64, the label compatibility mu
-    normalization: str
-    spatial_dims: int
-
-
-class Kernel:
-    """A Gaussian kernel on a lattice with its normalisation: ``apply(x) = diag(post) K diag(pre) x``.
-
-    ``normalization`` follows densecrf: ``"symmetric"`` is ``D^-1/2 K D^-1/2``, ``"after"`` is ``D^-1 K``
-    (crfasrnn's), ``"before"`` is ``K D^-1`` and ``"none"`` is ``K``, where ``D = diag(K 1)``.
-    """
-
-    def __init__(self, features, normalization, dtype):
-        self.lattice = Lattice(features)
-        n = self.lattice.num_points
-        # in the compute dtype, as densecrf
-        norm = self.lattice.apply(np.ones((n, 1), dtype), np.empty((n, 1), dtype))[:, 0]
-        self.pre = self.post = None
-        if normalization == "symmetric":
-            self.pre = self.post = (1.0 / np.sqrt(norm + 1e-20)).astype(dtype)
-        elif normalization == "after":
-            self.post = (1.0 / (norm + 1e-20)).astype(dtype)
-        elif normalization == "before":
-            self.pre = (1.0 / (norm + 1e-20)).astype(dtype)
-
-        self._work = None
-
-    def apply(self, x, out, transpose=False, scale=1.0, accumulate=False):
-        if self._work is None or self._work[0].shape[1] != x.shape[1] or self._work[0].dtype != x.dtype:
-            self._work = self.lattice.workspace(x.shape[1], x.dtype)
-        pre, post = (self.post, self.pre) if transpose else (self.pre, self.post)
-        return self.lattice.apply(x, out, transpose=transpose, pre=pre, post=post, work=self._work, scale=scale,
-                                  accumulate=accumulate)
-
-
-def share_workspace(kernels, n_channels, dtype):
-    """Give the kernels one set of scratch buffers for ``n_channels`` channels (they filter one after the
-    other), sized for the largest lattice: a workspace per kernel would cost ~20 % more memory at 21 labels."""
-    rows = max(k.lattice.arrays.remap.shape[0] for k in kernels)
-    verts = max(k.lattice.num_vertices for k in kernels) + 1
-    flat = [np.empty(rows * n_channels, dtype), np.empty(verts * n_channels, dtype),
-            np.empty(verts * n_channels, dtype)]
-    for k in kernels:
-        r, m = k.lattice.arrays.remap.shape[0], k.lattice.num_vertices + 1
-        k._work = tuple(f[:size * n_channels].reshape(size, n_channels) for f, size in zip(flat, (r, m, m)))
 
 
 class MeanfieldResiduals(NamedTuple):
@@ -96,72 +40,24 @@ class MeanfieldResiduals(NamedTuple):
     s: np.ndarray  # (B, T, N, L): K_spatial Q_{t-1}
     b: np.ndarray  # (B, T, N, L): K_bilateral Q_{t-1}
     q_out: np.ndarray  # (B, N, L): Q_T
+    image: np.ndarray  # (B, N, C): a copy of the guidance image, for the features' gradient
+    image_shape: tuple  # the image's shape as given
 
 
 class MeanfieldGrads(NamedTuple):
-    """Gradients of a scalar loss w.r.t. the mean-field inputs (the image gets none)."""
+    """Gradients of a scalar loss w.r.t. the mean-field inputs, each in the form its input was given.
+
+    The kernel widths and the image are None when :func:`meanfield_bwd` was called with ``features=False``.
+    """
 
     logits: np.ndarray
     compat: np.ndarray  # (L, L)
     w_spatial: object  # float or (L, L), as the weight was given
     w_bilateral: object
-
-
-def _weight(w, name, n_labels):
-    if isinstance(w, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a real number or an ({n_labels}, {n_labels}) array, got a bool")
-    if isinstance(w, numbers.Real) or (isinstance(w, (np.ndarray, np.generic)) and np.ndim(w) == 0):
-        arr = np.asarray(w)
-        if arr.dtype.kind not in "fiu":
-            raise TypeError(f"`{name}` must be real, got dtype {arr.dtype}")
-        w = float(arr)
-        if not np.isfinite(w):
-            raise ValueError(f"`{name}` must be finite, got {w}")
-        return w
-    arr = np.asarray(w)
-    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-        raise TypeError(f"`{name}` must be a real number or an ({n_labels}, {n_labels}) array, got {arr.dtype}")
-    if arr.shape != (n_labels, n_labels):
-        raise ValueError(
-            f"`{name}` must be a scalar or have shape ({n_labels}, {n_labels}) for {n_labels} labels, "
-            f"got shape {arr.shape}"
-        )
-    arr = np.array(arr, dtype=np.float64)
-    check_finite(arr, name)
-    return arr
-
-
-def potts(n_labels):
-    """The Potts compatibility ``mu(l, l') = [l != l']`` as an ``(L, L)`` matrix."""
-    return 1.0 - np.eye(n_labels)
-
-
-def check_params(n_labels, *, n_iter, theta_alpha, theta_beta, theta_gamma, w_spatial, w_bilateral, compat,
-                 normalization, spatial_dims=2):
-    """Validate the CRF parameters for ``n_labels`` labels; return a :class:`CrfParams`."""
-    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (numbers.Integral, np.integer)):
-        raise TypeError(f"`n_iter` must be an int, got {type(n_iter).__name__}")
-    if n_iter < 0:
-        raise ValueError(f"`n_iter` must be >= 0, got {n_iter}")
-    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if compat is None:
-        compat = potts(n_labels)
-    else:
-        compat = _weight(compat, "compat", n_labels)
-        if not isinstance(compat, np.ndarray):
-            raise ValueError(f"`compat` must be None (Potts) or an ({n_labels}, {n_labels}) array, got a scalar")
-    return CrfParams(
-        n_iter=int(n_iter),
-        theta_alpha=positive_scalar(theta_alpha, "theta_alpha"),
-        theta_beta=positive_scalar(theta_beta, "theta_beta"),
-        theta_gamma=positive_scalar(theta_gamma, "theta_gamma"),
-        w_spatial=_weight(w_spatial, "w_spatial", n_labels),
-        w_bilateral=_weight(w_bilateral, "w_bilateral", n_labels),
-        compat=compat,
-        normalization=normalization,
-        spatial_dims=int(spatial_dims),
-    )
+    theta_alpha: object = None  # float, or one value per spatial axis
+    theta_beta: object = None  # float, or one value per image channel
+    theta_gamma: object = None  # float, or one value per spatial axis
+    image: np.ndarray = None  # the image's shape, in the compute dtype
 
 
 def _check_inputs(logits, image, spatial_dims):
@@ -272,8 +168,11 @@ def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None, want_z=True, weights=
     return (z if want_z else None), q
 
 
-def backward_one(dz, ks, kb, tr, q_in, s, b):
+def backward_one(dz, ks, kb, tr, q_in, s, b, feature_grads=None):
     """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, dA_s, dA_b)``.
+
+    ``feature_grads``, if given, is a :class:`~crfcore.kernel.FeatureGrad` per kernel (spatial, bilateral) that
+    accumulates the kernels' features gradient along the way.
 
     No BLAS: the ``dZ^T S`` products are fused into :func:`combine_bwd` (multi-threaded BLAS had left its
     threads spinning beside Numba's, and single-threaded BLAS was the backward's largest cost).
@@ -294,7 +193,11 @@ def backward_one(dz, ks, kb, tr, q_in, s, b):
         da_s -= total[0]
         da_b -= total[1]
         ks.apply(ds, dq_s, transpose=True)
+        if feature_grads is not None:  # before kb's filtering takes the shared workspace
+            feature_grads[0].add_message(q_in[t], s[t], ds, dq_s)
         kb.apply(db, dq_b, transpose=True)
+        if feature_grads is not None:
+            feature_grads[1].add_message(q_in[t], b[t], db, dq_b)
         MK.iteration_bwd(q_in[t], dq_s, dq_b, dz, tiny(dz.dtype))
     du += dz
     return du, da_s, da_b
@@ -306,14 +209,38 @@ def _forward_image(img, u, spatial_shape, params, tr, trace, q, want_z, weights)
     return ks, kb, z
 
 
-def _backward_image(residuals, i, grad, tr):
+def _backward_image(residuals, i, grad, tr, features):
+    """Backward of image ``i``: ``(dU, dA_s, dA_b, sums_s, sums_b, df_image)``; with ``features``, the sums over
+    pixels of ``df * f`` per feature column of the spatial and the bilateral kernel (float64, for the widths)
+    and ``dl/d(image / theta_beta)`` ``(N, C)``, else None for those three."""
     if residuals.output == "probs":
         dz = np.empty_like(grad)
         MK.softmax_rows_bwd(residuals.q_out[i], grad, dz, tiny(dz.dtype))
     else:
         dz = grad.copy()
     ks, kb = residuals.kernels[i]
-    return backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i])
+    grads = (FeatureGrad(ks), FeatureGrad(kb)) if features else None
+    du, da_s, da_b = backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i], grads)
+    if not features:
+        return du, da_s, da_b, None, None, None
+    p = residuals.params
+    spatial_shape = residuals.shape[-1 - p.spatial_dims:-1]
+    fs = spatial_features(spatial_shape, p.theta_gamma)
+    fb = bilateral_features(residuals.image[i], spatial_shape, p.theta_alpha, p.theta_beta)
+    df_s, df_b = grads[0].result(fs), grads[1].result(fb)
+    sums_s, sums_b = np.einsum("ij,ij->j", df_s, fs), np.einsum("ij,ij->j", df_b, fb)
+    return du, da_s, da_b, sums_s, sums_b, df_b[:, p.spatial_dims:]
+
+
+def _width_grad(column_sums, width):
+    """``dl/dtheta`` for features ``x / theta``: ``-sum(df * f) / theta`` per column, in the width's form.
+
+    ``column_sums`` are in the features' column order; spatial columns run last axis first, so callers
+    reverse them into axis order.
+    """
+    if np.ndim(width) == 0:
+        return float(-np.sum(column_sums) / width)
+    return -column_sums / width
 
 
 def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0,
@@ -345,7 +272,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     params = check_params(
         u.shape[-1], n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
         w_spatial=w_spatial, w_bilateral=w_bilateral, compat=compat, normalization=normalization,
-        spatial_dims=spatial_dims,
+        spatial_dims=spatial_dims, n_channels=img.shape[-1],
     )
     spatial_shape = u.shape[-1 - spatial_dims:-1]
     n = int(np.prod(spatial_shape))
@@ -380,11 +307,12 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     out = out.reshape(u.shape)
     if not keep_residuals:
         return out, None
-    res = MeanfieldResiduals(params, output, u.shape, u.dtype, kernels, q_in, s, b, q_out)
+    res = MeanfieldResiduals(params, output, u.shape, u.dtype, kernels, q_in, s, b, q_out, np.array(img3),
+                             np.shape(image))
     return out, res
 
 
-def meanfield_bwd(residuals, grad):
+def meanfield_bwd(residuals, grad, *, features=True):
     """Exact gradient of the unrolled mean field, given the output's gradient ``grad``.
 
     Parameters
@@ -393,31 +321,51 @@ def meanfield_bwd(residuals, grad):
         From :func:`meanfield_fwd`.
     grad : array_like
         Gradient of the loss w.r.t. the forward's output, same shape as the output.
+    features : bool, default True
+        Also differentiate through the kernels' features: the widths ``theta_alpha``, ``theta_beta``,
+        ``theta_gamma`` and the guidance ``image`` (including the normalisation, which depends on them). It
+        costs about one more filtering per kernel and iteration; False skips it (those fields are None).
 
     Returns
     -------
     MeanfieldGrads
         ``logits`` (shape and dtype of the forward's logits), ``compat`` ``(L, L)`` (also when the forward used
-        the Potts default) and ``w_spatial`` / ``w_bilateral`` (a float or ``(L, L)``, as they were given).
+        the Potts default), ``w_spatial`` / ``w_bilateral`` (a float or ``(L, L)``, as they were given), and with
+        ``features``: ``theta_alpha`` / ``theta_gamma`` (a float, or one per spatial axis), ``theta_beta`` (a
+        float, or one per channel) and ``image`` (the image's shape, in the compute dtype). The features'
+        gradient is that of the lattice as built: exact wherever no pixel's features sit on a simplex boundary.
     """
     if not isinstance(residuals, MeanfieldResiduals):
         raise TypeError("`residuals` must be the second value returned by meanfield_fwd(..., keep_residuals=True)")
+    if not isinstance(features, (bool, np.bool_)):
+        raise TypeError(f"`features` must be True or False, got {features!r}")
     g = as_float_array(grad, "grad", dtype=residuals.dtype)
     if g.shape != residuals.shape:
         raise ValueError(f"`grad` must have the output's shape {residuals.shape}, got {g.shape}")
     check_finite(g, "grad")
     p = residuals.params
     n_batch, n_iter, n, n_lab = residuals.q_in.shape
+    run = bool(features) and n_iter > 0  # without iterations the kernels play no part: zeros
     g3 = g.reshape(n_batch, n, n_lab)
     tr = Transform.of(*_combined(p), residuals.dtype)
     d_logits = np.empty_like(g3)
     da_s = np.zeros((n_lab, n_lab))
     da_b = np.zeros((n_lab, n_lab))
+    n_sp = p.spatial_dims
+    image = residuals.image
+    sums_s = np.zeros(n_sp)  # sum over pixels of df * f per feature column, over the batch
+    sums_b = np.zeros(n_sp + image.shape[-1])
+    d_image = np.zeros(image.shape, dtype=residuals.dtype) if features else None
     for i in range(n_batch):
-        du, das, dab = _parallel.run(_backward_image, residuals, i, g3[i], tr)
+        du, das, dab, s_s, s_b, df_image = _parallel.run(_backward_image, residuals, i, g3[i], tr, run)
         d_logits[i] = du
         da_s += das
         da_b += dab
+        if run:
+            sums_s += s_s
+            sums_b += s_b
+            # bilateral features are (positions / theta_alpha, image / theta_beta)
+            d_image[i] = df_image / np.asarray(p.theta_beta)
     # A_s = mu W_s, A_b = mu W_b
     ws = p.w_spatial if np.ndim(p.w_spatial) else p.w_spatial * np.eye(n_lab)
     wb = p.w_bilateral if np.ndim(p.w_bilateral) else p.w_bilateral * np.eye(n_lab)
@@ -426,7 +374,13 @@ def meanfield_bwd(residuals, grad):
     d_wb = p.compat.T @ da_b
     d_ws = float(np.trace(d_ws)) if np.ndim(p.w_spatial) == 0 else d_ws
     d_wb = float(np.trace(d_wb)) if np.ndim(p.w_bilateral) == 0 else d_wb
-    return MeanfieldGrads(d_logits.reshape(residuals.shape), d_compat, d_ws, d_wb)
+    widths = {}
+    if features:  # spatial columns run last axis first: reversed into axis order
+        widths = dict(theta_alpha=_width_grad(sums_b[:n_sp][::-1], p.theta_alpha),
+                      theta_beta=_width_grad(sums_b[n_sp:], p.theta_beta),
+                      theta_gamma=_width_grad(sums_s[::-1], p.theta_gamma),
+                      image=d_image.reshape(residuals.image_shape))
+    return MeanfieldGrads(d_logits.reshape(residuals.shape), d_compat, d_ws, d_wb, **widths)
 
 
 def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,

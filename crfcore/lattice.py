@@ -16,7 +16,7 @@ class LatticeArrays(NamedTuple):
     """The arrays of one lattice, grouped (all read-only once built; see :mod:`crfcore._lattice_kernels`)."""
 
     offsets: np.ndarray  # (N * (d + 1),) uint16 (int32 where chunk * (d + 1) > 65536): chunk-local row of each slot
-    weights: np.ndarray  # (N * (d + 1),) float32: barycentric weight of each slot
+    weights: np.ndarray  # (N * (d + 1),) float32 (or float64): barycentric weight of each slot
     starts: np.ndarray  # (chunks + 1,) int64: first local row of each chunk
     remap: np.ndarray  # (R,) int32: vertex of each local row
     indptr: np.ndarray  # (M + 1,) int64: CSR vertex -> local rows
@@ -88,6 +88,12 @@ class Lattice:
     features : array_like, shape (N, d)
         Point features, already divided by their kernel widths. Any ``d >= 1``; float32 or float64
         (other real types are converted). Must be finite.
+    dtype : {float32, float64}, default float32
+        Dtype of the stored barycentric weights. float32 halves their memory traffic and is what float32
+        filtering needs; float64 makes float64 filtering exact to float64 rounding (finite-difference checks of
+        :meth:`features_grad` need it).
+    keep_features : bool, default True
+        Keep a float64 copy of the features for :meth:`features_grad` (``N * d * 8`` bytes).
 
     Attributes
     ----------
@@ -99,6 +105,8 @@ class Lattice:
         M, the number of lattice vertices in use.
     arrays : LatticeArrays
         The index arrays (their ``nbytes`` are the lattice's memory).
+    features : ndarray or None
+        The features (read-only), unless built with ``keep_features=False``.
 
     Examples
     --------
@@ -110,17 +118,24 @@ class Lattice:
     (100, 1)
     """
 
-    def __init__(self, features):
+    def __init__(self, features, *, dtype=np.float32, keep_features=True):
         f = np.asarray(features)
         if f.dtype.kind not in "fiu" or f.dtype == np.bool_:
             raise TypeError(f"`features` must be a real numeric array, got dtype {f.dtype}")
         if f.ndim != 2:
             raise ValueError(f"`features` must have shape (N, d), got shape {f.shape}")
         check_nonempty(f, "features")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"`dtype` (of the barycentric weights) must be float32 or float64, got {dtype}")
         f = np.ascontiguousarray(f, dtype=np.float64)
-        _parallel.run(self._build, f)
+        _parallel.run(self._build, f, dtype)
+        self.features = None
+        if keep_features:
+            self.features = f if f is not features else f.copy()  # never the caller's array: it may change
+            self.features.flags.writeable = False
 
-    def _build(self, f):
+    def _build(self, f, dtype):
         fmin, fmax, finite = K.feature_range(f)
         if not finite:
             check_finite(f, "features")  # raises, counting the bad values
@@ -137,8 +152,9 @@ class Lattice:
         chunk = chunk_size(n)
         # a chunk has at most chunk * (d + 1) local rows: 16-bit offsets where they fit (half the memory traffic)
         offsets = np.empty(n * (d + 1), dtype=np.uint16 if chunk * (d + 1) <= 1 << 16 else np.int32)
-        weights, starts, remap, uniq, tkeys, tids, shift = K.build(
-            f, scale, lo, bits, per_word, n_words, chunk, _WAVE, offsets
+        weights = np.empty(n * (d + 1), dtype=dtype)
+        starts, remap, uniq, tkeys, tids, shift = K.build(
+            f, scale, lo, bits, per_word, n_words, chunk, _WAVE, offsets, weights
         )
         m = uniq.shape[0]
         neighbours = K.blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word)
@@ -169,6 +185,18 @@ class Lattice:
         shape = (self.num_vertices + 1, n_channels)
         return local, np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)
 
+    def splat_blur(self, values, pre, work, transpose=False):
+        """Unchecked: splat ``diag(pre) values`` and blur it (directions reversed for the transpose), leaving the
+        blurred vertex values in ``work[0]``, the chunks' local rows, ready for :meth:`apply`'s slice or for
+        :func:`~crfcore._lattice_kernels.slice_grad`."""
+        a = self.arrays
+        local, buf, tmp = work
+        K.splat(values, pre, a.offsets, a.weights, a.starts, self.chunk, local)
+        K.gather_rows(local, a.indptr, a.rows, buf)
+        if K.blur(buf, tmp, a.neighbours, transpose):
+            buf = tmp
+        K.scatter_rows(buf, a.remap, local)
+
     def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None, scale=1.0, accumulate=False):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
 
@@ -177,21 +205,104 @@ class Lattice:
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).
         ``work`` is an optional :meth:`workspace` of matching shape and dtype. ``scale`` multiplies the result;
-        ``accumulate=True`` adds it to ``out`` instead of overwriting it.
+        ``accumulate=True`` adds it to ``out`` instead of overwriting it. On return ``work[0]`` still holds the
+        blurred vertex values (see :meth:`splat_blur`).
         """
         dtype = values.dtype
         a = self.arrays
         pre = self.ones(dtype) if pre is None else pre
         post = self.ones(dtype) if post is None else post
-        local, buf, tmp = self.workspace(values.shape[1], dtype) if work is None else work
-        K.splat(values, pre, a.offsets, a.weights, a.starts, self.chunk, local)
-        K.gather_rows(local, a.indptr, a.rows, buf)
-        if K.blur(buf, tmp, a.neighbours, transpose):
-            buf, tmp = tmp, buf
-        K.scatter_rows(buf, a.remap, local)
-        K.slice_(local, a.offsets, a.weights, a.starts, self.chunk, dtype.type(self.alpha * scale), post, out,
+        work = self.workspace(values.shape[1], dtype) if work is None else work
+        self.splat_blur(values, pre, work, transpose)
+        K.slice_(work[0], a.offsets, a.weights, a.starts, self.chunk, dtype.type(self.alpha * scale), post, out,
                  accumulate)
         return out
+
+    def slice_grad(self, local, other, post, scale, grad_w):
+        """Unchecked: ``grad_w[p, r] += alpha * scale * post[p] * <other[p], local row of vertex r of p>``, the
+        derivative of a slice w.r.t. the barycentric weights (:func:`~crfcore._lattice_kernels.slice_grad`)."""
+        post = self.ones(other.dtype) if post is None else post
+        a = self.arrays
+        K.slice_grad(local, a.offsets, a.starts, self.chunk, other, post, float(self.alpha * scale), grad_w)
+
+    def weights_grad(self, x, g, grad_w, *, transpose=False, pre=None, post=None, scale=1.0, work=None):
+        """Unchecked: accumulate into ``grad_w`` ``(N, d + 1)`` float64 the derivative w.r.t. the barycentric
+        weights of ``l = scale * <g, diag(post) K diag(pre) x>`` (``K^T`` with ``transpose``).
+
+        Two passes (``shared/notes/lattice-feature-gradient.md``): through the slice, the blurred splat of
+        ``pre x`` against ``g``; through the splat, the reversed blur of the splat of ``post g`` against ``x``.
+        """
+        dtype = x.dtype
+        pre = self.ones(dtype) if pre is None else pre
+        post = self.ones(dtype) if post is None else post
+        work = self.workspace(x.shape[1], dtype) if work is None else work
+        self.splat_blur(x, pre, work, transpose)
+        self.slice_grad(work[0], g, post, scale, grad_w)
+        self.splat_blur(g, post, work, not transpose)
+        self.slice_grad(work[0], x, pre, scale, grad_w)
+
+    def features_grad_from(self, grad_w, features):
+        """Unchecked: ``dl/dfeatures`` ``(N, d)`` float64 from the weights' gradient ``grad_w`` ``(N, d + 1)``;
+        ``features`` are those the lattice was built from."""
+        out = np.empty((self.num_points, self.dim))
+        K.weights_to_features(features, elevation_scale(self.dim), grad_w, out)
+        return out
+
+    def features_grad(self, values, grad, transpose=False):
+        """Gradient of ``<grad, filter(values, transpose)>`` w.r.t. the lattice's features.
+
+        The exact derivative of the lattice computation as built (densecrf's ``Permutohedral::gradient``): the
+        vertices and simplices are piecewise constant in the features, the barycentric weights move, so the
+        result is exact wherever no point sits on a simplex boundary (there the filter is continuous but not
+        differentiable). For a Gaussian of widths ``theta``, ``f = p / theta`` gives
+        ``dl/dtheta = -sum(df * f) / theta``.
+
+        Parameters
+        ----------
+        values : array_like, shape (N, C) or (N,)
+            The filtered values ``x``.
+        grad : array_like, same shape as ``values``
+            The upstream gradient ``g`` of a loss w.r.t. ``filter(values, transpose)``.
+        transpose : bool, default False
+            Differentiate ``K^T`` instead of ``K``.
+
+        Returns
+        -------
+        ndarray, shape (N, d), float64
+            ``dl/dfeatures``.
+
+        Raises
+        ------
+        ValueError
+            If the lattice was built with ``keep_features=False``.
+        """
+        if self.features is None:
+            raise ValueError("this lattice was built with keep_features=False; rebuild it with keep_features=True")
+        x = self._checked_values(values, "values")
+        g = self._checked_values(grad, "grad")
+        if g.shape != x.shape:
+            raise ValueError(f"`grad` must have the shape of `values` {np.shape(values)}, got {np.shape(grad)}")
+        dtype = np.promote_types(x.dtype, g.dtype)
+        x, g = x.astype(dtype, copy=False), g.astype(dtype, copy=False)
+        return _parallel.run(self._features_grad, x, g, _check_bool(transpose, "transpose"))
+
+    def _features_grad(self, x, g, transpose):
+        grad_w = np.zeros((self.num_points, self.dim + 1))
+        self.weights_grad(x, g, grad_w, transpose=transpose)
+        return self.features_grad_from(grad_w, self.features)
+
+    def _checked_values(self, values, name):
+        v = as_float_array(values, name)
+        if v.ndim == 1:
+            v = v[:, None]
+        if v.ndim != 2 or v.shape[0] != self.num_points:
+            raise ValueError(
+                f"`{name}` must have shape ({self.num_points}, C) to match the lattice's {self.num_points} "
+                f"points, got shape {np.shape(values)}"
+            )
+        check_nonempty(v, name)
+        check_finite(v, name)
+        return v
 
     def filter(self, values, transpose=False):
         """Gaussian filtering of ``values`` in feature space: splat, blur, slice.
@@ -209,17 +320,14 @@ class Lattice:
         ndarray
             The filtered values, same shape as ``values``, dtype float32 or float64.
         """
-        v = as_float_array(values, "values")
-        squeeze = v.ndim == 1
-        if squeeze:
-            v = v[:, None]
-        if v.ndim != 2 or v.shape[0] != self.num_points:
-            raise ValueError(
-                f"`values` must have shape ({self.num_points}, C) to match the lattice's {self.num_points} "
-                f"points, got shape {np.shape(values)}"
-            )
-        check_nonempty(v, "values")
-        check_finite(v, "values")
+        squeeze = np.ndim(values) == 1
+        v = self._checked_values(values, "values")
         out = np.empty_like(v)
-        _parallel.run(self.apply, v, out, transpose=bool(transpose))
+        _parallel.run(self.apply, v, out, transpose=_check_bool(transpose, "transpose"))
         return out[:, 0] if squeeze else out
+
+
+def _check_bool(x, name):
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {x!r}")
+    return bool(x)

@@ -32,7 +32,11 @@ def with_nan(a, value=np.nan):
         (LOGITS, IMAGE, {"theta_beta": -1}, ValueError, "`theta_beta` must be a positive"),
         (LOGITS, IMAGE, {"theta_gamma": np.nan}, ValueError, "`theta_gamma` must be a positive"),
         (LOGITS, IMAGE, {"theta_gamma": "3"}, TypeError, "`theta_gamma` must be a positive real"),
-        (LOGITS, IMAGE, {"theta_alpha": np.ones(2)}, TypeError, "`theta_alpha` must be a scalar"),
+        (LOGITS, IMAGE, {"theta_alpha": np.ones(3)}, ValueError, r"`theta_alpha` must be a scalar or have one value "
+                                                                  r"per spatial axis \(2\)"),
+        (LOGITS, IMAGE, {"theta_beta": [13.0, 13.0]}, ValueError, r"one value per image channel \(3\)"),
+        (LOGITS, IMAGE, {"theta_gamma": [3.0, 0.0]}, ValueError, r"`theta_gamma` must be positive and finite"),
+        (LOGITS, IMAGE, {"theta_gamma": [3.0, "a"]}, TypeError, r"`theta_gamma` must be a positive real number or"),
         (LOGITS, IMAGE, {"n_iter": -1}, ValueError, "`n_iter` must be >= 0"),
         (LOGITS, IMAGE, {"n_iter": 2.5}, TypeError, "`n_iter` must be an int"),
         (LOGITS, IMAGE, {"n_iter": True}, TypeError, "`n_iter` must be an int"),

@@ -65,7 +65,8 @@ def test_matches_dense_meanfield_with_the_lattice_operator(rng):
     img, inside = blob_image(rng, h, w)
     logits = noisy_logits(rng, inside, n_lab)
     fb, fs = pixel_features(img, 5.0, 20.0, 2.0)
-    kb, ks = dense_operator(Lattice(fb), h * w), dense_operator(Lattice(fs), h * w)
+    # float64 mean field keeps float64 barycentric weights: read the operators off lattices that do too
+    kb, ks = (dense_operator(Lattice(f, dtype=np.float64), h * w) for f in (fb, fs))
     mu = rng.normal(size=(n_lab, n_lab))
     ws = rng.normal(size=(n_lab, n_lab))
     for norm in NORMS:
@@ -141,7 +142,7 @@ def test_volumes_and_multispectral_and_grey(rng):
     zz, yy, xx = np.mgrid[0:6, 0:7, 0:8]
     pos = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], 1).astype(float)
     fb = np.hstack([pos / 80.0, vol.reshape(-1, 5) / 0.3])
-    kb, ks = dense_operator(Lattice(fb), 336), dense_operator(Lattice(pos / 3.0), 336)
+    kb, ks = (dense_operator(Lattice(f, dtype=np.float64), 336) for f in (fb, pos / 3.0))
     q_ref, _ = dense_meanfield(logits.reshape(-1, 3), ks, kb, n_iter=5, w_spatial=3.0, w_bilateral=10.0,
                                compat=1 - np.eye(3), normalization="symmetric")
     np.testing.assert_allclose(q.reshape(-1, 3), q_ref, atol=1e-12)

@@ -1,0 +1,116 @@
+"""The parameters of a dense CRF, validated in one place (Krähenbühl & Koltun 2011, eq. 3)."""
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from ._validation import check_finite, positive_scalar
+
+NORMALIZATIONS = ("symmetric", "after", "before", "none")
+
+
+class CrfParams(NamedTuple):
+    """Validated parameters of a dense CRF.
+
+    Widths are a float, or a read-only float64 array with one value per dimension: ``theta_alpha`` and
+    ``theta_gamma`` per spatial axis (in the array's axis order), ``theta_beta`` per image channel.
+    """
+
+    n_iter: int
+    theta_alpha: object
+    theta_beta: object
+    theta_gamma: object
+    w_spatial: object  # float or (L, L) float64 array
+    w_bilateral: object  # float or (L, L) float64 array
+    compat: np.ndarray  # (L, L) float64, the label compatibility mu
+    normalization: str
+    spatial_dims: int
+
+
+def kernel_width(x, name, n, what):
+    """A kernel width: a positive finite float, or ``n`` of them (one per ``what``) as a read-only float64 array.
+
+    A length-1 sequence stays an array (its gradient comes back in the same form).
+    """
+    if isinstance(x, (numbers.Real, np.generic)) or (isinstance(x, np.ndarray) and x.ndim == 0):
+        return positive_scalar(x, name)
+    expected = f"`{name}` must be a positive real number or a sequence of {n} of them (one per {what})"
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{expected}, got a string")
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{expected}, got {x!r}") from exc
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"{expected}, got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(
+            f"`{name}` must be a scalar or have one value per {what} ({n}), got shape {arr.shape}"
+        )
+    arr = np.array(arr, dtype=np.float64)
+    bad = ~(np.isfinite(arr) & (arr > 0))
+    if bad.any():
+        raise ValueError(f"`{name}` must be positive and finite, got {arr.tolist()}")
+    arr.flags.writeable = False
+    return arr
+
+
+def weight(w, name, n_labels):
+    """A kernel weight (or the compatibility): a finite float, or an ``(L, L)`` float64 array."""
+    if isinstance(w, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a real number or an ({n_labels}, {n_labels}) array, got a bool")
+    if isinstance(w, numbers.Real) or (isinstance(w, (np.ndarray, np.generic)) and np.ndim(w) == 0):
+        arr = np.asarray(w)
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"`{name}` must be real, got dtype {arr.dtype}")
+        w = float(arr)
+        if not np.isfinite(w):
+            raise ValueError(f"`{name}` must be finite, got {w}")
+        return w
+    arr = np.asarray(w)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`{name}` must be a real number or an ({n_labels}, {n_labels}) array, got {arr.dtype}")
+    if arr.shape != (n_labels, n_labels):
+        raise ValueError(
+            f"`{name}` must be a scalar or have shape ({n_labels}, {n_labels}) for {n_labels} labels, "
+            f"got shape {arr.shape}"
+        )
+    arr = np.array(arr, dtype=np.float64)
+    check_finite(arr, name)
+    return arr
+
+
+def potts(n_labels):
+    """The Potts compatibility ``mu(l, l') = [l != l']`` as an ``(L, L)`` matrix."""
+    return 1.0 - np.eye(n_labels)
+
+
+def check_params(n_labels, *, n_iter, theta_alpha, theta_beta, theta_gamma, w_spatial, w_bilateral, compat,
+                 normalization, spatial_dims=2, n_channels=None):
+    """Validate the CRF parameters for ``n_labels`` labels (and an image of ``n_channels`` channels, which a
+    per-channel ``theta_beta`` must match); return a :class:`CrfParams`."""
+    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (numbers.Integral, np.integer)):
+        raise TypeError(f"`n_iter` must be an int, got {type(n_iter).__name__}")
+    if n_iter < 0:
+        raise ValueError(f"`n_iter` must be >= 0, got {n_iter}")
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if compat is None:
+        compat = potts(n_labels)
+    else:
+        compat = weight(compat, "compat", n_labels)
+        if not isinstance(compat, np.ndarray):
+            raise ValueError(f"`compat` must be None (Potts) or an ({n_labels}, {n_labels}) array, got a scalar")
+    n_channels = np.size(theta_beta) if n_channels is None else n_channels
+    return CrfParams(
+        n_iter=int(n_iter),
+        theta_alpha=kernel_width(theta_alpha, "theta_alpha", spatial_dims, "spatial axis"),
+        theta_beta=kernel_width(theta_beta, "theta_beta", n_channels, "image channel"),
+        theta_gamma=kernel_width(theta_gamma, "theta_gamma", spatial_dims, "spatial axis"),
+        w_spatial=weight(w_spatial, "w_spatial", n_labels),
+        w_bilateral=weight(w_bilateral, "w_bilateral", n_labels),
+        compat=compat,
+        normalization=normalization,
+        spatial_dims=int(spatial_dims),
+    )

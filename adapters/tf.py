@@ -92,36 +92,47 @@ def _tape_active():
     return record.could_possibly_record()
 
 
-def _core_kwargs(params, ws, wb, mu):
+def _core_kwargs(params, ws, wb, mu, widths):
+    ta, tb, tg = (float(np.asarray(t)) for t in widths)
     return dict(
-        n_iter=params["n_iter"], theta_alpha=params["theta_alpha"], theta_beta=params["theta_beta"],
-        theta_gamma=params["theta_gamma"], normalization=params["normalization"], w_spatial=ws, w_bilateral=wb,
-        compat=mu, output="logits",
+        n_iter=params["n_iter"], theta_alpha=ta, theta_beta=tb, theta_gamma=tg, normalization=params["normalization"],
+        w_spatial=ws, w_bilateral=wb, compat=mu, output="logits",
     )
 
 
-def _grads(res, dy):
-    g = meanfield_bwd(res, dy)
+def _grads(res, dy, features):
+    """The op's gradients from the core: logits, the three matrices and, with ``features``, the image and the
+    three widths (zeros otherwise: nothing asked for them)."""
+    g = meanfield_bwd(res, dy, features=features)
     dt = g.logits.dtype
-    return g.logits, np.asarray(g.w_spatial, dt), np.asarray(g.w_bilateral, dt), g.compat.astype(dt)
+    out = [g.logits, np.asarray(g.w_spatial, dt), np.asarray(g.w_bilateral, dt), g.compat.astype(dt)]
+    if features:
+        out += [g.image.astype(dt)] + [np.asarray(t, dt) for t in (g.theta_alpha, g.theta_beta, g.theta_gamma)]
+    return out
 
 
 def crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix, *, n_iter,
-               theta_alpha, theta_beta, theta_gamma, normalization="after", keep_residuals=True):
-    """Refined logits of a batch, differentiable w.r.t. ``logits`` and the three ``(L, L)`` matrices.
+               theta_alpha, theta_beta, theta_gamma, normalization="after", keep_residuals=True, features_grad=False):
+    """Refined logits of a batch, differentiable w.r.t. ``logits`` and the three ``(L, L)`` matrices (and, with
+    ``features_grad``, the image and the three widths).
 
     Parameters
     ----------
     logits : tf.Tensor, float32 or float64, shape (B, H, W, L)
     image : tf.Tensor, shape (B, H, W, C), same dtype as ``logits``
-        Guides the bilateral kernel; receives no gradient.
+        Guides the bilateral kernel.
     spatial_ker_weights, bilateral_ker_weights, compatibility_matrix : tf.Tensor, shape (L, L)
         Same dtype as ``logits``.
-    n_iter, theta_alpha, theta_beta, theta_gamma, normalization
+    n_iter, normalization
         As in :func:`crfcore.meanfield`.
+    theta_alpha, theta_beta, theta_gamma : float or scalar tf.Tensor
+        The kernel widths, positive (a non-positive or non-finite width raises a ValueError naming it).
     keep_residuals : bool
         Keep the forward's lattices and iterates for the backward (graph mode) when a gradient tape is
         recording. False (inference) stores nothing; a backward then recomputes the forward.
+    features_grad : bool
+        Also return gradients for ``image`` and the three widths (crfcore's features gradient, which costs about
+        as much again as the rest of the backward). False: they get none.
 
     Returns
     -------
@@ -133,48 +144,59 @@ def crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, compat
             "CrfRnnLayer(backend='numba') runs Python through tf.numpy_function, which XLA "
             "(tf.function(jit_compile=True)) cannot compile; call it without jit_compile"
         )
-    params = dict(n_iter=int(n_iter), theta_alpha=float(theta_alpha), theta_beta=float(theta_beta),
-                  theta_gamma=float(theta_gamma), normalization=normalization)
+    params = dict(n_iter=int(n_iter), normalization=normalization)
+    features = bool(features_grad)
+    widths = [tf.cast(t, logits.dtype) for t in (theta_alpha, theta_beta, theta_gamma)]
+    n_grads = 8 if features else 4
 
-    def graph_forward(keep, lg, img, ws, wb, mu):
-        out, res = meanfield_fwd(lg, img, keep_residuals=keep, **_core_kwargs(params, ws, wb, mu))
+    def graph_forward(keep, lg, img, ws, wb, mu, *widths):
+        out, res = meanfield_fwd(lg, img, keep_residuals=keep, **_core_kwargs(params, ws, wb, mu, widths))
         handle = _STORE.put(res) if keep else 0
         return out, np.int64(handle)
 
-    def graph_backward(handle, dy, lg, img, ws, wb, mu):
+    def graph_backward(handle, dy, lg, img, ws, wb, mu, *widths):
         res = _STORE.pop(handle) if handle > 0 else None
         if res is None:  # evicted, or forward ran without residuals: recompute it
-            _, res = meanfield_fwd(lg, img, **_core_kwargs(params, ws, wb, mu))
-        return _grads(res, dy)
+            _, res = meanfield_fwd(lg, img, **_core_kwargs(params, ws, wb, mu, widths))
+        return _grads(res, dy, features)
+
+    def arrange(grads):
+        """The op's inputs are (logits, image, ws, wb, mu, theta_alpha, theta_beta, theta_gamma)."""
+        if features:
+            return [grads[0], grads[4], grads[1], grads[2], grads[3]] + list(grads[5:])
+        return [grads[0], None] + list(grads[1:]) + [None] * 3
 
     @tf.custom_gradient
-    def op(lg, img, ws, wb, mu):
+    def op(lg, img, ws, wb, mu, ta, tb, tg):
         if tf.executing_eagerly():
-            out, res = meanfield_fwd(lg.numpy(), img.numpy(), **_core_kwargs(params, ws.numpy(), wb.numpy(),
-                                                                             mu.numpy()))
+            out, res = meanfield_fwd(lg.numpy(), img.numpy(), **_core_kwargs(
+                params, ws.numpy(), wb.numpy(), mu.numpy(), (ta.numpy(), tb.numpy(), tg.numpy())))
 
             def grad(dy):
-                gl, gs, gb, gm = _grads(res, dy.numpy())
-                return tf.constant(gl), None, tf.constant(gs), tf.constant(gb), tf.constant(gm)
+                return arrange([tf.constant(g) for g in _grads(res, dy.numpy(), features)])
 
             return tf.constant(out), grad
 
         keep = bool(keep_residuals and _tape_active())
-        out, handle = tf.numpy_function(partial(graph_forward, keep), [lg, img, ws, wb, mu], [lg.dtype, tf.int64],
-                                        stateful=True, name="crfcore_meanfield")
+        out, handle = tf.numpy_function(partial(graph_forward, keep), [lg, img, ws, wb, mu, ta, tb, tg],
+                                        [lg.dtype, tf.int64], stateful=True, name="crfcore_meanfield")
         out.set_shape(lg.shape)
 
         def grad(dy):
-            grads = tf.numpy_function(graph_backward, [handle, dy, lg, img, ws, wb, mu], [lg.dtype] * 4,
-                                      stateful=True, name="crfcore_meanfield_grad")
+            grads = tf.numpy_function(graph_backward, [handle, dy, lg, img, ws, wb, mu, ta, tb, tg],
+                                      [lg.dtype] * n_grads, stateful=True, name="crfcore_meanfield_grad")
             grads[0].set_shape(lg.shape)
-            for g in grads[1:]:
+            for g in grads[1:4]:
                 g.set_shape(ws.shape)
-            return grads[0], None, grads[1], grads[2], grads[3]
+            if features:
+                grads[4].set_shape(img.shape)
+                for g in grads[5:]:
+                    g.set_shape([])
+            return arrange(grads)
 
         return out, grad
 
-    return op(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix)
+    return op(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix, *widths)
 
 
 @keras.saving.register_keras_serializable(package="crfcore")
@@ -208,7 +230,10 @@ class CrfRnnLayer(keras.layers.Layer):
     training. (crfasrnn initialised ``W = I`` and ``mu = -I``; that gives the same probabilities with weights 1.)
 
     Gradients are exact (the unrolled iterations' backward from crfcore) w.r.t. the logits and the three
-    matrices. The image gets no gradient. The layer computes in float32 (float64 under a float64 policy) and
+    matrices. With ``trainable_widths=True`` the kernel widths ``theta_alpha``, ``theta_beta`` and
+    ``theta_gamma`` are trainable too (stored as their logarithms, so they stay positive) and the gradient also
+    reaches the image input, so a network in front of it can learn the guidance features; otherwise the image
+    gets no gradient from the numba backend. The layer computes in float32 (float64 under a float64 policy) and
     returns its dtype policy's compute dtype (mixed precision works).
 
     Not supported by the default numba backend: XLA (``jit_compile=True``), SavedModel export of the op and
@@ -223,7 +248,8 @@ class CrfRnnLayer(keras.layers.Layer):
     num_classes : int, optional
         L; checked against the logits when given, taken from them otherwise.
     theta_alpha, theta_beta, theta_gamma : float
-        Kernel widths: bilateral in pixels and in image units, spatial in pixels (crfasrnn's names).
+        Kernel widths: bilateral in pixels and in image units, spatial in pixels (crfasrnn's names). With
+        ``trainable_widths`` these are the initial values, and :meth:`get_config` reports the current ones.
     num_iterations : int
         Mean-field iterations.
     normalization : {"after", "symmetric", "before", "none"}
@@ -235,11 +261,18 @@ class CrfRnnLayer(keras.layers.Layer):
         built-in ops. Weights and config are the same: :func:`with_backend` switches a model.
     spatial_weight, bilateral_weight : float
         Initial diagonal of ``spatial_ker_weights`` and ``bilateral_ker_weights``.
+    trainable_widths : bool, default False
+        Learn the three widths with the matrices (weights ``log_theta_alpha``, ``log_theta_beta``,
+        ``log_theta_gamma``). The numba backend's backward then also differentiates through the lattice's
+        features (crfcore's exact features gradient, about as costly again as the rest of the backward); the
+        ``"tf"``/``"tf-lite"`` backends use TensorFlow's autodiff, which agrees with it.
     """
+
+    WIDTHS = ("theta_alpha", "theta_beta", "theta_gamma")
 
     def __init__(self, image_dims=None, num_classes=None, theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0,
                  num_iterations=5, normalization="after", spatial_weight=3.0, bilateral_weight=10.0,
-                 backend="numba", **kwargs):
+                 backend="numba", trainable_widths=False, **kwargs):
         super().__init__(**kwargs)
         if backend not in BACKENDS:
             raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
@@ -263,6 +296,9 @@ class CrfRnnLayer(keras.layers.Layer):
         self.normalization = normalization
         self.spatial_weight = float(spatial_weight)
         self.bilateral_weight = float(bilateral_weight)
+        if not isinstance(trainable_widths, (bool, np.bool_)):
+            raise TypeError(f"`trainable_widths` must be True or False, got {trainable_widths!r}")
+        self.trainable_widths = bool(trainable_widths)
         self.supports_jit = False  # numpy_function (numba) and tf.unique (tf) cannot be compiled by XLA
 
     def _split_shapes(self, input_shape):
@@ -302,16 +338,35 @@ class CrfRnnLayer(keras.layers.Layer):
             initializer=keras.initializers.Identity(gain=self.bilateral_weight))
         self.compatibility_matrix = self.add_weight(
             name="compatibility_matrix", shape=(n_lab, n_lab), initializer=PottsInitializer())
+        if self.trainable_widths:
+            for name in self.WIDTHS:
+                setattr(self, f"log_{name}", self.add_weight(
+                    name=f"log_{name}", shape=(), initializer=keras.initializers.Constant(np.log(getattr(self, name)))))
+
+    def _widths(self):
+        """The widths the call uses: the constructor's floats, or ``exp`` of the trainable logs (in the variables'
+        dtype: float64 under a float64 policy, so that finite differences see the perturbation)."""
+        if not self.trainable_widths:
+            return tuple(getattr(self, name) for name in self.WIDTHS)
+        return tuple(tf.exp(getattr(self, f"log_{name}").value) for name in self.WIDTHS)
+
+    def current_widths(self):
+        """``{"theta_alpha": ..., "theta_beta": ..., "theta_gamma": ...}`` as floats: the learned values when the
+        widths are trainable (and the layer built), the constructor's otherwise."""
+        if not self.trainable_widths or not self.built:
+            return {name: getattr(self, name) for name in self.WIDTHS}
+        return {name: float(np.exp(getattr(self, f"log_{name}").numpy())) for name in self.WIDTHS}
 
     def call(self, inputs, training=None):
         logits, image = inputs
+        theta_alpha, theta_beta, theta_gamma = self._widths()
         if self.backend in ("tf", "tf-lite"):
             out = tf_lattice.meanfield(
                 logits, image, tf.cast(self.spatial_ker_weights.value, tf.float32),
                 tf.cast(self.bilateral_ker_weights.value, tf.float32),
                 tf.cast(self.compatibility_matrix.value, tf.float32),
-                n_iter=self.num_iterations, theta_alpha=self.theta_alpha, theta_beta=self.theta_beta,
-                theta_gamma=self.theta_gamma, normalization=self.normalization,
+                n_iter=self.num_iterations, theta_alpha=theta_alpha, theta_beta=theta_beta,
+                theta_gamma=theta_gamma, normalization=self.normalization,
                 embed_dtype=tf.float32 if self.backend == "tf-lite" else tf.float64)
             return tf.cast(out, self.compute_dtype)
         dt = tf.float64 if self.compute_dtype == "float64" else tf.float32
@@ -320,9 +375,9 @@ class CrfRnnLayer(keras.layers.Layer):
             tf.cast(self.spatial_ker_weights.value, dt),
             tf.cast(self.bilateral_ker_weights.value, dt),
             tf.cast(self.compatibility_matrix.value, dt),
-            n_iter=self.num_iterations, theta_alpha=self.theta_alpha, theta_beta=self.theta_beta,
-            theta_gamma=self.theta_gamma, normalization=self.normalization,
-            keep_residuals=training is not False,
+            n_iter=self.num_iterations, theta_alpha=theta_alpha, theta_beta=theta_beta,
+            theta_gamma=theta_gamma, normalization=self.normalization,
+            keep_residuals=training is not False, features_grad=self.trainable_widths,
         )
         return tf.cast(out, self.compute_dtype)
 
@@ -335,14 +390,13 @@ class CrfRnnLayer(keras.layers.Layer):
         config.update(
             image_dims=None if self.image_dims is None else list(self.image_dims),
             num_classes=self.num_classes,
-            theta_alpha=self.theta_alpha,
-            theta_beta=self.theta_beta,
-            theta_gamma=self.theta_gamma,
+            **self.current_widths(),
             num_iterations=self.num_iterations,
             normalization=self.normalization,
             spatial_weight=self.spatial_weight,
             bilateral_weight=self.bilateral_weight,
             backend=self.backend,
+            trainable_widths=self.trainable_widths,
         )
         return config
 

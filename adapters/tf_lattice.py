@@ -154,7 +154,8 @@ def _features(image, theta_alpha, theta_beta, theta_gamma, dtype=tf.float64):
     ys, xs = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
     pos = tf.cast(tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], 1), dtype)
     colour = tf.reshape(tf.cast(image, dtype), [h * w, -1])
-    return pos / theta_gamma, tf.concat([pos / theta_alpha, colour / theta_beta], 1)
+    ta, tb, tg = (tf.cast(t, dtype) for t in (theta_alpha, theta_beta, theta_gamma))  # floats or tensors
+    return pos / tg, tf.concat([pos / ta, colour / tb], 1)
 
 
 def meanfield_one(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, theta_gamma, normalization,

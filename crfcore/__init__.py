@@ -6,12 +6,16 @@ meanfield
     Mean-field inference (post-processing of any segmentation).
 meanfield_fwd, meanfield_bwd
     The forward pass with residuals and the exact backward of the unrolled iterations (CRF as RNN).
+fit
+    Fit the CRF's parameters (widths, weights, compatibility) to a few labelled images for post-processing.
 Lattice
-    The permutohedral lattice: Gaussian filtering in feature space and its exact transpose.
+    The permutohedral lattice: Gaussian filtering in feature space, its exact transpose and its features gradient.
 """
 
 from .lattice import Lattice
 from .inference import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
+from .fitting import fit
 
-__all__ = ["Lattice", "meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "MeanfieldResiduals", "potts"]
+__all__ = ["Lattice", "meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "MeanfieldResiduals", "potts",
+           "fit"]
 __version__ = "0.1.0"

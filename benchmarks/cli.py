@@ -193,7 +193,8 @@ def bench_row(size, n_lab, n_iter, repeats, threads):
 
 
 def bench_backward(size, n_lab, n_iter, repeats):
-    """Forward alone, forward keeping residuals, and the backward alone (median ms of each)."""
+    """Forward alone, forward keeping residuals, the backward alone without and with the gradients through the
+    kernels' features (widths and image), median ms of each."""
     image, logits = case(size, n_lab)
     g = np.random.default_rng(0).normal(size=logits.shape).astype(np.float32)
     fwd = timed(lambda: ours(logits, image, n_iter), repeats)[0]
@@ -203,11 +204,13 @@ def bench_backward(size, n_lab, n_iter, repeats):
 
     fwd_res = timed(forward_keep, repeats)[0]
     res = forward_keep()
-    bwd = timed(lambda: crfcore.meanfield_bwd(res, g), repeats)[0]
+    bwd = timed(lambda: crfcore.meanfield_bwd(res, g, features=False), repeats)[0]
+    bwd_widths = timed(lambda: crfcore.meanfield_bwd(res, g, features=True), repeats)[0]
     residual_bytes = 3 * n_lab * 4  # Q, K_s Q and K_b Q per pixel per iteration, float32
     return {"size": size, "labels": n_lab, "iterations": n_iter, "forward_ms": 1e3 * fwd,
             "forward_with_residuals_ms": 1e3 * fwd_res, "backward_ms": 1e3 * bwd,
             "backward_over_forward": bwd / fwd, "forward_backward_ms": 1e3 * (fwd_res + bwd),
+            "backward_with_widths_ms": 1e3 * bwd_widths, "backward_with_widths_over_forward": bwd_widths / fwd,
             "residual_bytes_per_pixel_per_iteration": residual_bytes}
 
 
@@ -297,6 +300,8 @@ def report(result):
         lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "
                      f"{b['forward_ms']:.1f} ms (keeping residuals {b['forward_with_residuals_ms']:.1f} ms), "
                      f"backward {b['backward_ms']:.1f} ms, backward / forward = {b['backward_over_forward']:.2f}; "
+                     f"with the widths' and image's gradients {b['backward_with_widths_ms']:.1f} ms, / forward = "
+                     f"{b['backward_with_widths_over_forward']:.2f}; "
                      f"residuals {b['residual_bytes_per_pixel_per_iteration']} B/pixel/iteration")
     b = result["batch"]
     line = (f"batch of {b['batch']} at {b['size']}x{b['size']} L={b['labels']}: crfcore "

@@ -31,6 +31,7 @@ def test_quick_json_structure(quick_result):
         assert set(row["phases"]) >= {"build_bilateral_ms", "build_spatial_ms", "splat_ms", "blur_ms", "slice_ms"}
     for b in result["backward"]:
         assert b["forward_backward_ms"] > 0 and b["residual_bytes_per_pixel_per_iteration"] > 0
+        assert b["backward_with_widths_ms"] > 0 and "with the widths" in stdout
     assert result["batch"]["crfcore_images_per_s"] > 0
     assert result["batch"]["crfcore_4_python_threads_images_per_s"] > 0
     for row in result["rows"]:

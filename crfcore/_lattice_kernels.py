@@ -382,13 +382,13 @@ def _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows):
 
 
 @njit(**JIT_EXACT)
-def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, weights):
+def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, weights, stop):
     """The whole lattice construction: embed ``wave`` chunks at a time in parallel, then number their unique
     vertices globally in chunk order (serial, so the numbering is the same whatever the thread count).
 
     Fills ``offsets`` (uint16 or int32, ``N * (d + 1)``) and ``weights`` (float32 or float64) and returns ``starts``,
     ``remap``, the unique keys ``(M, n_words)`` and the global hash table (``tkeys``, ``tids``, ``shift``) for
-    the neighbour search.
+    the neighbour search. Stops early, leaving the lattice incomplete, once ``stop[0]`` is set.
     """
     n, d = features.shape
     d1 = d + 1
@@ -403,6 +403,8 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, we
     tkeys, tids, shift = _table(uniq, 0, capacity)
     m = 0
     for c0 in range(0, n_chunks, wave):
+        if stop[0]:  # cancelled (crfcore._parallel.stop_flag): the caller raises, the lattice is discarded
+            break
         c1 = min(n_chunks, c0 + wave)
         embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)
         for c in range(c0, c1):

@@ -1,50 +1,119 @@
-"""All of crfcore's parallel work runs on one compute thread, one image at a time.
+"""All of crfcore's parallel work runs on one compute thread, one image at a time, and can be cancelled.
 
 Every parallel kernel already spreads over all of Numba's threads. Launching them from several OS threads (a
-thread pool, TensorFlow's op threads running ``numpy_function``) would make several OpenMP thread teams, and
-an idle team keeps spinning on the cores the busy one needs: on 2 cores, 224x224 images ran at 47 instead of
-78 per second once a second Python thread had used crfcore. Numba's ``workqueue`` layer, the fallback where
-neither OpenMP nor TBB is present, even aborts on concurrent launches. So the public entry points hand each
+thread pool, TensorFlow's op threads running ``numpy_function``) would make several thread teams that fight over
+the cores, and Numba's ``workqueue`` layer even aborts on concurrent launches. So the public entry points hand each
 image's work to :func:`run`, which executes it on a single long-lived thread (FIFO across callers) with the
 caller's Numba thread count; the callers keep running Python code meanwhile.
+
+**Interrupts.** A caller interrupted while it waits (Ctrl-C's ``KeyboardInterrupt``, any exception raised in it)
+cancels its work: the compute thread stops at the next :func:`checkpoint` (between kernel calls: lattice phases,
+filterings, iterations), so the process can exit and the next call starts at once instead of queueing behind
+abandoned work.
+
+**Fork.** A child forked after crfcore has run (``os.fork``, ``multiprocessing`` with the fork start method) has
+no compute thread; it makes a new one on first use, with new locks (see :mod:`crfcore._threads` for the threading
+layer, which must be fork-safe too).
 """
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import numba
+import numpy as np
+
+from . import _threads
+
+
+class Cancelled(Exception):
+    """Raised on the compute thread when the caller of the work it runs has given up on it."""
+
+
+class _Job:
+    __slots__ = ("cancelled", "flag")
+
+    def __init__(self):
+        self.cancelled = False
+        self.flag = np.zeros(1, np.uint8)  # the same, for long kernels to poll (see stop_flag)
+
+    def cancel(self):
+        self.cancelled = True
+        self.flag[0] = 1
+
+
+_NEVER = np.zeros(1, np.uint8)
+
 
 _lock = threading.Lock()
 _executor = None
 _worker = None  # ident of the compute thread
+_current = None  # the job the compute thread runs
 
 
 def _reset_after_fork():
-    global _executor, _worker
+    global _lock, _executor, _worker, _current
+    _lock = threading.Lock()  # another thread may have held it at the fork
     _executor = None  # the child has no compute thread: make a new one on first use
     _worker = None
+    _current = None
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _call(threads, fn, args, kwargs):
-    global _worker
+def stop_flag():
+    """A one-element uint8 array that becomes 1 when the current work is cancelled, for kernels with long loops
+    to poll (they return early; the caller's next :func:`checkpoint` raises)."""
+    job = _current
+    return _NEVER if job is None else job.flag
+
+
+def checkpoint():
+    """Raise :class:`Cancelled` if the work running on the compute thread was abandoned by its caller."""
+    job = _current
+    if job is not None and job.cancelled:
+        raise Cancelled("the caller was interrupted")
+
+
+def _call(job, threads, fn, args, kwargs):
+    global _worker, _current
     _worker = threading.get_ident()
-    numba.set_num_threads(threads)  # the setting is per thread: take the caller's
-    return fn(*args, **kwargs)
+    if job.cancelled:
+        raise Cancelled("the caller was interrupted before the work started")
+    _current = job
+    try:
+        numba.set_num_threads(threads)  # the setting is per thread: take the caller's
+        return fn(*args, **kwargs)
+    finally:
+        _current = None
 
 
 def run(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` on crfcore's compute thread (directly when already on it); returns its result
-    or raises its exception."""
+    or raises its exception. If the caller is interrupted while waiting, the work is cancelled (see above)."""
     global _executor
     if threading.get_ident() == _worker:
+        checkpoint()
         return fn(*args, **kwargs)
+    _threads.configure()
     with _lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crfcore-compute")
         executor = _executor
-    return executor.submit(_call, numba.get_num_threads(), fn, args, kwargs).result()
+    job = _Job()
+    future = executor.submit(_call, job, numba.get_num_threads(), fn, args, kwargs)
+    try:
+        return future.result()
+    except BaseException:
+        # KeyboardInterrupt (or any exception) in the caller, or the work's own error: either way nothing waits
+        # for this work any more, so it must not keep the cores
+        job.cancel()
+        future.cancel()  # still queued behind another caller's work: never starts
+        if not future.done():
+            try:  # it stops at its next checkpoint (a kernel call away); a second Ctrl-C skips the wait
+                future.exception(timeout=10.0)
+            except (CancelledError, TimeoutError):
+                pass
+        raise

@@ -155,6 +155,7 @@ def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None, want_z=True, weights=
         s = np.empty_like(u)
         b = absent if weights is not None else np.empty_like(u)
     for t in range(n_iter):
+        _parallel.checkpoint()
         if trace is not None:
             trace[0][t] = q
             s, b = trace[1][t], trace[2][t]
@@ -187,6 +188,7 @@ def backward_one(dz, ks, kb, tr, q_in, s, b, feature_grads=None):
     dq_s = np.empty_like(dz)
     dq_b = np.empty_like(dz)
     for t in range(q_in.shape[0] - 1, -1, -1):
+        _parallel.checkpoint()
         # Z = U - S A_s^T - B A_b^T: du += dZ, dA = -dZ^T S, dS = -dZ A (sign folded into iteration_bwd)
         MK.combine_bwd(dz, s[t], b[t], tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, ds, db, du, partial)
         total = partial.sum(axis=0, dtype=np.float64)

@@ -136,6 +136,7 @@ class Lattice:
             self.features.flags.writeable = False
 
     def _build(self, f, dtype):
+        _parallel.checkpoint()
         fmin, fmax, finite = K.feature_range(f)
         if not finite:
             check_finite(f, "features")  # raises, counting the bad values
@@ -154,8 +155,9 @@ class Lattice:
         offsets = np.empty(n * (d + 1), dtype=np.uint16 if chunk * (d + 1) <= 1 << 16 else np.int32)
         weights = np.empty(n * (d + 1), dtype=dtype)
         starts, remap, uniq, tkeys, tids, shift = K.build(
-            f, scale, lo, bits, per_word, n_words, chunk, _WAVE, offsets, weights
+            f, scale, lo, bits, per_word, n_words, chunk, _WAVE, offsets, weights, _parallel.stop_flag()
         )
+        _parallel.checkpoint()  # a cancelled build stopped half way
         m = uniq.shape[0]
         neighbours = K.blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word)
         del uniq, tkeys, tids
@@ -189,6 +191,7 @@ class Lattice:
         """Unchecked: splat ``diag(pre) values`` and blur it (directions reversed for the transpose), leaving the
         blurred vertex values in ``work[0]``, the chunks' local rows, ready for :meth:`apply`'s slice or for
         :func:`~crfcore._lattice_kernels.slice_grad`."""
+        _parallel.checkpoint()
         a = self.arrays
         local, buf, tmp = work
         K.splat(values, pre, a.offsets, a.weights, a.starts, self.chunk, local)

@@ -23,6 +23,7 @@ import numpy as np
 import crfcore
 from crfcore import _lattice_kernels as LK
 from crfcore import _parallel
+from crfcore._cli import positive_int
 from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
@@ -320,7 +321,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small subset (under a minute)")
     p.add_argument("--large", action="store_true", help="add 2048x2048 rows")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per peer and row (default 5, 3 large)")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="timed repeats per peer and row (default 9 at 224, 5 at 512, 3 larger)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-compile-time", action="store_true", help="skip the JIT compile measurement")
     args = p.parse_args(argv)

@@ -129,14 +129,24 @@ def test_tiny_end_to_end_cli(tmp_path):
                  "--crf-epochs", "1", "--crf-batch-size", "4", "--crf-lr", "0.05"]) == 0
     assert os.path.exists(os.path.join(out, "unet_crf.keras"))
     with open(os.path.join(out, "crf_history.json")) as f:
-        trained = json.load(f)["crf_weights"]
-    from unet.pipeline import CRF_PARAMS
+        crf_history = json.load(f)
+    trained = crf_history["crf_weights"]
+    from unet.pipeline import DENSECRF_DEFAULTS as start
 
-    initial = {"spatial_ker_weights": CRF_PARAMS["spatial_weight"] * np.eye(2),
-               "bilateral_ker_weights": CRF_PARAMS["bilateral_weight"] * np.eye(2),
+    initial = {"spatial_ker_weights": start["spatial_weight"] * np.eye(2),
+               "bilateral_ker_weights": start["bilateral_weight"] * np.eye(2),
                "compatibility_matrix": 1 - np.eye(2)}
-    for name, w in trained.items():
-        assert np.abs(np.asarray(w) - initial[name]).max() > 1e-4, name  # the CRF stage trained
+    initial.update({k: start[k] for k in ("theta_alpha", "theta_beta", "theta_gamma")})
+    assert set(trained) == set(initial)
+    epoch_widths = crf_history["history"]["widths"][-1]  # the CRF stage trained the widths...
+    for name in ("theta_alpha", "theta_beta", "theta_gamma"):
+        assert abs(np.log(epoch_widths[name] / start[name])) > 1e-3, name
+    if crf_history["history"]["best_epoch"] == 1:  # ...and kept them unless the untrained start was better on dev
+        for name, w in trained.items():
+            assert np.abs(np.asarray(w) - initial[name]).max() > 1e-4 * np.abs(initial[name]).max(), name
+    else:
+        for name, w in trained.items():
+            np.testing.assert_allclose(w, initial[name], rtol=1e-6, err_msg=name)
     assert main(["evaluate", *common, "--model", os.path.join(out, "unet_crf.keras")]) == 0
     with open(os.path.join(out, "metrics.json")) as f:
         summary = json.load(f)

@@ -10,6 +10,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from crfcore._cli import positive_float, positive_int  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
 
@@ -46,6 +48,7 @@ def _splits(args, with_crf=False, only=None):
 
 
 def _load(path):
+    """A saved model, or a clear error: missing, not a .keras file, corrupt or truncated."""
     import keras
 
     import adapters.tf  # noqa: F401  (registers CrfRnnLayer for loading)
@@ -53,20 +56,51 @@ def _load(path):
 
     if not os.path.exists(path):
         raise SystemExit(f"error: no model at {path!r}; run `python -m unet train --out DIR` first")
-    return keras.models.load_model(path)
+    if os.path.isdir(path) or not path.endswith(".keras"):
+        raise SystemExit(f"error: {path!r} is not a .keras model file (from `python -m unet train` or `add-crf`)")
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise zipfile.BadZipFile(f"member {bad!r} is corrupt")
+    except zipfile.BadZipFile as exc:
+        raise SystemExit(f"error: {path!r} is corrupt or truncated ({exc}); train it again") from None
+    try:
+        return keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many types for damaged or foreign files
+        raise SystemExit(f"error: cannot load the model {path!r}: {type(exc).__name__}: {exc}") from None
+
+
+def save_model(model, path):
+    """``model.save(path)`` atomically: written to a temporary file beside it, then renamed, so an interrupted
+    save never leaves a truncated model behind (an older one stays intact)."""
+    tmp = f"{path}.partial-{os.getpid()}.keras"
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _has_crf(model):
+    return "crfrnn" in [layer.name for layer in model.layers]
 
 
 def cmd_train(args, parts=None):
     from . import pipeline
 
     parts = parts or _splits(args)
+    init = _load(args.init) if getattr(args, "init", None) else None
     t0 = time.perf_counter()
     model, history = pipeline.train_unet(parts["train"], parts["dev"], epochs=args.epochs,
                                          batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                                         verbose=_keras_verbose())
+                                         verbose=_keras_verbose(), augmentation=args.augment, init=init)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "unet.keras")
-    model.save(path)
+    path = save_model(model, os.path.join(args.out, "unet.keras"))
     pipeline.save_json({"history": history, "seconds": time.perf_counter() - t0}, os.path.join(args.out,
                                                                                                "unet_history.json"))
     print(f"U-Net trained in {time.perf_counter() - t0:.0f} s -> {path}")
@@ -77,15 +111,18 @@ def cmd_add_crf(args, unet=None, parts=None):
     from . import pipeline
 
     unet = unet or _load(args.unet)
+    if _has_crf(unet):
+        raise SystemExit(f"error: {args.unet!r} already has a CRF-RNN layer; pass the U-Net from `python -m unet "
+                         f"train` (its unet.keras)")
     parts = parts or _splits(args, with_crf=True)
     t0 = time.perf_counter()
-    crf_model = pipeline.attach_crf(unet)
+    crf_model = pipeline.attach_crf(unet, learn_widths=args.learn_widths, start=args.crf_start)
     crf_model, history = pipeline.train_crf(crf_model, parts["crf"], parts["dev"], epochs=args.crf_epochs,
                                             batch_size=args.crf_batch_size, learning_rate=args.crf_lr,
-                                            seed=args.seed, verbose=_keras_verbose())
+                                            widths_learning_rate=args.crf_widths_lr, seed=args.seed,
+                                            verbose=_keras_verbose())
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "unet_crf.keras")
-    crf_model.save(path)
+    path = save_model(crf_model, os.path.join(args.out, "unet_crf.keras"))
     pipeline.save_json({"history": history, "seconds": time.perf_counter() - t0,
                         "crf_weights": pipeline.crf_weights(crf_model)}, os.path.join(args.out, "crf_history.json"))
     print(f"CRF-RNN layer trained in {time.perf_counter() - t0:.0f} s -> {path}")
@@ -112,13 +149,13 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
 
     if crf_model is None:
         model = _load(args.model)
-        names = [layer.name for layer in model.layers]
-        crf_model = model if "crfrnn" in names else None
+        crf_model = model if _has_crf(model) else None
         unet = pipeline.unet_of(model) if crf_model is not None else model
     sets = []
     if args.data or parts is not None or args.split != "none":
         if args.data and args.split == "all":
-            sets.append((f"{os.path.basename(os.path.normpath(args.data))} (all)", data.load_folder(args.data)))
+            sets.append((f"{os.path.basename(os.path.normpath(args.data))} (all)",
+                         data.load_folder(args.data, size=args.size)))
         elif args.split != "none":
             parts = parts or _splits(args, only=args.split)
             label = os.path.basename(os.path.normpath(args.data)) if args.data else "synthetic"
@@ -128,6 +165,11 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
         sets.append(("SmartDoc real photos", data.load_folder(smartdoc, size=args.size)))
     elif smartdoc:
         print(f"SmartDoc data not found at {smartdoc!r}: skipping the real-photo check")
+    for title, ds in sets:
+        if not len(ds):
+            raise SystemExit(f"error: nothing to evaluate: {title} has no images")
+    if not sets:
+        raise SystemExit("error: nothing to evaluate: pass --data, a --split or --smartdoc")
     sections, summary = _evaluate_sets(unet, crf_model, sets, args)
     pipeline.save_json(summary, os.path.join(args.out, "metrics.json"))
     path = report.write(args.out, sections, settings=settings,
@@ -161,7 +203,7 @@ def cmd_export(args):
     from . import data, export, pipeline
 
     model = _load(args.model)
-    if "crfrnn" not in [layer.name for layer in model.layers]:
+    if not _has_crf(model):
         raise SystemExit("error: --model must be a U-Net + CRF-RNN model from `python -m unet add-crf`")
     size = model.inputs[0].shape[1]
     if args.data:
@@ -175,27 +217,60 @@ def cmd_export(args):
     return report
 
 
+def image_size(text):
+    """argparse type: the U-Net's input side, a positive multiple of 16 (four 2x poolings)."""
+    value = positive_int(text)
+    if value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 (the U-Net pools four times), got {value}; "
+                                         f"e.g. {max(16, value - value % 16)} or {value - value % 16 + 16}")
+    return value
+
+
+def out_dir(text):
+    """argparse type: an output folder (made if absent); an existing file is refused before any work."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder; choose another --out")
+    return text
+
+
 def _common(p, out_required=True):
-    p.add_argument("--out", required=out_required, help="output folder (models, metrics.json, report.md)")
+    p.add_argument("--out", required=out_required, type=out_dir,
+                   help="output folder (models, metrics.json, report.md)")
     p.add_argument("--data", help="folder with images/ and masks/ (same stems); default: the synthetic generator")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, splits and training")
-    p.add_argument("--size", type=int, default=224, help="image side fed to the U-Net (default 224)")
-    p.add_argument("--n-train", type=int, default=800, help="synthetic training images (default 800)")
-    p.add_argument("--n-dev", type=int, default=40, help="synthetic dev images (default 40)")
-    p.add_argument("--n-test", type=int, default=60, help="synthetic test images (default 60)")
+    p.add_argument("--size", type=image_size, default=224,
+                   help="image side fed to the U-Net, a multiple of 16 (default 224)")
+    p.add_argument("--n-train", type=positive_int, default=800, help="synthetic training images (default 800)")
+    p.add_argument("--n-dev", type=positive_int, default=40, help="synthetic dev images (default 40)")
+    p.add_argument("--n-test", type=positive_int, default=60, help="synthetic test images (default 60)")
 
 
 def _unet_opts(p):
-    p.add_argument("--epochs", type=int, default=8, help="U-Net epochs (default 8)")
-    p.add_argument("--batch-size", type=int, default=8, help="U-Net batch size (default 8)")
-    p.add_argument("--lr", type=float, default=3e-3, help="U-Net learning rate (default 3e-3, cosine decay)")
+    p.add_argument("--epochs", type=positive_int, default=8, help="U-Net epochs (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="U-Net batch size (default 8)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="U-Net learning rate (default 3e-3, cosine decay)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="flips, small rotations, scale and colour jitter each epoch (default on)")
+    p.add_argument("--init", default=None,
+                   help="fine-tune this .keras model (e.g. a U-Net trained on synthetic photos) instead of starting "
+                        "from scratch; the weights of the best dev epoch are kept either way")
 
 
 def _crf_opts(p):
-    p.add_argument("--n-crf", type=int, default=160, help="synthetic images for the CRF stage (default 160)")
-    p.add_argument("--crf-epochs", type=int, default=2, help="CRF-RNN epochs (default 2)")
-    p.add_argument("--crf-batch-size", type=int, default=4, help="CRF-RNN batch size, > 1 works (default 4)")
-    p.add_argument("--crf-lr", type=float, default=0.003, help="CRF-RNN learning rate (default 0.003)")
+    p.add_argument("--n-crf", type=positive_int, default=160,
+                   help="synthetic images for the CRF stage (default 160)")
+    p.add_argument("--crf-epochs", type=positive_int, default=2, help="CRF-RNN epochs (default 2)")
+    p.add_argument("--crf-batch-size", type=positive_int, default=4,
+                   help="CRF-RNN batch size, > 1 works (default 4)")
+    p.add_argument("--crf-lr", type=positive_float, default=0.003,
+                   help="CRF-RNN matrices' learning rate (default 0.003)")
+    p.add_argument("--learn-widths", action=argparse.BooleanOptionalAction, default=True,
+                   help="learn the kernel widths theta_alpha, theta_beta, theta_gamma with the matrices (default on)")
+    p.add_argument("--crf-widths-lr", type=positive_float, default=0.05,
+                   help="learning rate of the log widths (default 0.05)")
+    p.add_argument("--crf-start", choices=["densecrf", "tuned"], default="densecrf",
+                   help="initial CRF: densecrf's default kernels (theta_alpha 80 px, theta_beta 13/255, theta_gamma "
+                        "3 px; default) or the hand-tuned widths (10 px, 40/255, 3 px)")
 
 
 def parser():
@@ -237,9 +312,9 @@ def parser():
                                    "images and fail unless they match Keras (max |Δ logits| <= 1e-3, Dice of the "
                                    "masks within 0.001); sizes and latencies go to OUT/export.json.")
     x.add_argument("--model", required=True, help="a .keras model from `add-crf`")
-    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--out", required=True, type=out_dir, help="output folder")
     x.add_argument("--data", help="images/ + masks/ folder to check on (default: synthetic test images)")
-    x.add_argument("--n-check", type=int, default=8, help="images to check on (default 8)")
+    x.add_argument("--n-check", type=positive_int, default=8, help="images to check on (default 8)")
     x.add_argument("--seed", type=int, default=0, help="seed of the synthetic check images")
     return p
 

@@ -1,7 +1,14 @@
-"""Data for the pipeline: a folder of images and masks, or the embedded synthetic generator."""
+"""Data for the pipeline: a folder of images and masks, or the embedded synthetic generator.
+
+A folder holds ``images/`` and ``masks/`` with the same stems. Nothing is silently guessed: an image is scaled by
+its bit depth (8-bit by 255, 16-bit by 65535), a mask is read by its values (0 is background, the one other value
+foreground, palette masks by their indices), and a mask of another size than its image, two files with one stem,
+a file that cannot be read or a manifest row that names no image is an error that names the file.
+"""
 
 import csv
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +18,11 @@ from . import synth
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "dev", "test")
+#: Split names a manifest may use, and the split each one means.
+SPLIT_NAMES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
+               "validation": "dev", "test": "test", "testing": "test"}
+#: Columns a manifest may name its images by (the first one present is used; else the first column).
+ID_COLUMNS = ("id", "stem", "name", "filename", "file", "image")
 #: Synthetic streams: one per split, plus one for the CRF-RNN stage.
 STREAMS = SPLITS + ("crf",)
 
@@ -34,55 +46,249 @@ class Dataset:
         return Dataset(self.images[idx], self.masks[idx], [self.names[i] for i in idx])
 
 
-def _load_pair(image_path, mask_path, size):
-    img = Image.open(image_path).convert("RGB").resize((size, size), Image.BILINEAR)
-    mask = Image.open(mask_path).convert("L").resize((size, size), Image.NEAREST)
-    m = np.asarray(mask)
-    return np.asarray(img, dtype=np.float32) / 255.0, (m > (127 if m.max() > 1 else 0)).astype(np.uint8)
+def _read_array(path):
+    """The pixel array of an image file as stored (TIFF through tifffile where installed, else Pillow), and
+    whether its values are palette indices."""
+    if path.lower().endswith((".tif", ".tiff")):
+        try:
+            import tifffile
+        except ImportError:
+            tifffile = None
+        if tifffile is not None:
+            return np.asarray(tifffile.imread(path)), False
+    with Image.open(path) as im:
+        im.load()  # decode now: a truncated file fails here, not later
+        if im.mode == "P":
+            return np.asarray(im), True
+        if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGB")
+        return np.asarray(im), False
 
 
-def load_folder(path, size=224):
-    """Load ``path/images/*`` with ``path/masks/<same stem>.png`` (0/255 or 0/1), resized to ``size``.
+def read_array(path, what):
+    """:func:`_read_array`, with any failure reported as a ValueError naming the file."""
+    try:
+        return _read_array(path)
+    except Exception as exc:  # PIL/tifffile raise many types for corrupt, truncated or unsupported files
+        raise ValueError(f"cannot read {what} {path!r}: {exc}") from exc
+
+
+def image_to_float(arr, path):
+    """An image array as ``(H, W, 3)`` float32 in [0, 1], scaled by its bit depth; grey becomes RGB, alpha goes."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"image {path!r} has shape {arr.shape}; expected (H, W) or (H, W, C)")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind in "ui":
+        if arr.min() < 0:
+            raise ValueError(f"image {path!r} has negative values ({arr.dtype}); expected unsigned pixel values")
+        if arr.dtype == np.uint8:
+            depth = 255.0
+        elif arr.max() <= 65535:  # 16-bit (PIL reads some 16-bit files as 32-bit ints)
+            depth = 65535.0
+        else:
+            raise ValueError(f"image {path!r} has {arr.dtype} values up to {arr.max()}; expected 8 or 16 bits")
+        out = arr.astype(np.float32) / np.float32(depth)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError(f"image {path!r} contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"float image {path!r} has values in [{lo:.3g}, {hi:.3g}]; expected [0, 1]")
+        out = arr.astype(np.float32)
+    else:
+        raise ValueError(f"image {path!r} has unsupported pixel type {arr.dtype}")
+    channels = out.shape[-1]
+    if channels in (1, 2):  # grey (+ alpha)
+        out = np.repeat(out[..., :1], 3, axis=-1)
+    elif channels == 4:  # RGBA
+        out = out[..., :3]
+    elif channels != 3:
+        raise ValueError(f"image {path!r} has {channels} channels; the U-Net takes grey, RGB or RGBA images")
+    return np.ascontiguousarray(out)
+
+
+def mask_to_binary(arr, path, palette=False):
+    """A mask array as ``(H, W)`` uint8 in {0, 1}: 0 is background, the one other value foreground.
+
+    Palette masks are read by their indices. A mask with more than two values (colours) is refused: the task is
+    binary, and lossy formats (JPEG) blur the edges into many values, so save masks as PNG.
+    """
+    if arr.ndim == 3:
+        if arr.shape[-1] in (2, 4):  # drop alpha
+            arr = arr[..., :-1]
+        if arr.shape[-1] == 3:
+            flat = arr.reshape(-1, 3)
+            values = np.unique(flat, axis=0)
+            if len(values) > 2:
+                raise ValueError(f"mask {path!r} has {len(values)} colours; a binary mask has two (black for the "
+                                 f"background, one colour for the document){_lossy_hint(path)}")
+            return np.ascontiguousarray(arr.any(axis=-1).astype(np.uint8))
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"mask {path!r} has shape {arr.shape}; expected (H, W)")
+    values = np.unique(arr)
+    if len(values) > 2:
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise ValueError(f"mask {path!r} has {len(values)} values ({shown}); a binary mask has 0 for the background "
+                         f"and one value for the document{' (palette indices)' if palette else ''}"
+                         f"{_lossy_hint(path)}")
+    if len(values) == 2 and values[0] != 0:
+        raise ValueError(f"mask {path!r} has values {values.tolist()} but no 0; 0 must mark the background")
+    return (arr != 0).astype(np.uint8)
+
+
+def _lossy_hint(path):
+    return "; JPEG masks are lossy: save masks as PNG" if path.lower().endswith((".jpg", ".jpeg")) else ""
+
+
+def _resize(image, mask, size):
+    """Bilinear for the image (in float, whatever its bit depth), nearest for the mask; None keeps the size."""
+    if size is None:
+        return image, mask
+    if image.shape[:2] != (size, size):
+        image = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize((size, size), Image.BILINEAR))
+                          for c in range(image.shape[-1])], -1)
+        image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    if mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    return image, mask
+
+
+def load_pair(image_path, mask_path, size):
+    """One image and its mask, checked, as ``(float32 (size, size, 3), uint8 (size, size))``."""
+    image = image_to_float(read_array(image_path, "image")[0], image_path)
+    arr, palette = read_array(mask_path, "mask")
+    mask = mask_to_binary(arr, mask_path, palette)
+    if mask.shape != image.shape[:2]:
+        hint = " (transposed?)" if mask.shape == image.shape[1::-1] else ""
+        raise ValueError(f"mask {mask_path!r} is {mask.shape[1]}x{mask.shape[0]} but image {image_path!r} is "
+                         f"{image.shape[1]}x{image.shape[0]}{hint}; masks must have their image's size")
+    return _resize(image, mask, size)
+
+
+def _by_stem(folder, what):
+    """``{stem: file}`` of the images in ``folder``; two files with one stem are an error."""
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if not f.lower().endswith(IMAGE_EXTS) or f.startswith("."):
+            continue
+        stem = os.path.splitext(f)[0]
+        if stem in out:
+            raise ValueError(f"two {what} files share the stem {stem!r} in {folder!r}: {out[stem]!r} and {f!r}; "
+                             f"keep one")
+        out[stem] = f
+    return out
+
+
+def load_folder(path, size=224, workers=None):
+    """Load ``path/images/*`` with ``path/masks/<same stem>.*``, resized to ``size`` (None keeps the sizes).
 
     Returns
     -------
     Dataset
-        Sorted by name. Images whose mask is missing raise a ValueError naming them.
+        Sorted by name.
+
+    Raises
+    ------
+    ValueError
+        A missing folder, no images, an image without a mask (or two files with one stem), a file that cannot be
+        read, a mask of another size than its image or with more than two values: each names the files.
     """
     img_dir, mask_dir = os.path.join(path, "images"), os.path.join(path, "masks")
     if not os.path.isdir(img_dir) or not os.path.isdir(mask_dir):
         raise ValueError(f"{path!r} must contain 'images/' and 'masks/' folders")
-    masks = {os.path.splitext(f)[0]: f for f in os.listdir(mask_dir) if f.lower().endswith(IMAGE_EXTS)}
-    files = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTS))
-    if not files:
-        raise ValueError(f"no images in {img_dir!r}")
-    missing = [f for f in files if os.path.splitext(f)[0] not in masks]
+    images = _by_stem(img_dir, "image")
+    masks = _by_stem(mask_dir, "mask")
+    if not images:
+        raise ValueError(f"no images in {img_dir!r} (looked for {', '.join(IMAGE_EXTS)})")
+    missing = [f for stem, f in images.items() if stem not in masks]
     if missing:
         raise ValueError(f"no mask in {mask_dir!r} for {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    pairs = [_load_pair(os.path.join(img_dir, f), os.path.join(mask_dir, masks[os.path.splitext(f)[0]]), size)
-             for f in files]
-    images = np.stack([p[0] for p in pairs])
-    mask_arr = np.stack([p[1] for p in pairs])
-    return Dataset(images, mask_arr, [os.path.splitext(f)[0] for f in files])
+    stems = sorted(images)
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        pairs = list(pool.map(lambda s: load_pair(os.path.join(img_dir, images[s]), os.path.join(mask_dir, masks[s]),
+                                                   size), stems))
+    if size is None and len({p[0].shape for p in pairs}) > 1:
+        raise ValueError(f"the images in {img_dir!r} differ in size; pass a size to resize them")
+    return Dataset(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), stems)
+
+
+def _read_manifest(manifest):
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        rows = [r for r in reader if any(cell.strip() for cell in r)]
+    if not rows:
+        raise ValueError(f"manifest {manifest!r} is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    return header, rows[1:]
 
 
 def split(dataset, path=None, seed=0, fractions=(0.7, 0.15, 0.15)):
-    """``{"train", "dev", "test"} -> Dataset``: from ``path/manifest.csv``'s ``split`` column when it has one,
-    else a seeded shuffle in ``fractions``."""
+    """``{"train", "dev", "test"} -> Dataset``.
+
+    With ``path/manifest.csv`` holding a ``split`` column, from it: images named by an ``id`` column (or ``stem``,
+    ``name``, ``filename``, ``file``, ``image``, with or without extension; else the first column); split names
+    ``train``/``training``, ``dev``/``val``/``valid``/``validation`` and ``test``/``testing`` (any case). Without test
+    rows, the dev split is tested on (a warning says so); unknown split names, rows naming no image and duplicate
+    rows are errors naming them; images the manifest leaves out are left out with a warning. Without a manifest,
+    a seeded shuffle in ``fractions``.
+    """
     manifest = None if path is None else os.path.join(path, "manifest.csv")
     if manifest and os.path.exists(manifest):
-        with open(manifest, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "split" in rows[0]:
-            key = "id" if "id" in rows[0] else next(iter(rows[0]))
-            where = {r[key]: r["split"] for r in rows}
-            return {s: dataset.subset([i for i, n in enumerate(dataset.names) if where.get(n) == s]) for s in SPLITS}
+        header, rows = _read_manifest(manifest)
+        if "split" in header:
+            return _manifest_split(dataset, manifest, header, rows)
     order = np.random.default_rng(seed).permutation(len(dataset))
     n_train = int(round(fractions[0] * len(dataset)))
     n_dev = int(round(fractions[1] * len(dataset)))
     return {"train": dataset.subset(np.sort(order[:n_train])),
             "dev": dataset.subset(np.sort(order[n_train:n_train + n_dev])),
             "test": dataset.subset(np.sort(order[n_train + n_dev:]))}
+
+
+def _manifest_split(dataset, manifest, header, rows):
+    key = next((c for c in ID_COLUMNS if c in header), header[0])
+    k, s = header.index(key), header.index("split")
+    index = {name: i for i, name in enumerate(dataset.names)}
+    where, unknown, unmatched = {}, [], []
+    for line, row in enumerate(rows, start=2):
+        if len(row) <= max(k, s):
+            raise ValueError(f"{manifest}, line {line}: expected {len(header)} columns, got {len(row)}: {row}")
+        name = row[k].strip()
+        stem = os.path.splitext(name)[0] if name.lower().endswith(IMAGE_EXTS) else name
+        stem = os.path.basename(stem)
+        label = row[s].strip().lower()
+        if label not in SPLIT_NAMES:
+            unknown.append((line, row[s].strip()))
+            continue
+        if stem not in index:
+            unmatched.append((line, name))
+            continue
+        if stem in where:
+            raise ValueError(f"{manifest}, line {line}: {name!r} is listed twice")
+        where[stem] = SPLIT_NAMES[label]
+    if unknown:
+        names = sorted({v for _, v in unknown})
+        raise ValueError(f"{manifest}: unknown split name(s) {names} (lines {[ln for ln, _ in unknown][:10]}); use "
+                         f"train, dev (or val, valid, validation) and test")
+    if unmatched:
+        raise ValueError(f"{manifest}: {len(unmatched)} row(s) name no image in images/: "
+                         f"{[f'line {ln}: {n!r}' for ln, n in unmatched[:5]]}")
+    left_out = [n for n in dataset.names if n not in where]
+    if left_out:
+        warnings.warn(f"{manifest} does not list {len(left_out)} image(s), left out: {left_out[:5]}"
+                      f"{'...' if len(left_out) > 5 else ''}", stacklevel=3)
+    parts = {sp: dataset.subset([index[n] for n in dataset.names if where.get(n) == sp]) for sp in SPLITS}
+    if not len(parts["train"]):
+        raise ValueError(f"{manifest} has no train rows")
+    if not len(parts["test"]):
+        warnings.warn(f"{manifest} has no test rows: the dev split ({len(parts['dev'])} images) is tested on",
+                      stacklevel=3)
+        parts["test"] = parts["dev"]
+    return parts
 
 
 def synthetic(n, seed, size=224, workers=None, progress=None):

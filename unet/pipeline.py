@@ -10,19 +10,25 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import crfcore
 from adapters.tf import CrfRnnLayer
 
 from . import metrics
+from .augment import augment
 from .model import build_unet
 
-#: The CRF-RNN layer's settings for 224x224 images in [0, 1]. Kernel widths are not trained, so they are chosen
-#: here: densecrf's default theta_alpha = 80 px spans a third of a 224 image and lets the paper's white leak into
-#: white desks (and dark text into dark surfaces); 10 px and 40 grey levels of 255 keep the bilateral kernel local.
-#: Chosen on a synthetic dev set with crfcore.meanfield before any training (the README gives the figures).
+#: densecrf's default CRF in the pipeline's units (images in [0, 1], so theta_beta = 13 grey levels of 255): where
+#: the CRF-RNN layer starts when it learns its widths (the default).
+DENSECRF_DEFAULTS = dict(theta_alpha=80.0, theta_beta=13.0 / 255.0, theta_gamma=3.0, num_iterations=5,
+                         normalization="symmetric", spatial_weight=3.0, bilateral_weight=10.0)
+#: Hand-tuned widths for 224x224 images in [0, 1], the settings before the widths could be learned: densecrf's
+#: theta_alpha = 80 px spans a third of a 224 image and lets the paper's white leak into white desks; 10 px and 40
+#: grey levels keep the bilateral kernel local. Chosen with crfcore.meanfield on a synthetic dev set.
 CRF_PARAMS = dict(theta_alpha=10.0, theta_beta=40.0 / 255.0, theta_gamma=3.0, num_iterations=5,
                   normalization="symmetric", spatial_weight=3.0, bilateral_weight=5.0)
+CRF_STARTS = {"densecrf": DENSECRF_DEFAULTS, "tuned": CRF_PARAMS}
 METHODS = ("unet", "unet+meanfield", "unet+crf-rnn")
 LABELS = {"unet": "U-Net alone", "unet+meanfield": "U-Net + crfcore.meanfield (defaults)",
           "unet+crf-rnn": "U-Net + trained CRF-RNN layer"}
@@ -32,62 +38,158 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _flip_augment(images, masks, rng):
-    """Random horizontal and vertical flips (a fresh draw each epoch)."""
-    images, masks = images.copy(), masks.copy()
-    h = rng.uniform(size=len(images)) < 0.5
-    v = rng.uniform(size=len(images)) < 0.5
-    images[h], masks[h] = images[h][:, :, ::-1], masks[h][:, :, ::-1]
-    images[v], masks[v] = images[v][:, ::-1], masks[v][:, ::-1]
-    return images, masks
+def _dev_loss(model, dev, batch_size):
+    """Mean cross-entropy of ``model``'s logits on ``dev`` (None when ``dev`` is empty)."""
+    if not len(dev):
+        return None
+    logits = model.predict(dev.images, batch_size=batch_size, verbose=0)
+    return float(_loss()(dev.masks, logits))
 
 
-def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1):
-    """Step 1: train a U-Net from scratch on ``train`` (a :class:`unet.data.Dataset`), validate on ``dev``.
+def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1, augmentation=True,
+               init=None, keep_best=True):
+    """Step 1: train a U-Net on ``train`` (a :class:`unet.data.Dataset`), validate on ``dev``.
+
+    Parameters
+    ----------
+    augmentation : bool
+        Flips, small rotations, scale and colour jitter, drawn afresh each epoch (:mod:`unet.augment`); False
+        keeps the images as they are.
+    init : keras.Model, optional
+        Fine-tune this model (a U-Net, or the U-Net inside a U-Net + CRF model) instead of starting from scratch,
+        e.g. one trained on synthetic photos before a small real data set.
+    keep_best : bool
+        Return the weights of the epoch with the lowest dev loss (when ``dev`` is not empty).
 
     Returns
     -------
     model : keras.Model
         Image in [0, 1] -> logits.
     history : dict
-        Per-epoch ``loss`` and ``val_loss``.
+        Per-epoch ``loss`` and ``val_loss``, and ``best_epoch`` (1-based) whose weights were kept.
     """
     keras.utils.set_random_seed(seed)
     size = train.images.shape[1]
-    model = build_unet(size=size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, epochs * -(-len(train) // batch_size)),
-                                                      alpha=0.05)
+    if init is not None:
+        base = unet_of(init) if "crfrnn" in [layer.name for layer in init.layers] else init
+        if tuple(base.inputs[0].shape[1:3]) != (size, size):
+            raise ValueError(f"the --init model takes {tuple(base.inputs[0].shape[1:3])} images but the data is "
+                             f"{size}x{size}; pass --size {base.inputs[0].shape[1]}")
+        model = keras.models.clone_model(base)
+        model.set_weights(base.get_weights())
+        model.trainable = True
+    else:
+        model = build_unet(size=size)
+    steps = max(1, epochs * -(-len(train) // batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss())
-    rng = np.random.default_rng(seed)
-    history = {"loss": [], "val_loss": []}
+    history = {"loss": [], "val_loss": [], "best_epoch": None}
+    best = (np.inf, None)
     for epoch in range(epochs):
         if verbose:
             print(f"U-Net epoch {epoch + 1}/{epochs}")
-        x, y = _flip_augment(train.images, train.masks, rng)
+        if augmentation:
+            x, y = augment(train.images, train.masks, seed=[seed, epoch])
+        else:
+            x, y = train.images, train.masks
         h = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose,
                       validation_data=(dev.images, dev.masks) if len(dev) else None)
         history["loss"] += h.history["loss"]
-        history["val_loss"] += h.history.get("val_loss", [])
+        val = h.history.get("val_loss", [None])[-1]
+        if val is not None:
+            history["val_loss"].append(val)
+            if keep_best and val < best[0]:
+                best = (val, model.get_weights())
+                history["best_epoch"] = epoch + 1
+    if keep_best and best[1] is not None:
+        model.set_weights(best[1])
+    else:
+        history["best_epoch"] = epochs
     return model, history
 
 
-def attach_crf(unet, crf_params=None):
-    """Steps 2-3: freeze ``unet`` and plug ``CrfRnnLayer`` on its logits and input image."""
+def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf"):
+    """Steps 2-3: freeze ``unet`` and plug ``CrfRnnLayer`` on its logits and input image.
+
+    ``start`` picks the initial CRF: ``"densecrf"`` (densecrf's default kernels, :data:`DENSECRF_DEFAULTS`) or
+    ``"tuned"`` (the hand-tuned widths, :data:`CRF_PARAMS`); ``crf_params`` overrides any of the layer's
+    arguments. ``learn_widths`` makes theta_alpha, theta_beta and theta_gamma trainable.
+    """
+    if start not in CRF_STARTS:
+        raise ValueError(f"`start` must be one of {sorted(CRF_STARTS)}, got {start!r}")
     unet.trainable = False
     size = unet.inputs[0].shape[1:3]
-    params = dict(CRF_PARAMS, **(crf_params or {}))
-    layer = CrfRnnLayer(image_dims=tuple(size), num_classes=unet.outputs[0].shape[-1], name="crfrnn", **params)
+    params = dict(CRF_STARTS[start], **(crf_params or {}))
+    layer = CrfRnnLayer(image_dims=tuple(size), num_classes=unet.outputs[0].shape[-1], name="crfrnn",
+                        trainable_widths=learn_widths, **params)
     out = layer([unet.outputs[0], unet.inputs[0]])
     return keras.Model(unet.inputs, out, name="unet_crf")
 
 
-def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, seed=0, verbose=1):
-    """Step 4: retrain the model from :func:`attach_crf`; only the CRF's three matrices learn."""
+def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
+              seed=0, verbose=1, keep_best=True):
+    """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
+
+    The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far
+    (densecrf's theta_alpha = 80 px to ~10 px is a factor of 8) in the few hundred steps this stage takes, which
+    the matrices' learning rate would not allow.
+
+    Returns
+    -------
+    crf_model : keras.Model
+        With the weights of the epoch with the lowest dev loss when ``keep_best`` (and ``dev`` is not empty).
+    history : dict
+        Per-epoch ``loss``, ``val_loss`` and ``widths``, and ``best_epoch`` (0: the untrained start was best).
+    """
     keras.utils.set_random_seed(seed)
-    crf_model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_loss())
-    h = crf_model.fit(train.images, train.masks, batch_size=batch_size, epochs=epochs, verbose=verbose,
-                      validation_data=(dev.images, dev.masks) if len(dev) else None, shuffle=True)
-    return crf_model, {k: [float(v) for v in vs] for k, vs in h.history.items()}
+    layer = crf_model.get_layer("crfrnn")
+    widths = [v for v in layer.trainable_weights if v.name.startswith("log_theta")]
+    matrices = [v for v in crf_model.trainable_weights if all(v is not w for w in widths)]
+    opt = keras.optimizers.Adam(learning_rate)
+    opt_widths = keras.optimizers.Adam(widths_learning_rate)
+    loss_fn = _loss()
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, crf_model(x, training=True))
+        grads = tape.gradient(loss, matrices + widths)
+        opt.apply_gradients(zip(grads[:len(matrices)], matrices))
+        if widths:
+            opt_widths.apply_gradients(zip(grads[len(matrices):], widths))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    n = len(train)
+    history = {"loss": [], "val_loss": [], "widths": [], "best_epoch": 0}
+    start_loss = _dev_loss(crf_model, dev, batch_size) if keep_best else None
+    best = (np.inf if start_loss is None else start_loss, layer.get_weights())
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        bar = keras.utils.Progbar(-(-n // batch_size), verbose=verbose, stateful_metrics=["loss"])
+        losses = []
+        if verbose:
+            print(f"CRF-RNN epoch {epoch + 1}/{epochs}")
+        for k, b0 in enumerate(range(0, n, batch_size)):
+            idx = np.sort(order[b0:b0 + batch_size])
+            losses.append(float(step(tf.constant(train.images[idx]), tf.constant(train.masks[idx]))))
+            bar.update(k + 1, values=[("loss", np.mean(losses))])
+        history["loss"].append(float(np.mean(losses)))
+        history["widths"].append(layer.current_widths())
+        val = _dev_loss(crf_model, dev, batch_size)
+        if val is not None:
+            history["val_loss"].append(val)
+            if verbose:
+                print(f"  dev loss {val:.4f}, widths " + ", ".join(f"{k} {v:.4g}" for k, v in
+                                                                layer.current_widths().items()))
+            if keep_best and val < best[0]:
+                best = (val, layer.get_weights())
+                history["best_epoch"] = epoch + 1
+    if keep_best and len(dev):
+        layer.set_weights(best[1])
+    else:
+        history["best_epoch"] = epochs
+    return crf_model, history
 
 
 def unet_of(crf_model):
@@ -97,8 +199,11 @@ def unet_of(crf_model):
 
 
 def crf_weights(crf_model):
+    """The CRF layer's matrices and its widths (as widths, not logs), JSON-ready."""
     layer = crf_model.get_layer("crfrnn")
-    return {w.name: np.asarray(w.numpy()).tolist() for w in layer.trainable_weights}
+    out = {w.name: np.asarray(w.numpy()).tolist() for w in layer.weights if not w.name.startswith("log_theta")}
+    out.update(layer.current_widths())
+    return out
 
 
 def predict(unet, crf_model, data, *, batch_size=8, progress=None):

@@ -12,6 +12,7 @@ Lattice
     The permutohedral lattice: Gaussian filtering in feature space, its exact transpose and its features gradient.
 """
 
+from . import _threads
 from .lattice import Lattice
 from .inference import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
 from .fitting import fit
@@ -19,3 +20,5 @@ from .fitting import fit
 __all__ = ["Lattice", "meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "MeanfieldResiduals", "potts",
            "fit"]
 __version__ = "0.1.0"
+
+_threads.configure()  # TBB as Numba's threading layer where installed: fork-safe, no spinning across processes

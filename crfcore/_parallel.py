@@ -11,9 +11,9 @@ cancels its work: the compute thread stops at the next :func:`checkpoint` (betwe
 filterings, iterations), so the process can exit and the next call starts at once instead of queueing behind
 abandoned work.
 
-**Fork.** A child forked after crfcore has run (``os.fork``, ``multiprocessing`` with the fork start method) has
-no compute thread; it makes a new one on first use, with new locks (see :mod:`crfcore._threads` for the threading
-layer, which must be fork-safe too).
+**Fork.** Before a fork an idle compute thread is stopped, and a child forked after crfcore has run (``os.fork``,
+``multiprocessing``'s fork start method) makes a new one on first use, with new locks. The threading layer must be
+fork-safe too: see :mod:`crfcore._threads`.
 """
 
 import os
@@ -51,6 +51,20 @@ _worker = None  # ident of the compute thread
 _current = None  # the job the compute thread runs
 
 
+def _before_fork():
+    """Stop an idle compute thread before a fork (a new one starts on the next call, in parent and child): a
+    thread that has used TBB keeps it from shutting its workers down cleanly for the fork, which Numba reports as
+    "Unable to join threads to shut down before fork()"."""
+    global _executor, _worker
+    if _executor is None or _current is not None or not _lock.acquire(blocking=False):
+        return  # busy: the child still works, with Numba's warning
+    try:
+        executor, _executor, _worker = _executor, None, None
+    finally:
+        _lock.release()
+    executor.shutdown(wait=True)
+
+
 def _reset_after_fork():
     global _lock, _executor, _worker, _current
     _lock = threading.Lock()  # another thread may have held it at the fork
@@ -60,7 +74,7 @@ def _reset_after_fork():
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_child=_reset_after_fork)
 
 
 def stop_flag():

@@ -1,0 +1,110 @@
+"""crfcore across processes: fork after use, a fork-based Pool, Ctrl-C, and the threading layer behind them.
+
+Each case runs in a fresh interpreter (a script), as users run them: forking pytest's own process, with
+TensorFlow loaded by other tests, would test something else.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+SETUP = textwrap.dedent("""
+    import os, sys, time, numpy as np, numba, crfcore
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(96, 80, 3)).astype(np.float32)
+    image = rng.integers(0, 256, size=(96, 80, 3), dtype=np.uint8)
+    reference = crfcore.meanfield(logits, image)  # crfcore has run: Numba's threads exist
+""")
+
+
+def run_script(body, timeout=120):
+    proc = subprocess.run([sys.executable, "-c", SETUP + textwrap.dedent(body)], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=timeout)
+    return proc
+
+
+def test_threading_layer_is_tbb_where_installed():
+    from crfcore._threads import _tbb_library
+
+    if _tbb_library() is None:
+        pytest.skip("the tbb wheel is not installed on this platform: Numba's default layer is used")
+    proc = run_script("print(numba.threading_layer())")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "tbb"
+
+
+def test_fork_after_use():
+    proc = run_script("""
+        pid = os.fork()
+        if pid == 0:
+            out = crfcore.meanfield(logits, image)
+            os._exit(0 if np.array_equal(out, reference) else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        print("parent", np.array_equal(crfcore.meanfield(logits, image), reference))
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "child 0" in proc.stdout and "parent True" in proc.stdout
+    assert "fork() called from a process already using GNU OpenMP" not in proc.stderr + proc.stdout
+    assert "Unable to join threads" not in proc.stdout  # the idle compute thread was stopped before the fork
+
+
+def test_fork_pool_after_use():
+    proc = run_script("""
+        import multiprocessing as mp
+
+        def task(seed):
+            lg = np.random.default_rng(seed).normal(size=(96, 80, 3)).astype(np.float32)
+            return crfcore.meanfield(lg, image)
+
+        if __name__ == "__main__":
+            with mp.get_context("fork").Pool(2) as pool:
+                outs = pool.map(task, range(6), chunksize=1)
+            serial = [task(s) for s in range(6)]
+            print("same", all(np.array_equal(a, b) for a, b in zip(outs, serial)))
+    """, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "same True" in proc.stdout
+
+
+def test_ctrl_c_stops_the_work_at_once():
+    script = SETUP + textwrap.dedent("""
+        big = rng.normal(size=(1024, 1024, 2)).astype(np.float32)
+        big_image = rng.integers(0, 256, size=(1024, 1024, 3), dtype=np.uint8)
+        print("ready", flush=True)
+        try:
+            crfcore.meanfield(big, big_image, n_iter=500)  # minutes of work
+            print("finished?!", flush=True)
+        except KeyboardInterrupt:
+            t0 = time.perf_counter()
+            crfcore.meanfield(logits, image)  # must not queue behind the abandoned work
+            print(f"next call {time.perf_counter() - t0:.3f}", flush=True)
+        crfcore.meanfield(big, big_image, n_iter=500)  # a second interrupt, uncaught: the process exits
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline()
+        assert line.startswith("next call"), line
+        assert float(line.split()[-1]) < 0.5  # a 96x80 image takes ~10 ms; the abandoned work stopped
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    assert elapsed < 3.0, elapsed  # the process did not wait for the computation to finish

@@ -54,7 +54,6 @@ def test_fork_after_use():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "child 0" in proc.stdout and "parent True" in proc.stdout
     assert "fork() called from a process already using GNU OpenMP" not in proc.stderr + proc.stdout
-    assert "Unable to join threads" not in proc.stdout  # the idle compute thread was stopped before the fork
 
 
 def test_fork_pool_after_use():

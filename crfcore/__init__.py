@@ -6,6 +6,8 @@ meanfield
     Mean-field inference (post-processing of any segmentation).
 meanfield_fwd, meanfield_bwd
     The forward pass with residuals and the exact backward of the unrolled iterations (CRF as RNN).
+crf, crf_fwd, crf_bwd, PairwiseTerm
+    The same with any list of pairwise terms (any features, weights, compatibilities, normalisations).
 fit
     Fit the CRF's parameters (widths, weights, compatibility) to a few labelled images for post-processing.
 Lattice
@@ -16,9 +18,10 @@ from . import _threads
 from .lattice import Lattice
 from .inference import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
 from .fitting import fit
+from .terms import CrfModel, PairwiseTerm, crf, crf_bwd, crf_fwd
 
 __all__ = ["Lattice", "meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "MeanfieldResiduals", "potts",
-           "fit"]
+           "fit", "PairwiseTerm", "CrfModel", "crf", "crf_fwd", "crf_bwd"]
 __version__ = "0.1.0"
 
 _threads.configure()  # TBB as Numba's threading layer where installed: fork-safe, no spinning across processes

@@ -275,3 +275,51 @@ def row_dots(a, b, out):
         for k in range(n_lab):
             acc += a[i, k] * b[i, k]
         out[i] += acc
+
+
+@njit(**PJIT)
+def subtract_message(src, s, a, potts, c, out):
+    """``out = src - S A^T`` row by row (``out`` may be ``src``); with ``potts``, ``A = c (J - I)`` in O(L)."""
+    n, n_lab = src.shape
+    for i in prange(n):
+        if potts:
+            tot = s[i, 0] - s[i, 0]
+            for k in range(n_lab):
+                tot += s[i, k]
+            for k in range(n_lab):
+                out[i, k] = src[i, k] - c * (tot - s[i, k])
+        else:
+            for k in range(n_lab):
+                acc = src[i, k]
+                for j in range(n_lab):
+                    acc -= a[k, j] * s[i, j]
+                out[i, k] = acc
+
+
+@njit(**PJIT)
+def message_bwd(dz, s, a, potts, c, ds, partial):
+    """The backward of one more message in ``Z = U - ... - S A^T`` (without its sign): ``dS = dZ A`` and
+    ``partial[blk, 0] = dZ^T S`` over block ``blk`` of :data:`BWD_ROWS` rows (see :func:`combine_bwd`)."""
+    n, n_lab = dz.shape
+    for blk in prange((n + BWD_ROWS - 1) // BWD_ROWS):
+        acc = np.zeros((n_lab, n_lab), dtype=dz.dtype)
+        for i in range(blk * BWD_ROWS, min(n, (blk + 1) * BWD_ROWS)):
+            for k in range(n_lab):
+                g = dz[i, k]
+                for j in range(n_lab):
+                    acc[k, j] += g * s[i, j]
+            if potts:
+                tot = dz[i, 0] - dz[i, 0]
+                for k in range(n_lab):
+                    tot += dz[i, k]
+                for k in range(n_lab):
+                    ds[i, k] = c * (tot - dz[i, k])
+            else:
+                for k in range(n_lab):
+                    total = dz[i, 0] - dz[i, 0]
+                    for j in range(n_lab):
+                        total += dz[i, j] * a[j, k]
+                    ds[i, k] = total
+        for k in range(n_lab):
+            for j in range(n_lab):
+                partial[blk, 0, k, j] = acc[k, j]

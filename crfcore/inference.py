@@ -22,7 +22,8 @@ from . import _meanfield_kernels as MK
 from . import _parallel
 from ._validation import as_float_array, check_finite, check_nonempty
 from .features import bilateral_features, spatial_features
-from .kernel import FeatureGrad, Kernel, share_workspace
+from .iterations import Transform, backward_one, forward_one, tiny
+from .kernel import FeatureGrad, Kernel
 from .params import NORMALIZATIONS, CrfParams, check_params, potts  # noqa: F401  (re-exported)
 
 OUTPUTS = ("probs", "logits")
@@ -98,24 +99,6 @@ def _combined(params):
     return a_s, a_b
 
 
-class Transform(NamedTuple):
-    """The matrices ``A_s``, ``A_b`` in the compute dtype, and their Potts shortcut ``c (J - I)`` if exact."""
-
-    a_s: np.ndarray
-    a_b: np.ndarray
-    potts: bool
-    c_s: float
-    c_b: float
-
-    @classmethod
-    def of(cls, a_s, a_b, dtype):
-        off = potts(a_s.shape[0])
-        c_s, c_b = a_s[0, 1], a_b[0, 1]
-        is_potts = bool(np.array_equal(a_s, c_s * off) and np.array_equal(a_b, c_b * off))
-        return cls(np.ascontiguousarray(a_s, dtype=dtype), np.ascontiguousarray(a_b, dtype=dtype), is_potts,
-                   dtype.type(c_s), dtype.type(c_b))
-
-
 def build_kernels(image_flat, spatial_shape, params, dtype):
     """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)``, any real dtype).
 
@@ -130,84 +113,10 @@ def build_kernels(image_flat, spatial_shape, params, dtype):
     return ks, kb
 
 
-def tiny(dtype):
-    """Values below this are flushed to zero in the softmax and its backward (see ``_meanfield_kernels``)."""
-    return np.finfo(dtype).tiny  # the smallest normal number: flush subnormals only
-
-
-def forward_one(u, ks, kb, tr, n_iter, trace=None, q=None, want_z=True, weights=None):
-    """Mean field on one image: ``u`` ``(N, L)``, ``tr`` a :class:`Transform`; returns ``(Z_T, Q_T)``.
-
-    ``trace``, if given, is ``(q_in, s, b)``, each ``(T, N, L)``, filled with the iterates. ``q``, if given,
-    is where ``Q_T`` goes. ``want_z=False`` skips storing ``Z`` (None is returned for it). ``weights``, if given,
-    is ``(w_s, w_b)`` for scalar kernel weights, with ``tr`` the transform of the compatibility alone: both
-    kernels then add into one message array ``w_s K_s Q + w_b K_b Q`` (one array less, read once).
-    """
-    q = np.empty_like(u) if q is None else q
-    eps = tiny(u.dtype)
-    MK.softmax_rows(u, q, eps)
-    if n_iter == 0:
-        return (u if want_z else None), q
-    share_workspace((ks, kb), u.shape[1], u.dtype)
-    absent = np.empty((0, u.shape[1]), u.dtype)  # an array without rows: "not stored" to combine_softmax
-    z = np.empty_like(u) if want_z else absent
-    if trace is None:  # else each iteration's s and b are its trace slots
-        s = np.empty_like(u)
-        b = absent if weights is not None else np.empty_like(u)
-    for t in range(n_iter):
-        _parallel.checkpoint()
-        if trace is not None:
-            trace[0][t] = q
-            s, b = trace[1][t], trace[2][t]
-        if weights is not None:
-            ks.apply(q, s, scale=weights[0])
-            kb.apply(q, s, scale=weights[1], accumulate=True)
-        else:
-            ks.apply(q, s)
-            kb.apply(q, b)
-        MK.combine_softmax(u, s, b, tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, z, q, eps)
-    return (z if want_z else None), q
-
-
-def backward_one(dz, ks, kb, tr, q_in, s, b, feature_grads=None):
-    """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, dA_s, dA_b)``.
-
-    ``feature_grads``, if given, is a :class:`~crfcore.kernel.FeatureGrad` per kernel (spatial, bilateral) that
-    accumulates the kernels' features gradient along the way.
-
-    No BLAS: the ``dZ^T S`` products are fused into :func:`combine_bwd` (multi-threaded BLAS had left its
-    threads spinning beside Numba's, and single-threaded BLAS was the backward's largest cost).
-    """
-    du = np.zeros_like(dz)  # the kernels kept the workspace the forward gave them
-    n_blocks = -(-dz.shape[0] // MK.BWD_ROWS)
-    partial = np.empty((n_blocks, 2) + tr.a_s.shape, dtype=dz.dtype)
-    da_s = np.zeros(tr.a_s.shape)
-    da_b = np.zeros(tr.a_b.shape)
-    ds = np.empty_like(dz)
-    db = np.empty_like(dz)
-    dq_s = np.empty_like(dz)
-    dq_b = np.empty_like(dz)
-    for t in range(q_in.shape[0] - 1, -1, -1):
-        _parallel.checkpoint()
-        # Z = U - S A_s^T - B A_b^T: du += dZ, dA = -dZ^T S, dS = -dZ A (sign folded into iteration_bwd)
-        MK.combine_bwd(dz, s[t], b[t], tr.a_s, tr.a_b, tr.potts, tr.c_s, tr.c_b, ds, db, du, partial)
-        total = partial.sum(axis=0, dtype=np.float64)
-        da_s -= total[0]
-        da_b -= total[1]
-        ks.apply(ds, dq_s, transpose=True)
-        if feature_grads is not None:  # before kb's filtering takes the shared workspace
-            feature_grads[0].add_message(q_in[t], s[t], ds, dq_s)
-        kb.apply(db, dq_b, transpose=True)
-        if feature_grads is not None:
-            feature_grads[1].add_message(q_in[t], b[t], db, dq_b)
-        MK.iteration_bwd(q_in[t], dq_s, dq_b, dz, tiny(dz.dtype))
-    du += dz
-    return du, da_s, da_b
-
-
 def _forward_image(img, u, spatial_shape, params, tr, trace, q, want_z, weights):
     ks, kb = build_kernels(img, spatial_shape, params, u.dtype)
-    z, _ = forward_one(u, ks, kb, tr, params.n_iter, trace, q=q, want_z=want_z, weights=weights)
+    trace = None if trace is None else (trace[0], trace[1:])
+    z, _ = forward_one(u, (ks, kb), tr, params.n_iter, trace, q=q, want_z=want_z, weights=weights)
     return ks, kb, z
 
 
@@ -222,7 +131,7 @@ def _backward_image(residuals, i, grad, tr, features):
         dz = grad.copy()
     ks, kb = residuals.kernels[i]
     grads = (FeatureGrad(ks), FeatureGrad(kb)) if features else None
-    du, da_s, da_b = backward_one(dz, ks, kb, tr, residuals.q_in[i], residuals.s[i], residuals.b[i], grads)
+    du, (da_s, da_b) = backward_one(dz, (ks, kb), tr, residuals.q_in[i], (residuals.s[i], residuals.b[i]), grads)
     if not features:
         return du, da_s, da_b, None, None, None
     p = residuals.params
@@ -282,7 +191,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     u3 = u.reshape(-1, n, n_lab)
     img3 = img.reshape(-1, n, img.shape[-1])
     n_batch = u3.shape[0]
-    tr = Transform.of(*_combined(params), u.dtype)
+    tr = Transform.of(_combined(params), u.dtype)
     out = np.empty_like(u3)
     q_out = np.empty_like(u3) if keep_residuals or output != "probs" else out
     kernels = []
@@ -293,7 +202,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     # whose gradients need S and B apart)
     weights = None
     if not keep_residuals and np.ndim(params.w_spatial) == 0 and np.ndim(params.w_bilateral) == 0:
-        tr = Transform.of(params.compat, np.zeros_like(params.compat), u.dtype)
+        tr = Transform.of((params.compat,), u.dtype)
         weights = (params.w_spatial, params.w_bilateral)
     for i in range(n_batch):
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
@@ -349,7 +258,7 @@ def meanfield_bwd(residuals, grad, *, features=True):
     n_batch, n_iter, n, n_lab = residuals.q_in.shape
     run = bool(features) and n_iter > 0  # without iterations the kernels play no part: zeros
     g3 = g.reshape(n_batch, n, n_lab)
-    tr = Transform.of(*_combined(p), residuals.dtype)
+    tr = Transform.of(_combined(p), residuals.dtype)
     d_logits = np.empty_like(g3)
     da_s = np.zeros((n_lab, n_lab))
     da_b = np.zeros((n_lab, n_lab))

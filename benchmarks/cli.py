@@ -215,6 +215,36 @@ def bench_backward(size, n_lab, n_iter, repeats):
             "residual_bytes_per_pixel_per_iteration": residual_bytes}
 
 
+def _pydensecrf_script(module, logits, image, n_iter):
+    """The usual pydensecrf script: DenseCRF2D, a unary, the Gaussian and bilateral terms, inference."""
+    h, w, n_lab = logits.shape
+    d = module.DenseCRF2D(w, h, n_lab)
+    d.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, n_lab).T))
+    d.addPairwiseGaussian(sxy=KERNELS["theta_gamma"], compat=KERNELS["w_spatial"])
+    d.addPairwiseBilateral(sxy=KERNELS["theta_alpha"], srgb=KERNELS["theta_beta"], rgbim=image,
+                           compat=KERNELS["w_bilateral"])
+    return np.array(d.inference(n_iter))
+
+
+def bench_pydensecrf(size, n_lab, n_iter, repeats):
+    """The same pydensecrf script through ``crfcore.pydensecrf`` and through pydensecrf2, and crfcore.meanfield on the
+    same input (median ms)."""
+    from crfcore.pydensecrf import densecrf as shim
+
+    image, logits = case(size, n_lab)
+    out = {"size": size, "labels": n_lab, "iterations": n_iter}
+    out["shim_ms"] = 1e3 * timed(lambda: _pydensecrf_script(shim, logits, image, n_iter), repeats)[0]
+    out["meanfield_ms"] = 1e3 * timed(lambda: ours(logits, image, n_iter), repeats)[0]
+    out["shim_over_meanfield"] = out["shim_ms"] / out["meanfield_ms"]
+    if dcrf is not None:
+        out["densecrf_ms"] = 1e3 * timed(lambda: _pydensecrf_script(dcrf, logits, image, n_iter), repeats)[0]
+        out["speedup"] = out["densecrf_ms"] / out["shim_ms"]
+        q_ours = _pydensecrf_script(shim, logits, image, n_iter)
+        q_ref = _pydensecrf_script(dcrf, logits, image, n_iter)
+        out["max_abs_dq"] = float(np.abs(q_ours - q_ref).max())
+    return out
+
+
 def bench_batch(repeats, batch=8, size=224, n_lab=2, n_iter=5):
     cases = [case(size, n_lab, photo_name=name, seed=i) for i, name in
              enumerate(["astronaut", "coffee", "chelsea", "rocket"] * (batch // 4))]
@@ -289,6 +319,9 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     result["backward"] = [bench_backward(s, n, it, repeats or (2 if quick else 3)) for s, n, it in back_cfg]
     progress("  batch throughput...")
     result["batch"] = bench_batch(repeats or (2 if quick else 3))
+    progress("  the pydensecrf script through crfcore.pydensecrf...")
+    shim_cfg = [(224, 2, 5)] if quick else [(224, 2, 5), (512, 2, 5), (512, 21, 10)]
+    result["pydensecrf"] = [bench_pydensecrf(s, n, it, repeats or (3 if quick else 5)) for s, n, it in shim_cfg]
     return result
 
 
@@ -311,6 +344,13 @@ def report(result):
     if "densecrf_images_per_s" in b:
         line += f", densecrf {b['densecrf_images_per_s']:.1f} images/s"
     lines.append(line)
+    for r in result.get("pydensecrf", []):
+        line = (f"pydensecrf script {r['size']}x{r['size']} L={r['labels']} {r['iterations']} it: crfcore.pydensecrf "
+                f"{r['shim_ms']:.1f} ms, crfcore.meanfield {r['meanfield_ms']:.1f} ms (shim / meanfield "
+                f"{r['shim_over_meanfield']:.2f})")
+        if "densecrf_ms" in r:
+            line += (f", pydensecrf2 {r['densecrf_ms']:.1f} ms: x{r['speedup']:.2f}, max|dQ| {r['max_abs_dq']:.1e}")
+        lines.append(line)
     m = result["machine"]
     lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads, numba {m['numba']}, "
                  f"numpy {m['numpy']}, Python {m['python']}")

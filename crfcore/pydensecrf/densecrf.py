@@ -1,0 +1,361 @@
+"""``import crfcore.pydensecrf.densecrf as dcrf``: pydensecrf's ``densecrf`` module on crfcore's engine.
+
+The same classes, methods, arguments and numbers as pydensecrf (Krähenbühl's densecrf behind lucasb-eyer's Cython
+wrapper): ``DenseCRF(nvar, nlabels)``, ``DenseCRF2D(W, H, nlabels)`` (width first), ``setUnaryEnergy(U)`` with
+``U`` ``(L, N)`` negative log-probabilities, ``addPairwiseEnergy(features (d, N), compat, kernel, normalization)``,
+``addPairwiseGaussian``, ``addPairwiseBilateral``, ``inference(n)`` returning ``Q`` ``(L, N)`` float32, and
+step-by-step ``startInference`` / ``stepInference`` / ``klDivergence``. Computations are in float32 with the
+features rounded to float32, as densecrf does.
+
+What differs (README, "Coming from pydensecrf"): any float dtype and memory layout is accepted (pydensecrf wants
+C-contiguous float32 and says "Buffer dtype mismatch" otherwise); wrong shapes, NaN or infinite values, fewer than two
+labels, a compatibility of the wrong size and an image that is not ``H x W x 3`` uint8 raise a ``ValueError`` or
+``TypeError`` naming the argument (pydensecrf returns NaN, crashes or reads out of bounds); ``LogisticUnary`` and
+learning are not provided (:func:`crfcore.fit` learns a CRF's parameters).
+"""
+
+import enum
+import numbers
+import warnings
+
+import numpy as np
+
+from .. import _parallel
+from ..iterations import tiny
+from ..terms import CrfModel, PairwiseTerm
+
+__all__ = ["DenseCRF", "DenseCRF2D", "Unary", "ConstUnary", "LogisticUnary", "KernelType", "NormalizationType",
+           "CONST_KERNEL", "DIAG_KERNEL", "FULL_KERNEL", "NO_NORMALIZATION", "NORMALIZE_BEFORE", "NORMALIZE_AFTER",
+           "NORMALIZE_SYMMETRIC"]
+
+
+class KernelType(enum.IntEnum):
+    """densecrf's kernel types. They choose which kernel parameters densecrf's learning would adapt; inference
+    uses the features as given with all three, as densecrf does."""
+
+    CONST_KERNEL = 0
+    DIAG_KERNEL = 1
+    FULL_KERNEL = 2
+
+
+class NormalizationType(enum.IntEnum):
+    """densecrf's kernel normalisations (crfcore's ``"none"``, ``"before"``, ``"after"``, ``"symmetric"``)."""
+
+    NO_NORMALIZATION = 0
+    NORMALIZE_BEFORE = 1
+    NORMALIZE_AFTER = 2
+    NORMALIZE_SYMMETRIC = 3
+
+
+CONST_KERNEL, DIAG_KERNEL, FULL_KERNEL = KernelType
+NO_NORMALIZATION, NORMALIZE_BEFORE, NORMALIZE_AFTER, NORMALIZE_SYMMETRIC = NormalizationType
+_NORMALIZATIONS = {NO_NORMALIZATION: "none", NORMALIZE_BEFORE: "before", NORMALIZE_AFTER: "after",
+                   NORMALIZE_SYMMETRIC: "symmetric"}
+
+
+def _float_matrix(x, name, shape, what):
+    """``x`` as a finite float32 array of ``shape`` (any real dtype, any layout), or a clear error."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`{name}` must be a real numeric array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"Bad shape for {what}: `{name}` must have shape {shape}, got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s) (in float32); clean or clip it")
+    return arr
+
+
+def _enum(value, kind, name):
+    try:
+        return kind(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"`{name}` must be one of {[m.name for m in kind]}, got {value!r}") from None
+
+
+class Unary:
+    """Base of the unary classes (pydensecrf's ``Unary``)."""
+
+    def energy(self, n_labels, n_points):
+        raise NotImplementedError
+
+
+class ConstUnary(Unary):
+    """A fixed unary energy ``U`` ``(L, N)`` (negative log-probabilities), for ``DenseCRF.setUnary``."""
+
+    def __init__(self, u):
+        arr = np.asarray(u)
+        if arr.ndim != 2:
+            raise ValueError(f"`u` must be a 2-D (nlabels, nvar) array, got shape {arr.shape}")
+        self.u = _float_matrix(arr, "u", arr.shape, "unary energy")
+
+    def energy(self, n_labels, n_points):
+        if self.u.shape != (n_labels, n_points):
+            raise ValueError(f"Bad shape for unary energy: need {(n_labels, n_points)}, got {self.u.shape}")
+        return self.u
+
+
+class LogisticUnary(Unary):
+    """densecrf's learnable logistic unary: not provided (crfcore.fit learns a CRF's parameters)."""
+
+    def __init__(self, L, f):
+        raise NotImplementedError("LogisticUnary (densecrf's learning code) is not provided by crfcore.pydensecrf; "
+                                  "set a fixed unary with setUnaryEnergy(U), and see crfcore.fit to learn CRF "
+                                  "parameters")
+
+
+class _Pairwise:
+    """One pairwise term as densecrf holds it: features ``(N, d)`` (float32 values), a compatibility, a kernel type
+    and a normalisation."""
+
+    def __init__(self, features, compat, n_labels, kernel, normalization):
+        self.features = features
+        self.kernel = _enum(kernel, KernelType, "kernel")
+        self.normalization = _enum(normalization, NormalizationType, "normalization")
+        self.kind, self.matrix = _compatibility(compat, n_labels)
+
+    def term(self):
+        """The term for crfcore's engine. densecrf's Potts(w) subtracts ``-w K Q``; crfcore's Potts weight ``w`` with
+        ``1 - I`` differs from it by the same amount for every label of a pixel, so the probabilities agree."""
+        norm = _NORMALIZATIONS[self.normalization]
+        if self.kind == "potts":
+            return PairwiseTerm(self.features, self.matrix, None, norm)
+        return PairwiseTerm(self.features, 1.0, self.matrix, norm)
+
+    def energy_matrix(self, n_labels):
+        """densecrf's own label transform: its ``apply`` gives ``(K Q) M^T`` with this ``M``."""
+        return -self.matrix * np.eye(n_labels) if self.kind == "potts" else self.matrix
+
+
+def _compatibility(compat, n_labels):
+    """pydensecrf's ``_labelcomp``: a number is Potts, a vector diagonal, a matrix a (symmetrised) matrix."""
+    if isinstance(compat, (bool, np.bool_)):
+        raise TypeError("`compat` must be a number, an (nlabels,) vector or an (nlabels, nlabels) matrix, got a bool")
+    if isinstance(compat, numbers.Number) or (isinstance(compat, np.ndarray) and compat.ndim == 0):
+        w = float(np.asarray(compat, dtype=np.float32))
+        if not np.isfinite(w):
+            raise ValueError(f"`compat` must be finite, got {compat}")
+        return "potts", w
+    arr = np.asarray(compat)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`compat` must be a number, a vector or a matrix of numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32).astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("`compat` contains NaN or infinite values")
+    if arr.ndim == 1:
+        if arr.shape != (n_labels,):
+            raise ValueError(f"`compat` as a vector (DiagonalCompatibility) needs {n_labels} values, one per label, "
+                             f"got {arr.shape[0]}")
+        return "diagonal", np.diag(arr)
+    if arr.ndim == 2:
+        if arr.shape != (n_labels, n_labels):
+            raise ValueError(f"`compat` as a matrix (MatrixCompatibility) must be ({n_labels}, {n_labels}), got "
+                             f"{arr.shape}")
+        return "matrix", (0.5 * (arr + arr.T)).astype(np.float32).astype(np.float64)  # densecrf symmetrises
+    raise ValueError("LabelCompatibility of dimension >2 not meaningful: `compat` must be a number, a vector or a "
+                     f"matrix, got shape {arr.shape}")
+
+
+class DenseCRF:
+    """A fully connected CRF over ``nvar`` points with ``nlabels`` labels (pydensecrf's ``DenseCRF``).
+
+    Parameters
+    ----------
+    nvar : int
+        Number of points (pixels, voxels, ...).
+    nlabels : int
+        Number of labels, at least 2.
+    """
+
+    def __init__(self, nvar, nlabels):
+        for value, name in ((nvar, "nvar"), (nlabels, "nlabels")):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+        if nvar < 1:
+            raise ValueError(f"`nvar` must be >= 1, got {nvar}")
+        if nlabels < 2:
+            raise ValueError(f"`nlabels` must be >= 2 (a CRF chooses between labels), got {nlabels}")
+        self._nvar, self._nlabel = int(nvar), int(nlabels)
+        self._unary = None
+        self._pairwise = []
+        self._model = None
+
+    # --- setup ---------------------------------------------------------------------------------------------------
+
+    def setUnaryEnergy(self, u, f=None):  # noqa: N802 (pydensecrf's name)
+        """Set the unary energy ``U`` ``(nlabels, nvar)``: negative log-probabilities (any float dtype)."""
+        if f is not None:
+            raise NotImplementedError("setUnaryEnergy(L, f) is densecrf's learnable logistic unary, not provided by "
+                                      "crfcore.pydensecrf; pass the fixed energy alone")
+        self._unary = _float_matrix(u, "u", (self._nlabel, self._nvar), "unary energy")
+
+    def setUnary(self, u):  # noqa: N802
+        """Set the unary from a :class:`ConstUnary`."""
+        if not isinstance(u, Unary):
+            raise TypeError(f"setUnary takes a ConstUnary, got {type(u).__name__}; or call setUnaryEnergy(U)")
+        self._unary = u.energy(self._nlabel, self._nvar)
+
+    def addPairwiseEnergy(self, features, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):  # noqa
+        """Add a pairwise term with a Gaussian kernel on ``features`` ``(d, nvar)`` (already divided by the widths).
+
+        ``compat``: a number (Potts), an ``(nlabels,)`` vector (diagonal) or an ``(nlabels, nlabels)`` matrix. Any
+        number of terms may be added; each has its own normalisation.
+        """
+        arr = np.asarray(features)
+        if arr.ndim != 2 or arr.shape[1] != self._nvar:
+            raise ValueError(f"Bad shape for pairwise energy: `features` must be (d, {self._nvar}), got {arr.shape}")
+        f = _float_matrix(arr, "features", arr.shape, "pairwise energy")
+        self._add(np.ascontiguousarray(f.T, dtype=np.float64), compat, kernel, normalization)
+
+    def _add(self, features, compat, kernel, normalization):
+        self._pairwise.append(_Pairwise(features, compat, self._nlabel, kernel, normalization))
+        self._model = None
+
+    # --- inference -----------------------------------------------------------------------------------------------
+
+    def _energy(self):
+        if self._unary is None:
+            warnings.warn("no unary energy was set: inference starts from uniform probabilities (as densecrf)",
+                          RuntimeWarning, stacklevel=3)
+            return np.zeros((self._nlabel, self._nvar), np.float32)
+        return self._unary
+
+    def _crf(self):
+        if self._model is None and self._pairwise:
+            self._model = CrfModel([p.term() for p in self._pairwise], self._nvar, self._nlabel, np.float32)
+        return self._model
+
+    def inference(self, niter=None, n_iterations=None):
+        """``niter`` mean-field iterations; returns ``Q`` ``(nlabels, nvar)`` float32 (``np.argmax(Q, axis=0)`` is the
+        labelling). ``n_iterations`` is accepted as another name (pydensecrf's README uses it)."""
+        if niter is None:
+            niter = n_iterations
+        if isinstance(niter, (bool, np.bool_)) or not isinstance(niter, numbers.Integral) or niter < 0:
+            raise ValueError(f"`niter` must be an int >= 0, got {niter!r}")
+        logits = np.ascontiguousarray(-self._energy().T)
+        model = self._crf()
+        if model is None:  # no pairwise term: every iteration gives softmax(-U) again
+            return self.startInference()[0]
+        q, _ = model.forward(logits, n_iter=int(niter), output="probs", keep_residuals=False)
+        return np.ascontiguousarray(q.T)
+
+    def startInference(self):  # noqa: N802
+        """``(Q, tmp1, tmp2)``: ``Q = softmax(-U)`` ``(nlabels, nvar)`` float32 and two scratch arrays of its shape
+        for :meth:`stepInference`."""
+        logits = np.ascontiguousarray(-self._energy().T)
+        q = np.empty_like(logits)
+        from .. import _meanfield_kernels as MK
+
+        _parallel.run(MK.softmax_rows, logits, q, tiny(q.dtype))
+        return np.ascontiguousarray(q.T), np.zeros_like(q.T), np.zeros_like(q.T)
+
+    def _check_q(self, q, name="Q"):
+        if not isinstance(q, np.ndarray) or q.shape != (self._nlabel, self._nvar):
+            raise ValueError(f"`{name}` must be the ({self._nlabel}, {self._nvar}) array from startInference, got "
+                             f"{getattr(q, 'shape', type(q).__name__)}")
+
+    def _pairwise_energies(self, q):
+        """densecrf's ``pairwise_k->apply(Q)`` for every term, in its own form, each ``(nlabels, nvar)``."""
+        model = self._crf()
+        if model is None:
+            return []
+        msgs = model.messages(np.ascontiguousarray(q.T, dtype=np.float32))
+        return [(m @ p.energy_matrix(self._nlabel).T).T for m, p in zip(msgs, self._pairwise)]
+
+    def stepInference(self, Q, tmp1, tmp2):  # noqa: N802,N803
+        """One mean-field step, in place: ``Q`` (from :meth:`startInference`) becomes the next iterate; ``tmp1``
+        receives the energies before normalisation and ``tmp2`` the last term's pairwise energy, as in densecrf,
+        when they are arrays of ``Q``'s shape."""
+        self._check_q(Q)
+        if not Q.flags.writeable or Q.dtype != np.float32:
+            raise ValueError("`Q` must be the writable float32 array from startInference (it is updated in place)")
+        energy = -self._energy().astype(np.float64)
+        pairwise = self._pairwise_energies(Q)
+        for e in pairwise:
+            energy -= e
+        for out, value in ((tmp1, energy), (tmp2, pairwise[-1] if pairwise else None)):
+            if value is not None and isinstance(out, np.ndarray) and out.shape == Q.shape and out.flags.writeable:
+                out[...] = value
+        energy -= energy.max(axis=0, keepdims=True)
+        e = np.exp(energy)
+        Q[...] = e / e.sum(axis=0, keepdims=True)
+
+    def klDivergence(self, Q):  # noqa: N802,N803
+        """densecrf's ``klDivergence(Q)``: ``sum Q log Q + sum U Q + sum_k sum Q * pairwise_k(Q)``."""
+        self._check_q(Q)
+        q = np.asarray(Q, dtype=np.float64)
+        kl = float(np.sum(q * np.log(np.maximum(q, 1e-20))))
+        kl += float(np.sum(self._energy().astype(np.float64) * q))
+        for e in self._pairwise_energies(Q):
+            kl += float(np.sum(q * e))
+        return kl
+
+
+class DenseCRF2D(DenseCRF):
+    """A dense CRF over a ``W x H`` image (pydensecrf's ``DenseCRF2D``; width first, pixels in row-major order).
+
+    Parameters
+    ----------
+    w, h : int
+        Image width and height.
+    nlabels : int
+    """
+
+    def __init__(self, w, h, nlabels):
+        for value, name in ((w, "w"), (h, "h")):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        super().__init__(int(w) * int(h), nlabels)
+        self._w, self._h = int(w), int(h)
+
+    def _positions(self, sxy):
+        """``(x / sx, y / sy)`` per pixel, divided in float32 as densecrf does."""
+        sx, sy = _pair(sxy, "sxy")
+        ys, xs = np.mgrid[0:self._h, 0:self._w].astype(np.float32)
+        return np.stack([xs.ravel() / np.float32(sx), ys.ravel() / np.float32(sy)], 1)
+
+    def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):  # noqa
+        """The smoothness term: a Gaussian of the pixel positions with widths ``sxy`` (a number or ``(sx, sy)``)."""
+        self._add(self._positions(sxy).astype(np.float64), compat, kernel, normalization)
+
+    def addPairwiseBilateral(self, sxy, srgb, rgbim, compat, kernel=DIAG_KERNEL,  # noqa: N802
+                             normalization=NORMALIZE_SYMMETRIC):
+        """The appearance term: a Gaussian of positions (widths ``sxy``) and colours (widths ``srgb``, a number or
+        one per channel) of ``rgbim``, an ``(H, W, 3)`` uint8 image."""
+        im = np.asarray(rgbim)
+        if im.dtype != np.uint8:
+            raise TypeError(f"`rgbim` must be a uint8 image (0-255), got dtype {im.dtype}; convert it, e.g. "
+                            f"(img * 255).round().astype(np.uint8), or build float features with "
+                            f"utils.create_pairwise_bilateral and addPairwiseEnergy")
+        if im.ndim != 3 or im.shape[:2] != (self._h, self._w):
+            raise ValueError(f"Bad shape for pairwise bilateral: `rgbim` must be ({self._h}, {self._w}, 3), got "
+                             f"{im.shape}")
+        if im.shape[2] != 3:
+            raise ValueError("addPairwiseBilateral only works for RGB images (H, W, 3); for other channels use "
+                             "`utils.create_pairwise_bilateral` with addPairwiseEnergy")
+        widths = (srgb,) * 3 if isinstance(srgb, numbers.Number) else tuple(srgb)
+        if len(widths) != 3:
+            raise ValueError(f"`srgb` must be a number or three numbers, got {srgb!r}")
+        widths = [_positive(s, "srgb") for s in widths]
+        colours = im.reshape(-1, 3).astype(np.float32) / np.asarray(widths, dtype=np.float32)
+        feats = np.concatenate([self._positions(sxy), colours], 1).astype(np.float64)
+        self._add(feats, compat, kernel, normalization)
+
+
+def _positive(x, name):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (numbers.Real, np.generic)):
+        raise TypeError(f"`{name}` must be positive numbers, got {x!r}")
+    x = float(x)
+    if not np.isfinite(x) or x <= 0:
+        raise ValueError(f"`{name}` must be positive and finite, got {x}")
+    return x
+
+
+def _pair(sxy, name):
+    if isinstance(sxy, (numbers.Number, np.generic)):
+        return _positive(sxy, name), _positive(sxy, name)
+    values = tuple(sxy)
+    if len(values) != 2:
+        raise ValueError(f"`{name}` must be a number or (sx, sy), got {sxy!r}")
+    return tuple(_positive(v, name) for v in values)

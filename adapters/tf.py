@@ -12,9 +12,6 @@ TensorFlow Lite and GPUs are served by the pure-TensorFlow lattice (``backend="t
 :mod:`adapters.tf_lattice`; the README's "Deployment" section).
 """
 
-import itertools
-import threading
-from collections import OrderedDict
 from functools import partial
 
 import keras
@@ -22,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from crfcore import meanfield_bwd, meanfield_fwd
+from crfcore._residuals import ResidualStore
 from crfcore._validation import positive_scalar
 from crfcore.inference import NORMALIZATIONS
 
@@ -35,52 +33,7 @@ __all__ = ["CrfRnnLayer", "crf_refine", "PottsInitializer", "with_backend"]
 BACKENDS = ("numba", "tf", "tf-lite")
 
 
-class _ResidualStore:
-    """Residuals of graph-mode forwards waiting for their backward, bounded in bytes and count.
-
-    A forward whose backward never runs (e.g. a forward pass under a tape that is then dropped) would otherwise
-    leak; evicted entries are recomputed by the backward instead, so eviction costs time, never correctness.
-    """
-
-    def __init__(self, max_bytes=2 << 30, max_items=32):
-        self.max_bytes = max_bytes
-        self.max_items = max_items
-        self._items = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-
-    @staticmethod
-    def _size(res):
-        lattice_bytes = sum(
-            sum(a.nbytes for a in k.lattice.arrays) for pair in res.kernels for k in pair
-        )
-        return res.q_in.nbytes + res.s.nbytes + res.b.nbytes + res.q_out.nbytes + lattice_bytes
-
-    def put(self, res):
-        size = self._size(res)
-        with self._lock:
-            handle = next(self._ids)
-            self._items[handle] = (res, size)
-            self._bytes += size
-            while len(self._items) > 1 and (self._bytes > self.max_bytes or len(self._items) > self.max_items):
-                _, (_, old) = self._items.popitem(last=False)
-                self._bytes -= old
-        return handle
-
-    def pop(self, handle):
-        with self._lock:
-            item = self._items.pop(int(handle), None)
-            if item is None:
-                return None
-            self._bytes -= item[1]
-            return item[0]
-
-    def __len__(self):
-        return len(self._items)
-
-
-_STORE = _ResidualStore()
+_STORE = ResidualStore()
 
 
 def _tape_active():

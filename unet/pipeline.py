@@ -38,12 +38,13 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _dev_loss(model, dev, batch_size):
-    """Mean cross-entropy of ``model``'s logits on ``dev`` (None when ``dev`` is empty)."""
+def _dev_loss(model, dev, batch_size, boundary_weight=0.0):
+    """Mean cross-entropy of ``model``'s logits on ``dev`` (plus the boundary term), None when ``dev`` is empty."""
     if not len(dev):
         return None
     logits = model.predict(dev.images, batch_size=batch_size, verbose=0)
-    return float(_loss()(dev.masks, logits))
+    loss = float(_loss()(dev.masks, logits))
+    return loss + boundary_weight * float(boundary_length(tf.constant(logits))) if boundary_weight else loss
 
 
 def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1, augmentation=True,
@@ -126,8 +127,17 @@ def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf"):
     return keras.Model(unet.inputs, out, name="unet_crf")
 
 
+def boundary_length(logits):
+    """Mean total variation of the softmax probabilities, ``sum_c |grad Q_c| / 2`` per pixel: a differentiable
+    count of label boundaries, which every spurious island or hole adds to."""
+    q = tf.nn.softmax(logits, axis=-1)
+    dy = tf.reduce_sum(tf.abs(q[:, 1:] - q[:, :-1])) / 2
+    dx = tf.reduce_sum(tf.abs(q[:, :, 1:] - q[:, :, :-1])) / 2
+    return (dx + dy) / tf.cast(tf.reduce_prod(tf.shape(q)[:3]), q.dtype)
+
+
 def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
-              seed=0, verbose=1, keep_best=True):
+              boundary_weight=0.0, seed=0, verbose=1, keep_best=True):
     """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
 
     The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far
@@ -152,7 +162,10 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, crf_model(x, training=True))
+            z = crf_model(x, training=True)
+            loss = loss_fn(y, z)
+            if boundary_weight:
+                loss += boundary_weight * boundary_length(z)
         grads = tape.gradient(loss, matrices + widths)
         opt.apply_gradients(zip(grads[:len(matrices)], matrices))
         if widths:
@@ -162,7 +175,7 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     rng = np.random.default_rng(seed)
     n = len(train)
     history = {"loss": [], "val_loss": [], "widths": [], "best_epoch": 0}
-    start_loss = _dev_loss(crf_model, dev, batch_size) if keep_best else None
+    start_loss = _dev_loss(crf_model, dev, batch_size, boundary_weight) if keep_best else None
     best = (np.inf if start_loss is None else start_loss, layer.get_weights())
     for epoch in range(epochs):
         order = rng.permutation(n)
@@ -176,7 +189,7 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
             bar.update(k + 1, values=[("loss", np.mean(losses))])
         history["loss"].append(float(np.mean(losses)))
         history["widths"].append(layer.current_widths())
-        val = _dev_loss(crf_model, dev, batch_size)
+        val = _dev_loss(crf_model, dev, batch_size, boundary_weight)
         if val is not None:
             history["val_loss"].append(val)
             if verbose:

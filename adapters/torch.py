@@ -1,0 +1,278 @@
+"""PyTorch adapter: ``crf_refine`` (a ``torch.library`` custom op with crfcore's exact backward) and ``CrfRnn``, a
+drop-in for crfasrnn_pytorch's module that takes any batch size.
+
+PyTorch layout: channels first, ``logits (B, L, *spatial)`` and ``image (B, C, *spatial)``, 2-D or 3-D, float32 or
+float64. The forward and the backward are two custom ops (``crfcore::meanfield`` and ``crfcore::meanfield_backward``)
+with fake (meta) implementations, so ``torch.compile`` traces around them; the forward's residuals (lattices and
+iterates) wait in a bounded store for the backward, which recomputes them if they were evicted.
+
+CUDA tensors are computed on the CPU (crfcore's kernels are CPU kernels) and returned on their device, with a
+warning the first time.
+"""
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from crfcore import meanfield_bwd, meanfield_fwd
+from crfcore._residuals import ResidualStore
+from crfcore.params import NORMALIZATIONS, kernel_width
+
+__all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
+
+_STORE = ResidualStore()
+_warned_device = False
+
+
+def _to_numpy(t):
+    global _warned_device
+    if t.device.type != "cpu" and not _warned_device:
+        _warned_device = True
+        warnings.warn(f"crfcore computes on the CPU: {t.device.type} tensors are copied to the CPU and the results "
+                      f"back to {t.device}", RuntimeWarning, stacklevel=4)
+    return t.detach().cpu().numpy()
+
+
+def _channels_last(t):
+    return np.ascontiguousarray(np.moveaxis(_to_numpy(t), 1, -1))
+
+
+def _channels_first(a, like):
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device=like.device, dtype=like.dtype)
+
+
+def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims):
+    ta, tb, tg = (float(x) for x in _to_numpy(widths))
+    return dict(n_iter=n_iter, theta_alpha=ta, theta_beta=tb, theta_gamma=tg, w_spatial=_to_numpy(ws),
+                w_bilateral=_to_numpy(wb), compat=_to_numpy(mu), normalization=normalization,
+                spatial_dims=spatial_dims, output="logits")
+
+
+@torch.library.custom_op("crfcore::meanfield", mutates_args=())
+def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, wb: torch.Tensor, mu: torch.Tensor,
+                  widths: torch.Tensor, n_iter: int, normalization: str, keep: bool) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2)
+    out, res = meanfield_fwd(_channels_last(logits), _channels_last(image), keep_residuals=keep, **kw)
+    handle = _STORE.put(res) if keep else 0
+    return _channels_first(out, logits), torch.tensor(handle, dtype=torch.int64)
+
+
+@_meanfield_op.register_fake
+def _(logits, image, ws, wb, mu, widths, n_iter, normalization, keep):
+    return torch.empty_like(logits), logits.new_empty((), dtype=torch.int64)
+
+
+@torch.library.custom_op("crfcore::meanfield_backward", mutates_args=())
+def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, image: torch.Tensor,
+                           ws: torch.Tensor, wb: torch.Tensor, mu: torch.Tensor, widths: torch.Tensor, n_iter: int,
+                           normalization: str, features: bool) -> list[torch.Tensor]:
+    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2)
+    res = _STORE.pop(int(handle)) if int(handle) > 0 else None
+    if res is None:  # evicted, or the forward kept nothing: recompute it
+        _, res = meanfield_fwd(_channels_last(logits), _channels_last(image), **kw)
+    g = meanfield_bwd(res, _channels_last(grad), features=features)
+    dtype = logits.dtype
+    out = [_channels_first(g.logits, logits)]
+    out += [torch.as_tensor(np.asarray(x), dtype=dtype).to(ws.device) for x in (g.w_spatial, g.w_bilateral)]
+    out.append(torch.as_tensor(g.compat, dtype=dtype).to(mu.device))
+    if features:
+        out.append(_channels_first(np.asarray(g.image).reshape(np.moveaxis(_to_numpy(image), 1, -1).shape), image))
+        out.append(torch.tensor([g.theta_alpha, g.theta_beta, g.theta_gamma], dtype=widths.dtype,
+                                device=widths.device))
+    else:
+        out += [torch.zeros_like(image), torch.zeros_like(widths)]
+    return out
+
+
+@_meanfield_backward_op.register_fake
+def _(handle, grad, logits, image, ws, wb, mu, widths, n_iter, normalization, features):
+    return [torch.empty_like(logits), torch.empty_like(ws), torch.empty_like(wb), torch.empty_like(mu),
+            torch.empty_like(image), torch.empty_like(widths)]
+
+
+def _setup_context(ctx, inputs, output):
+    logits, image, ws, wb, mu, widths, n_iter, normalization, keep = inputs
+    ctx.save_for_backward(output[1], logits, image, ws, wb, mu, widths)
+    ctx.n_iter, ctx.normalization = n_iter, normalization
+    ctx.features = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[5])
+
+
+def _backward(ctx, grad_out, grad_handle):
+    handle, logits, image, ws, wb, mu, widths = ctx.saved_tensors
+    grads = _meanfield_backward_op(handle, grad_out.contiguous(), logits, image, ws, wb, mu, widths, ctx.n_iter,
+                                   ctx.normalization, ctx.features)
+    d_logits, d_ws, d_wb, d_mu, d_image, d_widths = grads
+    return (d_logits, d_image if ctx.features else None, d_ws, d_wb, d_mu, d_widths if ctx.features else None,
+            None, None, None)
+
+
+_meanfield_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(logits, image):
+    if not isinstance(logits, torch.Tensor) or not isinstance(image, torch.Tensor):
+        raise TypeError(f"`logits` and `image` must be torch tensors, got {type(logits).__name__} and "
+                        f"{type(image).__name__}")
+    if logits.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`logits` must be float32 or float64, got {logits.dtype}")
+    if logits.dim() not in (4, 5):
+        raise ValueError(f"`logits` must be (B, L, H, W) or (B, L, D, H, W) (channels first), got shape "
+                         f"{tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"`logits` has {logits.shape[1]} label(s) on axis 1; a CRF needs L >= 2 (channels first: "
+                         f"(B, L, *spatial))")
+    if image.dim() == logits.dim() - 1:
+        image = image.unsqueeze(1)  # (B, *spatial): one channel
+    if image.dim() != logits.dim() or image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
+        raise ValueError(f"`image` has shape {tuple(image.shape)} but `logits` has shape {tuple(logits.shape)}; "
+                         f"they must match in batch and spatial axes (channels first: image (B, C, *spatial))")
+    return image.to(logits.dtype)  # values (NaN, infinite) are checked by the core, naming the argument
+
+
+def _as_tensor(x, like, name):
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_spatial=3.0,
+               w_bilateral=10.0, compat=None, normalization="symmetric"):
+    """Refined logits of a batch: the dense CRF's unrolled mean field, differentiable (exactly) w.r.t. everything.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, (B, L, H, W) or (B, L, D, H, W)
+        Unnormalised class scores, channels first; float32 or float64.
+    image : torch.Tensor, (B, C, *spatial)
+        The guidance image in its own units (``theta_beta`` is in them); receives a gradient.
+    n_iter, normalization
+        As in :func:`crfcore.meanfield`.
+    theta_alpha, theta_beta, theta_gamma : float or scalar tensor
+        Kernel widths; tensors receive gradients (keep them positive, e.g. as ``exp`` of a parameter).
+    w_spatial, w_bilateral : float, or (L, L) tensor
+    compat : (L, L) tensor or None (Potts ``1 - I``)
+
+    Returns
+    -------
+    torch.Tensor
+        ``Z_T`` with the shape, dtype and device of ``logits`` (what ``crfcore.meanfield_fwd(..., output="logits")``
+        returns, channels first).
+    """
+    image = _check_inputs(logits, image)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
+    n_lab = logits.shape[1]
+    eye = torch.eye(n_lab, dtype=logits.dtype, device=logits.device)
+    mats = []
+    for value, name in ((w_spatial, "w_spatial"), (w_bilateral, "w_bilateral")):
+        t = _as_tensor(value, logits, name)
+        if t.dim() == 0:
+            t = t * eye
+        if t.shape != (n_lab, n_lab):
+            raise ValueError(f"`{name}` must be a number or an ({n_lab}, {n_lab}) matrix, got shape {tuple(t.shape)}")
+        mats.append(t)
+    mu = 1 - eye if compat is None else _as_tensor(compat, logits, "compat")
+    if mu.shape != (n_lab, n_lab):
+        raise ValueError(f"`compat` must be None or an ({n_lab}, {n_lab}) matrix, got shape {tuple(mu.shape)}")
+    widths = []
+    for value, name in ((theta_alpha, "theta_alpha"), (theta_beta, "theta_beta"), (theta_gamma, "theta_gamma")):
+        widths.append(_as_tensor(value, logits, name).reshape(()))  # the core refuses non-positive ones by name
+    widths = torch.stack(widths)
+    needs = torch.is_grad_enabled() and any(t.requires_grad for t in (logits, image, *mats, mu, widths))
+    out, _ = _meanfield_op(logits, image, mats[0], mats[1], mu, widths, int(n_iter), normalization, bool(needs))
+    return out
+
+
+class DenseCRFParams:
+    """crfasrnn_pytorch's initial CRF parameters: ``alpha``, ``beta``, ``gamma`` (the widths theta_alpha,
+    theta_beta, theta_gamma) and the kernel weights ``spatial_ker_weight``, ``bilateral_ker_weight``."""
+
+    def __init__(self, alpha=160.0, beta=3.0, gamma=3.0, spatial_ker_weight=3.0, bilateral_ker_weight=5.0):
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.spatial_ker_weight, self.bilateral_ker_weight = spatial_ker_weight, bilateral_ker_weight
+
+
+class CrfRnn(nn.Module):
+    """CRF as RNN (Zheng et al. 2015) for PyTorch: a drop-in for crfasrnn_pytorch's ``CrfRnn`` with any batch size.
+
+    ``forward(image, logits)`` in crfasrnn_pytorch's argument order: ``image (B, C, *spatial)`` and
+    ``logits (B, L, *spatial)``, returning refined logits ``(B, L, *spatial)``. The three ``(L, L)`` matrices are
+    parameters named as theirs. Their update is ``Z = U + mu (W_s K_s Q + W_b K_b Q)`` with ``mu`` initialised to
+    ``I``; ours is crfcore's and our Keras layer's ``Z = U - mu (W_s K_s Q + W_b K_b Q)`` with ``mu = 1 - I`` (Potts):
+    the opposite sign and a matrix that differs by a constant per pixel, so both start from the same probabilities.
+    Kernels are normalised "after" (``D^-1 K``) as theirs.
+
+    Parameters
+    ----------
+    num_labels : int
+    num_iterations : int, default 5
+    crf_init_params : object, optional
+        Anything with crfasrnn_pytorch's ``DenseCRFParams`` fields (:class:`DenseCRFParams` by default).
+    theta_alpha, theta_beta, theta_gamma, spatial_weight, bilateral_weight : float, optional
+        Override ``crf_init_params`` (``alpha``, ``beta``, ``gamma``, ``spatial_ker_weight``,
+        ``bilateral_ker_weight``).
+    normalization : str, default "after"
+    trainable_widths : bool, default False
+        Learn the widths too (parameters ``log_theta_alpha``, ... : logarithms, so they stay positive); the
+        gradient then also reaches the image.
+    """
+
+    def __init__(self, num_labels, num_iterations=5, crf_init_params=None, *, theta_alpha=None, theta_beta=None,
+                 theta_gamma=None, spatial_weight=None, bilateral_weight=None, normalization="after",
+                 trainable_widths=False):
+        super().__init__()
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"`num_labels` must be an int >= 2, got {num_labels!r}")
+        if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
+            raise ValueError(f"`num_iterations` must be an int >= 0, got {num_iterations!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+        p = crf_init_params if crf_init_params is not None else DenseCRFParams()
+
+        def pick(value, field):
+            v = getattr(p, field) if value is None else value
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"`{field}` must be a number, got {v!r}")
+            return float(v)
+
+        widths = {"theta_alpha": pick(theta_alpha, "alpha"), "theta_beta": pick(theta_beta, "beta"),
+                  "theta_gamma": pick(theta_gamma, "gamma")}
+        for name, value in widths.items():
+            kernel_width(value, name, 1, "")
+        self.num_labels, self.num_iterations, self.normalization = num_labels, num_iterations, normalization
+        self.trainable_widths = bool(trainable_widths)
+        eye = torch.eye(num_labels, dtype=torch.float32)
+        self.spatial_ker_weights = nn.Parameter(pick(spatial_weight, "spatial_ker_weight") * eye)
+        self.bilateral_ker_weights = nn.Parameter(pick(bilateral_weight, "bilateral_ker_weight") * eye)
+        self.compatibility_matrix = nn.Parameter(1 - eye)
+        for name, value in widths.items():
+            log = torch.tensor(np.log(value), dtype=torch.float32)
+            if self.trainable_widths:
+                setattr(self, f"log_{name}", nn.Parameter(log))
+            else:
+                self.register_buffer(f"log_{name}", log)
+
+    def widths(self):
+        """The current widths as floats."""
+        return {name: float(torch.exp(getattr(self, f"log_{name}"))) for name in ("theta_alpha", "theta_beta",
+                                                                                 "theta_gamma")}
+
+    def forward(self, image, logits):
+        dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
+        cast = {k: getattr(self, k).to(dtype) for k in ("spatial_ker_weights", "bilateral_ker_weights",
+                                                         "compatibility_matrix")}
+        widths = [torch.exp(getattr(self, f"log_{n}").to(dtype)) for n in ("theta_alpha", "theta_beta",
+                                                                             "theta_gamma")]
+        return crf_refine(logits.to(dtype), image, n_iter=self.num_iterations, theta_alpha=widths[0],
+                          theta_beta=widths[1], theta_gamma=widths[2], w_spatial=cast["spatial_ker_weights"],
+                          w_bilateral=cast["bilateral_ker_weights"], compat=cast["compatibility_matrix"],
+                          normalization=self.normalization)
+
+    def extra_repr(self):
+        w = ", ".join(f"{k}={v:.4g}" for k, v in self.widths().items())
+        return (f"num_labels={self.num_labels}, num_iterations={self.num_iterations}, {w}, "
+                f"normalization={self.normalization!r}, trainable_widths={self.trainable_widths}")

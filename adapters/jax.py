@@ -106,5 +106,15 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
             raise ValueError(f"`{name}` must be {'' if name == 'compat' else 'a number or '}an ({n_lab}, {n_lab}) "
                              f"matrix, got shape {arr.shape}")
     widths = [jnp.asarray(t, dt).reshape(()) for t in (theta_alpha, theta_beta, theta_gamma)]
+    # concrete values are checked here, where the error can be a ValueError naming the argument; traced ones by
+    # the core inside the callback (the same message, in JAX's runtime error)
+    for value, name in ((logits, "logits"), (image, "image"), *zip(widths, ("theta_alpha", "theta_beta",
+                                                                              "theta_gamma"))):
+        if not isinstance(value, jax.core.Tracer):
+            arr = np.asarray(value)
+            if not np.isfinite(arr).all():
+                raise ValueError(f"`{name}` contains NaN or infinite values")
+            if name.startswith("theta") and not arr > 0:
+                raise ValueError(f"`{name}` must be a positive finite number, got {float(arr)}")
     static = (int(n_iter), normalization, int(spatial_dims))
     return _refine(static, logits, image, ws, wb, mu, *widths)

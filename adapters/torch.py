@@ -93,9 +93,23 @@ def _(handle, grad, logits, image, ws, wb, mu, widths, n_iter, normalization, fe
             torch.empty_like(image), torch.empty_like(widths)]
 
 
+class _Release:
+    """Drops a forward's residuals from the store when its autograd graph is freed without a backward (a forward
+    under grad mode whose output is discarded: gradcheck's probes, an evaluation forgotten under no_grad)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __del__(self):
+        if self.handle > 0:
+            _STORE.pop(self.handle)
+
+
 def _setup_context(ctx, inputs, output):
     logits, image, ws, wb, mu, widths, n_iter, normalization, keep = inputs
     ctx.save_for_backward(output[1], logits, image, ws, wb, mu, widths)
+    if keep and not torch.compiler.is_compiling():
+        ctx.release = _Release(int(output[1]))
     ctx.n_iter, ctx.normalization = n_iter, normalization
     ctx.features = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[5])
 
@@ -132,9 +146,9 @@ def _check_inputs(logits, image):
     return image.to(logits.dtype)  # values (NaN, infinite) are checked by the core, naming the argument
 
 
-def _as_tensor(x, like, name):
+def _as_tensor(x, like, name, dtype=None):
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
-    return t.to(device=like.device, dtype=like.dtype)
+    return t.to(device=like.device, dtype=dtype or like.dtype)
 
 
 def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_spatial=3.0,
@@ -180,7 +194,8 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
         raise ValueError(f"`compat` must be None or an ({n_lab}, {n_lab}) matrix, got shape {tuple(mu.shape)}")
     widths = []
     for value, name in ((theta_alpha, "theta_alpha"), (theta_beta, "theta_beta"), (theta_gamma, "theta_gamma")):
-        widths.append(_as_tensor(value, logits, name).reshape(()))  # the core refuses non-positive ones by name
+        # float64 whatever the logits' dtype: a float32 width would move the kernels by 1e-7
+        widths.append(_as_tensor(value, logits, name, torch.float64).reshape(()))  # the core names bad ones
     widths = torch.stack(widths)
     needs = torch.is_grad_enabled() and any(t.requires_grad for t in (logits, image, *mats, mu, widths))
     out, _ = _meanfield_op(logits, image, mats[0], mats[1], mu, widths, int(n_iter), normalization, bool(needs))

@@ -1,0 +1,110 @@
+"""adapters.jax: crf_refine under jit, grad and vmap, with the core's exact backward."""
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+import crfcore  # noqa: E402
+from adapters import jax as adapter  # noqa: E402
+from adapters.jax import crf_refine  # noqa: E402
+
+WIDTHS = dict(theta_alpha=5.37, theta_beta=41.3, theta_gamma=1.73)  # off the pixel grid's simplex boundaries
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def data(rng, b=2, shape=(8, 10), n_lab=3):
+    truth = rng.uniform(size=(b, *shape)) > 0.5
+    logits = rng.normal(size=(b, *shape, n_lab)) + 2.0 * truth[..., None]
+    return logits, rng.uniform(0, 255, size=(b, *shape, 3)), truth
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_equals_the_core_and_keeps_the_dtype(rng, dtype):
+    logits, image, _ = data(rng)
+    out = crf_refine(logits.astype(dtype), image, n_iter=3, **WIDTHS)
+    assert out.dtype == dtype and out.shape == logits.shape
+    ref, _ = crfcore.meanfield_fwd(logits.astype(dtype), image.astype(dtype), n_iter=3, output="logits", **WIDTHS)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_check_grads_for_every_argument(rng):
+    logits, image, _ = data(rng, b=1, shape=(6, 7))
+
+    def f(lg, img, ta, tb, ws, wb, mu):
+        return crf_refine(lg, img, n_iter=3, theta_alpha=ta, theta_beta=tb, theta_gamma=1.73, w_spatial=ws,
+                          w_bilateral=wb, compat=mu, normalization="after")
+
+    args = (logits, image, 5.37, 41.3, rng.normal(size=(3, 3)), 2.5, rng.normal(size=(3, 3)))
+    check_grads(f, args, order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)
+
+
+def test_jit_vmap_and_grad_agree(rng):
+    logits, image, _ = data(rng, b=4)
+
+    def loss(lg, img, mu):
+        return jnp.sum(crf_refine(lg, img, n_iter=3, compat=mu, **WIDTHS) ** 2)
+
+    mu = 1.0 - np.eye(3)
+    g = jax.grad(loss, argnums=(0, 2))(logits, image, mu)
+    g_jit = jax.jit(jax.grad(loss, argnums=(0, 2)))(logits, image, mu)
+    for a, b in zip(g, g_jit):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    per_image = jax.vmap(lambda lg, img: crf_refine(lg, img, n_iter=3, **WIDTHS))(logits, image)
+    whole = crf_refine(logits, image, n_iter=3, **WIDTHS)
+    np.testing.assert_allclose(np.asarray(per_image), np.asarray(whole), rtol=1e-12)
+    g_vmap = jax.vmap(jax.grad(lambda lg, img: loss(lg, img, mu)))(logits, image)
+    np.testing.assert_allclose(np.asarray(g_vmap), np.asarray(g[0]), rtol=1e-10)
+    assert len(adapter._STORE) == 0  # every forward kept for a gradient was consumed
+
+
+def test_plain_gradient_steps_train_the_matrices(rng):
+    logits, image, truth = data(rng, b=4, shape=(12, 14), n_lab=2)
+    logits = logits[..., :2] + rng.normal(0, 1.5, size=logits[..., :2].shape)
+    labels = jax.nn.one_hot(truth.astype(int), 2)
+    params = dict(w_spatial=3.0 * jnp.eye(2), w_bilateral=5.0 * jnp.eye(2), compat=1.0 - jnp.eye(2))
+
+    @jax.jit
+    def loss(p):
+        z = crf_refine(logits, image, n_iter=3, theta_alpha=6.0, theta_beta=60.0, theta_gamma=2.0, **p)
+        return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(z), -1))
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    first = float(loss(params))
+    for _ in range(15):
+        value, g = grad(params)
+        params = jax.tree_util.tree_map(lambda p, d: p - 0.2 * d, params, g)
+    assert float(loss(params)) < 0.9 * first
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(theta_alpha=-2.0), ValueError, "`theta_alpha` must be a positive"),
+    (dict(w_spatial=np.ones((2, 2))), ValueError, r"`w_spatial` must be a number or an \(3, 3\)"),
+    (dict(compat=np.ones(3)), ValueError, r"`compat` must be an \(3, 3\)"),
+    (dict(normalization="sym"), ValueError, "`normalization`"),
+    (dict(n_iter=-1), ValueError, "`n_iter`"),
+])
+def test_bad_arguments(rng, kwargs, exc, match):
+    logits, image, _ = data(rng)
+    with pytest.raises(exc, match=match):
+        jax.block_until_ready(crf_refine(logits, image, **kwargs))
+
+
+def test_bad_inputs(rng):
+    logits, image, _ = data(rng)
+    with pytest.raises(ValueError, match="all axes but the last must match"):
+        crf_refine(logits, image[:, :5])
+    with pytest.raises(ValueError, match="L >= 2"):
+        crf_refine(logits[..., :1], image)
+    with pytest.raises(TypeError, match="float array"):
+        crf_refine(logits.astype(int), image)
+    with pytest.raises(ValueError, match="`logits` contains"):
+        jax.block_until_ready(crf_refine(logits * np.nan, image))

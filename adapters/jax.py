@@ -11,6 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from crfcore import meanfield_bwd, meanfield_fwd
 from crfcore._residuals import ResidualStore
@@ -36,12 +37,14 @@ def _host_forward(static, keep, logits, image, ws, wb, mu, ta, tb, tg):
     return out.astype(np.asarray(logits).dtype), np.int32(handle)
 
 
-def _host_backward(static, handle, g, logits, image, ws, wb, mu, ta, tb, tg):
+def _host_backward(static, features, handle, g, logits, image, ws, wb, mu, ta, tb, tg):
     res = _STORE.pop(int(handle)) if int(handle) > 0 else None
     if res is None:  # evicted (or never kept): recompute the forward
         _, res = meanfield_fwd(np.asarray(logits), np.asarray(image), **_kwargs(ws, wb, mu, ta, tb, tg, *static))
-    grads = meanfield_bwd(res, np.asarray(g), features=True)
+    grads = meanfield_bwd(res, np.asarray(g), features=features)
     dt = np.asarray(logits).dtype
+    if not features:  # neither the image nor a width is differentiated: their cotangents are symbolic zeros
+        grads = grads._replace(image=np.zeros(np.shape(image)), theta_alpha=0.0, theta_beta=0.0, theta_gamma=0.0)
     return (grads.logits.astype(dt), np.asarray(grads.image, dt).reshape(np.shape(image)),
             np.asarray(grads.w_spatial, dt), np.asarray(grads.w_bilateral, dt), grads.compat.astype(dt),
             np.asarray(grads.theta_alpha, dt), np.asarray(grads.theta_beta, dt), np.asarray(grads.theta_gamma, dt))
@@ -58,18 +61,25 @@ def _refine(static, logits, image, ws, wb, mu, ta, tb, tg):
     return _forward_call(static, False, logits, image, ws, wb, mu, ta, tb, tg)[0]
 
 
-def _refine_fwd(static, *args):
+def _refine_fwd(static, *primals):
+    # symbolic zeros: JAX says which inputs are differentiated; the features gradient (image, widths), about as
+    # costly as the rest of the backward, is computed only when one of them is
+    args = tuple(p.value for p in primals)
+    features = any(p.perturbed for p in (primals[1],) + primals[6:])
     out, handle = _forward_call(static, True, *args)
-    return out, (handle,) + args
+    return out, (handle, features) + args
 
 
 def _refine_bwd(static, res, g):
-    handle, *args = res
+    handle, features, *args = res
+    if isinstance(g, SymbolicZero):
+        g = jnp.zeros(args[0].shape, args[0].dtype)
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args)
-    return jax.pure_callback(partial(_host_backward, static), shapes, handle, g, *args, vmap_method="sequential")
+    return jax.pure_callback(partial(_host_backward, static, features), shapes, handle, g, *args,
+                             vmap_method="sequential")
 
 
-_refine.defvjp(_refine_fwd, _refine_bwd)
+_refine.defvjp(_refine_fwd, _refine_bwd, symbolic_zeros=True)
 
 
 def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_spatial=3.0,

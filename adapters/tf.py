@@ -231,13 +231,19 @@ class CrfRnnLayer(keras.layers.Layer):
             raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         if image_dims is not None:
-            image_dims = tuple(int(s) for s in image_dims)
-            if len(image_dims) != 2 or min(image_dims) < 1:
-                raise ValueError(f"`image_dims` must be (H, W) with positive sizes, got {image_dims}")
-        if num_classes is not None and (int(num_classes) != num_classes or num_classes < 2):
-            raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes}")
-        if isinstance(num_iterations, bool) or int(num_iterations) != num_iterations or num_iterations < 0:
-            raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations}")
+            try:
+                dims = tuple(image_dims)
+            except TypeError:
+                raise TypeError(f"`image_dims` must be a pair (H, W), got {image_dims!r}") from None
+            if len(dims) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                                         for s in dims):
+                raise ValueError(f"`image_dims` must be (H, W) with positive integer sizes, got {image_dims!r}")
+            image_dims = tuple(int(s) for s in dims)
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                        or num_classes < 2):
+            raise ValueError(f"`num_classes` must be an integer >= 2 or None, got {num_classes!r}")
+        if isinstance(num_iterations, bool) or not isinstance(num_iterations, (int, np.integer)) or num_iterations < 0:
+            raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations!r}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
         self.image_dims = image_dims
@@ -310,14 +316,53 @@ class CrfRnnLayer(keras.layers.Layer):
             return {name: getattr(self, name) for name in self.WIDTHS}
         return {name: float(np.exp(getattr(self, f"log_{name}").numpy())) for name in self.WIDTHS}
 
+    def _checked(self, logits, image):
+        """Run-time checks of what the build could not see (dynamic shapes, values), naming the input.
+
+        The numba backend's core checks values itself. The "tf" backend adds TensorFlow assertions; "tf-lite" adds
+        none, because TensorFlow Lite's built-in ops cannot raise: there a NaN in the inputs gives NaN outputs, so
+        validate inputs before the interpreter (``python -m unet export`` checks its outputs against Keras).
+        """
+        a, b = list(logits.shape)[:-1], list(image.shape)[:-1]
+        if len(a) != len(b) or any(x is not None and y is not None and x != y for x, y in zip(a, b)):
+            raise ValueError(f"CrfRnnLayer: `logits` {tuple(logits.shape)} and `image` {tuple(image.shape)} differ in "
+                             f"batch or spatial size (all axes but the last must match)")
+        if self.image_dims is not None and None not in a[1:3] and tuple(a[1:3]) != self.image_dims:
+            raise ValueError(f"CrfRnnLayer: the inputs are {tuple(a[1:3])} but image_dims={self.image_dims}")
+        if self.backend == "tf-lite":
+            return logits, image
+        checks = [tf.debugging.assert_equal(
+            tf.shape(logits)[:-1], tf.shape(image)[:-1],
+            message="CrfRnnLayer: `logits` and `image` differ in batch or spatial size (all axes but the last must "
+                    "match)")]
+        if self.image_dims is not None:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(logits)[1:3], tf.constant(self.image_dims, tf.int32),
+                message=f"CrfRnnLayer: the inputs' spatial size differs from image_dims={self.image_dims}"))
+        with tf.control_dependencies(checks):
+            logits, image = tf.identity(logits), tf.identity(image)
+        if self.backend == "tf":
+            logits = tf.debugging.assert_all_finite(logits, "CrfRnnLayer: `logits` contains NaN or infinite values")
+            image = tf.debugging.assert_all_finite(tf.cast(image, tf.float32),
+                                                   "CrfRnnLayer: `image` contains NaN or infinite values")
+        return logits, image
+
     def call(self, inputs, training=None):
-        logits, image = inputs
+        logits, image = self._checked(*inputs)
         theta_alpha, theta_beta, theta_gamma = self._widths()
+        if self.backend == "tf" and self.trainable_widths:
+            theta_alpha, theta_beta, theta_gamma = (
+                tf.debugging.assert_all_finite(t, f"CrfRnnLayer: the width `{name}` is not finite")
+                for t, name in zip((theta_alpha, theta_beta, theta_gamma), self.WIDTHS))
         if self.backend in ("tf", "tf-lite"):
+            weights = [tf.cast(w.value, tf.float32) for w in (self.spatial_ker_weights, self.bilateral_ker_weights,
+                                                              self.compatibility_matrix)]
+            if self.backend == "tf":
+                weights = [tf.debugging.assert_all_finite(w, f"CrfRnnLayer: the weight `{v.name}` is NaN or infinite")
+                           for w, v in zip(weights, (self.spatial_ker_weights, self.bilateral_ker_weights,
+                                                    self.compatibility_matrix))]
             out = tf_lattice.meanfield(
-                logits, image, tf.cast(self.spatial_ker_weights.value, tf.float32),
-                tf.cast(self.bilateral_ker_weights.value, tf.float32),
-                tf.cast(self.compatibility_matrix.value, tf.float32),
+                logits, image, *weights,
                 n_iter=self.num_iterations, theta_alpha=theta_alpha, theta_beta=theta_beta,
                 theta_gamma=theta_gamma, normalization=self.normalization,
                 embed_dtype=tf.float32 if self.backend == "tf-lite" else tf.float64)

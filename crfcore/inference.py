@@ -66,6 +66,8 @@ def _check_inputs(logits, image, spatial_dims):
         raise TypeError(f"`spatial_dims` must be an int, got {type(spatial_dims).__name__}")
     if spatial_dims < 1:
         raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
+    if np.ndim(logits) == 0:
+        raise ValueError("`logits` is a scalar; pass an array of shape (..., *spatial, L)")
     u = as_float_array(logits, "logits")
     if u.ndim < spatial_dims + 1:
         raise ValueError(
@@ -102,14 +104,29 @@ def _combined(params):
 def build_kernels(image_flat, spatial_shape, params, dtype):
     """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)``, any real dtype).
 
-    The bilateral one first: its float64 features are freed before the spatial ones are made.
+    The bilateral one first: its float64 features are freed before the spatial ones are made. Features too large
+    for the lattice are reported by the argument that made them so (a width too small, or the image's values).
     """
-    kb = Kernel(
-        bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta),
-        params.normalization,
-        dtype,
-    )
-    ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
+    try:
+        kb = Kernel(bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta),
+                    params.normalization, dtype)
+    except ValueError as exc:
+        if "too large for the lattice" not in str(exc):
+            raise
+        positions = max(spatial_shape) / np.min(params.theta_alpha)
+        colours = float(np.max(np.abs(image_flat))) / np.min(params.theta_beta)
+        culprit = ("`theta_alpha` is too small for the image size" if positions >= colours else
+                   "`theta_beta` is too small for the image's values (or `image` holds huge values)")
+        raise ValueError(f"{culprit}: positions / theta_alpha reach {positions:.3g} and image / theta_beta "
+                         f"{colours:.3g}, too large for the lattice; use larger widths or rescale the image") from None
+    try:
+        ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
+    except ValueError as exc:
+        if "too large for the lattice" not in str(exc):
+            raise
+        raise ValueError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
+                         f"{max(spatial_shape) / np.min(params.theta_gamma):.3g}, too large for the lattice; use a "
+                         f"larger width") from None
     return ks, kb
 
 

@@ -166,3 +166,45 @@ def test_xla_is_refused_for_the_numba_backend(rng):
     layer([a, b])
     with pytest.raises(NotImplementedError, match="numpy_function"):
         tf.function(lambda x, y: layer([x, y]), jit_compile=True)(a, b)
+
+
+@pytest.mark.parametrize("backend", ["numba", "tf"])
+def test_bad_values_are_reported_not_propagated(rng, backend):
+    layer = CrfRnnLayer(backend=backend, theta_alpha=4.0, theta_beta=0.2, num_iterations=2)
+    logits = rng.normal(size=(2, 8, 9, 2)).astype(np.float32)
+    image = rng.uniform(size=(2, 8, 9, 3)).astype(np.float32)
+    layer([logits, image])
+    bad = logits.copy()
+    bad[1, 3, 4, 0] = np.nan
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="`logits` contain"):
+        layer([bad, image])
+    bad_image = image.copy()
+    bad_image[0, 0, 0, 1] = np.inf
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="`image` contain"):
+        layer([logits, bad_image])
+    fn = tf.function(lambda a, b: layer([a, b]))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="(differ in batch or spatial|`image`)"):
+        fn(tf.constant(logits), tf.constant(image[:, :, :8]))
+    layer.compatibility_matrix.assign(np.full((2, 2), np.nan))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="(compatibility_matrix|compat)"):
+        layer([logits, image])
+
+
+def test_image_dims_checked_on_dynamic_inputs(rng):
+    lg_in, im_in = keras.Input((None, None, 2)), keras.Input((None, None, 3))
+    model = keras.Model([lg_in, im_in], CrfRnnLayer(image_dims=(8, 9), theta_alpha=4.0)([lg_in, im_in]))
+    model.predict([np.zeros((1, 8, 9, 2)), np.zeros((1, 8, 9, 3))], verbose=0)
+    with pytest.raises(Exception, match=r"image_dims=\(8, 9\)"):
+        model.predict([np.zeros((1, 8, 10, 2)), np.zeros((1, 8, 10, 3))], verbose=0)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(image_dims=64), TypeError, "`image_dims` must be a pair"),
+    (dict(image_dims=(64, "a")), ValueError, "`image_dims` must be"),
+    (dict(num_iterations=None), ValueError, "`num_iterations`"),
+    (dict(num_classes=2.5), ValueError, "`num_classes`"),
+    (dict(backend="onnx"), ValueError, "`backend`"),
+])
+def test_constructor_arguments_are_named(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        CrfRnnLayer(**kwargs)

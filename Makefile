@@ -10,7 +10,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[tf,bench,dev]"
+	@# PyTorch's CPU build first (this version's wheel is on the project's machines; a plain `torch` would be a
+	@# CUDA build of several GB): the torch tests skip if it cannot be installed
+	$(PY) -m pip install -q "torch==2.13.0" || echo "torch did not install: the PyTorch adapter's tests will be skipped"
+	$(PY) -m pip install -q -e ".[tf,bench,dev,refine,dask,jax]"
 	@# the C++ densecrf is an optional oracle for tests and benchmarks: tolerate a failed build
 	$(PY) -m pip install -q "pydensecrf2>=1.1" || echo "pydensecrf2 did not build: its comparisons will be skipped"
 	touch $(STAMP)

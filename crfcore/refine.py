@@ -1,0 +1,267 @@
+"""Refine whole data sets: ``crfcore.refine_files`` and ``python -m crfcore refine``.
+
+For every image with matching scores (by file stem) the dense CRF's mean field is run and ``OUT/<stem>.png`` written
+(the label index as the pixel value, with a palette for viewing), plus ``OUT/<stem>.npy`` float16 probabilities on
+request. Outputs are written atomically and a rerun skips what is done, so an interrupted run just continues. A bad
+input (unreadable image, size mismatch, NaN scores, wrong label count) is reported with its file name and skipped;
+the others are still written, and ``OUT/failures.csv`` lists the failures. Inputs are never modified.
+
+Images too large for ``max_memory`` are refined on overlapping tiles (:mod:`crfcore.tiling`); a Dask cluster spreads
+the files over many processes or machines (:mod:`crfcore.cluster`).
+"""
+
+import csv
+import glob
+import os
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from . import imageio, tiling
+from ._validation import check_finite
+from .params import check_params
+
+SCORE_KINDS = ("probs", "logits")
+#: meanfield's defaults: every one is a flag of ``python -m crfcore refine``.
+CRF_DEFAULTS = dict(n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0, w_spatial=3.0,
+                    normalization="symmetric")
+
+
+class Job(NamedTuple):
+    """One image to refine (picklable: Dask sends it to a worker)."""
+
+    image: str
+    scores: str
+    out: str
+    options: dict
+
+
+class Summary(NamedTuple):
+    """What a run did: ``done`` refined now, ``skipped`` already done, ``failed`` as ``(file, message)``."""
+
+    done: int
+    skipped: int
+    failed: list
+    seconds: float
+    pixels: int
+
+    @property
+    def images_per_second(self):
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def list_files(source, exts, what):
+    """The files of a folder, a glob pattern or a single file with one of ``exts``, sorted."""
+    if os.path.isdir(source):
+        files = [os.path.join(source, f) for f in os.listdir(source)]
+    elif any(c in source for c in "*?["):
+        files = glob.glob(source)
+    elif os.path.isfile(source):
+        files = [source]
+    else:
+        raise FileNotFoundError(f"{what} {source!r}: no such folder, file or glob pattern")
+    files = sorted(f for f in files if f.lower().endswith(exts) and not os.path.basename(f).startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{what} {source!r} holds no {'/'.join(e.lstrip('.') for e in exts)} files")
+    return files
+
+
+def outputs(job):
+    base = os.path.join(job.out, imageio.stem(job.image))
+    return base + ".png", (base + ".npy" if job.options["save_probs"] else None)
+
+
+def is_done(job):
+    labels, probs = outputs(job)
+    return os.path.exists(labels) and (probs is None or os.path.exists(probs))
+
+
+def refine_one(job):
+    """Refine one image; returns its number of pixels. Raises ValueError (naming the file) on bad inputs."""
+    o = job.options
+    labels_path, probs_path = outputs(job)
+    try:
+        image = imageio.read_image(job.image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image {job.image}: {exc}") from None
+    try:
+        scores, kind = imageio.read_scores(job.scores, o["scores_are"], o["n_labels"], o["gt_prob"],
+                                           o["unknown_label"])
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"cannot read scores {job.scores}: {exc}") from None
+    h, w = image.shape[:2]
+    if scores.shape[:2] != (h, w):
+        raise ValueError(f"scores {job.scores} are {scores.shape[1]}x{scores.shape[0]} but image {job.image} is "
+                         f"{w}x{h}")
+    n_lab = scores.shape[-1]
+
+    def logits(ys, xs):
+        lg = imageio.to_logits(scores[ys, xs], kind)
+        check_finite(lg, f"scores {job.scores}")
+        return lg
+
+    max_memory = o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))
+    tile = o["tile"] or (None if h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab) <= max_memory
+                         else tiling.tile_for_memory(max_memory, n_lab, o["overlap"]))
+    labels = np.empty((h, w), np.uint8 if n_lab <= 256 else np.uint16)
+    try:
+        if probs_path is not None:
+            with imageio.probs_file(probs_path, (h, w, n_lab)) as probs:
+                tiling.refine_tiled(logits, image, tile=tile, overlap=o["overlap"], labels_out=labels,
+                                    probs_out=probs, **o["crf"])
+        else:
+            tiling.refine_tiled(logits, image, tile=tile, overlap=o["overlap"], labels_out=labels, **o["crf"])
+    except ValueError as exc:
+        raise ValueError(f"{job.image}: {exc}") from None
+    imageio.write_labels(labels_path, labels, n_lab)
+    return h * w
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="refining", unit="img", dynamic_ncols=True)
+
+
+def make_jobs(images, scores, out, options):
+    """Pair every image with its scores by stem; images without scores are failures."""
+    image_files = list_files(images, imageio.IMAGE_EXTS, "IMAGES")
+    score_files = list_files(scores, imageio.SCORE_EXTS, "SCORES")
+    by_stem = {}
+    for f in score_files:
+        by_stem.setdefault(imageio.stem(f), []).append(f)
+    jobs, failed = [], []
+    for f in image_files:
+        found = by_stem.get(imageio.stem(f), [])
+        if len(found) != 1:
+            failed.append((f, "no scores with its stem" if not found else f"several scores with its stem: {found}"))
+            continue
+        jobs.append(Job(f, found[0], out, options))
+    stems = [imageio.stem(f) for f in image_files]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise ValueError(f"IMAGES has several files with the same stem (outputs would collide): {dupes[:5]}")
+    return jobs, failed
+
+
+def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_label=None,
+                 save_probs=False, overwrite=False, tile=None, overlap=tiling.DEFAULT_OVERLAP, max_memory=None,
+                 dask=None, progress=True, **crf):
+    """Refine every image of ``images`` with its scores from ``scores``, writing the results into ``out``.
+
+    Parameters
+    ----------
+    images : str
+        A folder, a glob pattern or a file: PNG, JPEG or TIFF (8/16-bit, grey, RGB, more channels in TIFF).
+    scores : str
+        A folder, glob or file of per-pixel scores matched by stem: ``.npy``/``.npz`` ``(H, W, L)`` arrays (channels
+        last) or ``.png`` label maps.
+    out : str
+        Output folder (made if absent).
+    scores_are : {"probs", "logits"}
+        What the arrays hold.
+    n_labels : int, optional
+        The number of labels; checked against every file (inferred from each label map otherwise).
+    gt_prob, unknown_label
+        For label maps: the probability of the given label (pydensecrf's ``unary_from_labels``) and the value that
+        means "unknown" (uniform; None: no such value; 0: labels are 1..L as pydensecrf's ``zero_unsure``).
+    save_probs : bool
+        Also write ``<stem>.npy`` float16 probabilities ``(H, W, L)``.
+    overwrite : bool
+        Redo images whose outputs exist (default: skip them, so a rerun continues an interrupted one).
+    tile, overlap, max_memory
+        Tile interior and margin in pixels; without ``tile``, images whose mean field would need more than
+        ``max_memory`` bytes (default: a quarter of RAM, shared between workers) are tiled automatically.
+    dask : str, optional
+        A ``dask.distributed`` scheduler address, or ``"local"`` / ``"local:N"`` for a local cluster of N processes.
+    progress : bool
+    crf
+        :func:`crfcore.meanfield`'s parameters (its defaults where absent).
+
+    Returns
+    -------
+    Summary
+    """
+    if scores_are not in SCORE_KINDS:
+        raise ValueError(f"`scores_are` must be one of {SCORE_KINDS}, got {scores_are!r}")
+    unknown = set(crf) - set(CRF_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown CRF parameter(s) {sorted(unknown)}; refine_files takes {sorted(CRF_DEFAULTS)}")
+    params = dict(CRF_DEFAULTS, **crf)
+    check_params(2, compat=None, spatial_dims=2, n_channels=1 if np.ndim(params["theta_beta"]) == 0 else np.size(
+        params["theta_beta"]), **params)  # bad parameters fail now, not once per file
+    for value, name in ((tile, "tile"), (max_memory, "max_memory")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        raise ValueError(f"`overlap` must be an int >= 0, got {overlap!r}")
+    options = dict(scores_are=scores_are, n_labels=n_labels, gt_prob=gt_prob, unknown_label=unknown_label,
+                   save_probs=bool(save_probs), tile=tile, overlap=int(overlap), max_memory=max_memory, crf=params)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"`out` {out!r} is a file, not a folder")
+    os.makedirs(out, exist_ok=True)
+    imageio.remove_stale_partials(out)  # what a killed run was writing
+    jobs, failed = make_jobs(images, scores, out, options)
+    todo = [j for j in jobs if overwrite or not is_done(j)]
+    skipped = len(jobs) - len(todo)
+    t0 = time.perf_counter()
+    bar = _progress(len(todo), progress)
+    if dask:
+        from .cluster import run_jobs
+    else:
+        run_jobs = _run_local
+    done, pixels = 0, 0
+    try:
+        for job, result in run_jobs(todo, dask):
+            if isinstance(result, Exception):
+                failed.append((job.image, str(result)))
+            else:
+                done += 1
+                pixels += result
+            if bar is not None:
+                bar.update(1)
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"{done / elapsed:.1f} img/s, {len(failed)} failed" if elapsed else "")
+    finally:
+        if bar is not None:
+            bar.close()
+        _write_failures(out, failed)
+    return Summary(done, skipped, failed, time.perf_counter() - t0, pixels)
+
+
+def _run_local(jobs, _):
+    for job in jobs:
+        try:
+            yield job, refine_one(job)
+        except ValueError as exc:
+            yield job, exc
+
+
+def _write_failures(out, failed):
+    path = os.path.join(out, "failures.csv")
+    if not failed:
+        if os.path.exists(path):
+            os.remove(path)  # a rerun that fixed everything leaves no stale list
+        return
+    with imageio.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "error"])
+            writer.writerows(failed)
+
+
+def print_summary(summary, out, file=None):
+    file = sys.stdout if file is None else file
+    rate = f", {summary.images_per_second:.2f} images/s" if summary.done else ""
+    print(f"refined {summary.done} image(s) in {summary.seconds:.1f} s{rate}; {summary.skipped} already done; "
+          f"{len(summary.failed)} failed", file=file)
+    if summary.failed:
+        for f, msg in summary.failed[:10]:
+            print(f"  failed: {f}: {msg}", file=file)
+        print(f"  the list: {os.path.join(out, 'failures.csv')}", file=file)

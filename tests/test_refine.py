@@ -1,0 +1,237 @@
+"""crfcore.refine_files / python -m crfcore refine, end to end on small folders written by the tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+PIL = pytest.importorskip("PIL")
+tifffile = pytest.importorskip("tifffile")
+
+from PIL import Image  # noqa: E402
+
+import crfcore  # noqa: E402
+from crfcore import tiling  # noqa: E402
+from crfcore.__main__ import main  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KW = dict(theta_alpha=20.0, theta_beta=13.0)  # kernels that fit the small test images
+
+
+def scene(rng, h=48, w=64, n_lab=3):
+    """An image of coloured rectangles and noisy probabilities that roughly find them."""
+    labels = np.zeros((h, w), np.int64)
+    for k in range(1, n_lab):
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        labels[y:y + h // 2, x:x + w // 2] = k
+    colours = rng.integers(0, 256, size=(n_lab, 3))
+    image = np.clip(colours[labels] + rng.normal(0, 20, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    logits = np.eye(n_lab)[labels] * 2.0 + rng.normal(0, 1.2, size=(h, w, n_lab))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return image, probs.astype(np.float32), labels
+
+
+def expected(image, probs, **kw):
+    return crfcore.meanfield(np.log(np.maximum(probs, 1e-8)).astype(np.float32), image, **dict(KW, **kw)).argmax(-1)
+
+
+def read_labels(path):
+    with Image.open(path) as im:
+        return im.mode, np.asarray(im)
+
+
+def test_formats_and_results_equal_meanfield(rng, tmp_path):
+    imgs, scs, out = tmp_path / "images", tmp_path / "scores", tmp_path / "out"
+    imgs.mkdir()
+    scs.mkdir()
+    cases = {}
+    for name, ext in [("png8", ".png"), ("jpeg", ".jpg"), ("tif16", ".tif"), ("grey", ".png"), ("four", ".tif")]:
+        image, probs, _ = scene(rng)
+        if name == "tif16":
+            stored = image.astype(np.uint16) * 257
+            tifffile.imwrite(imgs / f"{name}{ext}", stored)
+            image = stored
+        elif name == "grey":
+            image = image[..., :1]
+            Image.fromarray(image[..., 0]).save(imgs / f"{name}{ext}")
+        elif name == "four":
+            image = np.concatenate([image, image[..., :1]], -1)
+            tifffile.imwrite(imgs / f"{name}{ext}", image)
+        else:
+            Image.fromarray(image).save(imgs / f"{name}{ext}")
+            if ext == ".jpg":
+                image = np.asarray(Image.open(imgs / f"{name}{ext}"))
+        cases[name] = (image, probs)
+        if name == "png8":
+            np.savez(scs / f"{name}.npz", probs=probs)
+        else:
+            np.save(scs / f"{name}.npy", probs)
+    summary = crfcore.refine_files(str(imgs), str(scs), str(out), save_probs=True, progress=False,
+                                   **dict(KW, theta_beta=13.0))
+    assert summary.done == 5 and not summary.failed
+    for name, (image, probs) in cases.items():
+        kw = dict(theta_beta=13.0 * 257) if name == "tif16" else {}
+        if name == "tif16":
+            continue  # checked below with its own units
+        mode, labels = read_labels(out / f"{name}.png")
+        assert mode == "P"  # the label index as the pixel value, with a palette for viewing
+        np.testing.assert_array_equal(labels, expected(image, probs, **kw))
+        q = np.load(out / f"{name}.npy")
+        assert q.dtype == np.float16 and q.shape == probs.shape
+    # 16-bit: theta_beta in its units
+    out16 = tmp_path / "out16"
+    crfcore.refine_files(str(imgs / "tif16.tif"), str(scs), str(out16), progress=False, theta_alpha=20.0,
+                         theta_beta=13.0 * 257)
+    image, probs = cases["tif16"]
+    np.testing.assert_array_equal(read_labels(out16 / "tif16.png")[1],
+                                  expected(image, probs, theta_beta=13.0 * 257))
+
+
+def test_label_maps_and_logits(rng, tmp_path):
+    image, probs, labels = scene(rng)
+    (tmp_path / "i").mkdir()
+    (tmp_path / "s").mkdir()
+    Image.fromarray(image).save(tmp_path / "i" / "a.png")
+    anno = (labels + 1).astype(np.uint8)
+    anno[::3] = 0  # unknown
+    Image.fromarray(anno).save(tmp_path / "s" / "a.png")
+    assert main(["refine", str(tmp_path / "i"), "--scores", str(tmp_path / "s"), "--out", str(tmp_path / "o"),
+                 "--unknown-label", "0", "--gt-prob", "0.7", "--theta-alpha", "20", "--no-progress"]) == 0
+    from crfcore.pydensecrf.utils import unary_from_labels
+
+    u = unary_from_labels(anno, 3, gt_prob=0.7, zero_unsure=True)
+    ref = crfcore.meanfield(-u.T.reshape(48, 64, 3), image, theta_alpha=20.0).argmax(-1)
+    np.testing.assert_array_equal(read_labels(tmp_path / "o" / "a.png")[1], ref)
+    # logits in .npy
+    (tmp_path / "l").mkdir()
+    np.save(tmp_path / "l" / "a.npy", np.log(probs))
+    assert main(["refine", str(tmp_path / "i"), "--scores", str(tmp_path / "l"), "--out", str(tmp_path / "o2"),
+                 "--scores-are", "logits", "--theta-alpha", "20", "--no-progress"]) == 0
+    np.testing.assert_array_equal(read_labels(tmp_path / "o2" / "a.png")[1], expected(image, probs))
+
+
+def test_bad_files_reported_and_skipped(rng, tmp_path, capsys):
+    imgs, scs, out = tmp_path / "i", tmp_path / "s", tmp_path / "o"
+    imgs.mkdir()
+    scs.mkdir()
+    for i in range(3):
+        image, probs, _ = scene(rng)
+        Image.fromarray(image).save(imgs / f"ok{i}.png")
+        np.save(scs / f"ok{i}.npy", probs)
+    image, probs, _ = scene(rng)
+    Image.fromarray(image).save(imgs / "size.png")
+    np.save(scs / "size.npy", probs[:40])
+    Image.fromarray(image).save(imgs / "nan.png")
+    bad = probs.copy()
+    bad[3, 3, 0] = np.nan
+    np.save(scs / "nan.npy", bad)
+    Image.fromarray(image).save(imgs / "labels.png")
+    np.save(scs / "labels.npy", probs[..., :2])
+    (imgs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    np.save(scs / "corrupt.npy", probs)
+    Image.fromarray(image).save(imgs / "orphan.png")
+    before = {f: os.path.getmtime(os.path.join(dp, f)) for dp in (imgs, scs) for f in os.listdir(dp)}
+    code = main(["refine", str(imgs), "--scores", str(scs), "--out", str(out), "--n-labels", "3", "--no-progress"])
+    assert code == 1
+    printed = capsys.readouterr().out
+    assert "refined 3 image(s)" in printed and "5 failed" in printed
+    with open(out / "failures.csv") as f:
+        failures = f.read()
+    for name, why in [("size.png", "are 64x40 but image"), ("nan.png", "NaN"), ("labels.png", "expected 3"),
+                      ("corrupt.png", "cannot read image"), ("orphan.png", "no scores")]:
+        assert name in failures and why in failures, (name, failures)
+    assert sorted(os.listdir(out)) == ["failures.csv", "ok0.png", "ok1.png", "ok2.png"]
+    after = {f: os.path.getmtime(os.path.join(dp, f)) for dp in (imgs, scs) for f in os.listdir(dp)}
+    assert before == after  # inputs untouched
+
+
+def test_resumable_after_a_kill(rng, tmp_path):
+    imgs, scs, out = tmp_path / "i", tmp_path / "s", tmp_path / "o"
+    imgs.mkdir()
+    scs.mkdir()
+    for i in range(30):
+        image, probs, _ = scene(rng, 160, 200, 2)
+        Image.fromarray(image).save(imgs / f"{i:02d}.png")
+        np.save(scs / f"{i:02d}.npy", probs)
+    argv = [sys.executable, "-m", "crfcore", "refine", str(imgs), "--scores", str(scs), "--out", str(out),
+            "--save-probs", "--no-progress", "--n-iter", "10"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.time() + 120
+    while time.time() < deadline and len([f for f in os.listdir(out) if f.endswith(".png")] if out.exists()
+                                          else []) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    done = sorted(f for f in os.listdir(out) if f.endswith(".png"))
+    assert 3 <= len(done) < 30
+    stamps = {f: os.path.getmtime(out / f) for f in os.listdir(out) if not f.startswith(".")}
+    summary = crfcore.refine_files(str(imgs), str(scs), str(out), save_probs=True, progress=False, n_iter=10)
+    assert summary.skipped >= len(done) - 1 and summary.done + summary.skipped == 30 and not summary.failed
+    for f in done:  # finished outputs were not written again (the last .png may lack its .npy: redone)
+        if os.path.exists(out / f.replace(".png", ".npy")) and f.replace(".png", ".npy") in stamps:
+            assert os.path.getmtime(out / f) == stamps[f]
+    assert not [f for f in os.listdir(out) if "partial" in f]  # the killed write's hidden temp was removed
+    for f in sorted(os.listdir(imgs)):
+        stem = f[:-4]
+        image = np.asarray(Image.open(imgs / f))
+        probs = np.load(scs / f"{stem}.npy")
+        np.testing.assert_array_equal(read_labels(out / f"{stem}.png")[1],
+                                      crfcore.meanfield(np.log(np.maximum(probs, 1e-8)), image, n_iter=10).argmax(-1))
+
+
+def test_tiling(rng):
+    image, probs, _ = scene(rng, 160, 200, 3)
+    logits = np.log(probs)
+    whole = crfcore.meanfield(logits, image, **KW).argmax(-1)
+    np.testing.assert_array_equal(tiling.refine_tiled(logits, image, tile=None, **KW), whole)
+    np.testing.assert_array_equal(tiling.refine_tiled(logits, image, tile=400, overlap=10, **KW), whole)
+    small = tiling.refine_tiled(logits, image, tile=48, overlap=40, **KW)
+    assert np.mean(small == whole) >= 0.99
+    tiles = list(tiling.tiles(160, 200, 48, 40))
+    covered = np.zeros((160, 200), int)
+    for (iy, ix), _ in tiles:
+        covered[iy[0]:iy[1], ix[0]:ix[1]] += 1
+    assert (covered == 1).all()  # the interiors tile the image exactly once
+
+
+def test_dask_local_cluster_writes_the_same_files(rng, tmp_path):
+    pytest.importorskip("distributed")
+    imgs, scs = tmp_path / "i", tmp_path / "s"
+    imgs.mkdir()
+    scs.mkdir()
+    for i in range(6):
+        image, probs, _ = scene(rng)
+        Image.fromarray(image).save(imgs / f"{i}.png")
+        np.save(scs / f"{i}.npy", probs)
+    (imgs / "bad.png").write_bytes(b"nope")
+    np.save(scs / "bad.npy", probs)
+    single = crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "one"), save_probs=True, progress=False, **KW)
+    spread = crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "two"), save_probs=True, progress=False,
+                                  dask="local:2", **KW)
+    assert single.done == spread.done == 6 and len(single.failed) == len(spread.failed) == 1
+    for f in sorted(os.listdir(tmp_path / "one")):
+        a, b = (tmp_path / "one" / f).read_bytes(), (tmp_path / "two" / f).read_bytes()
+        assert a == b, f
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["refine", "x", "--scores", "y", "--out", "o", "--gt-prob", "1.5"], "--gt-prob: must be in"),
+    (["refine", "x", "--scores", "y", "--out", "o", "--tile", "0"], "--tile: must be >= 1"),
+    (["refine", "x", "--scores", "y", "--out", "o", "--max-memory", "lots"], "--max-memory: expected a size"),
+    (["refine", "x", "--scores", "y", "--out", "o", "--theta-alpha", "-1"], "--theta-alpha: must be a finite"),
+    (["refine", "x", "--scores", "y", "--out", "o", "--normalization", "sym"], "--normalization: invalid choice"),
+])
+def test_cli_argument_errors(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert match in capsys.readouterr().err
+
+
+def test_missing_inputs_are_errors(tmp_path, capsys):
+    assert main(["refine", str(tmp_path / "nothing"), "--scores", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    assert "no such folder" in capsys.readouterr().err

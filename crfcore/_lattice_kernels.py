@@ -40,6 +40,14 @@ _BLOCK = 128
 
 
 @njit(inline="always", **JIT)
+def _copy(dst, src, n):
+    """``dst[:n] = src[:n]`` element by element: an array assignment would compile Numba's shape-checking error
+    messages (string formatting), several seconds of the first call."""
+    for i in range(n):
+        dst[i] = src[i]
+
+
+@njit(inline="always", **JIT)
 def _slot(key, shift):
     """Table slot of a packed key: fold the words, multiply by the golden ratio, keep the top bits."""
     h = key[0]
@@ -95,7 +103,7 @@ def _table(store, m, capacity):
     shift = np.uint64(64 - log2)
     for e in range(m):
         h = _lookup(tkeys, tids, store[e], shift)
-        tkeys[h] = store[e]
+        _copy(tkeys[h], store[e], store.shape[1])
         tids[h] = e
     return tkeys, tids, shift
 
@@ -289,9 +297,9 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
             e = tids[h]
             if e < 0:
                 e = m
-                tkeys[h] = key
+                _copy(tkeys[h], key, n_words)
                 tids[h] = m
-                store[m] = key
+                _copy(store[m], key, n_words)
                 m += 1
             offsets[p * d1 + r] = e
             for w in range(n_words):
@@ -411,7 +419,7 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, we
             starts[c + 1] = starts[c] + counts[c]
             if starts[c + 1] > remap.shape[0]:
                 grown = np.empty(max(2 * remap.shape[0], starts[c + 1]), dtype=np.int32)
-                grown[:starts[c]] = remap[:starts[c]]
+                _copy(grown, remap, starts[c])
                 remap = grown
             chunk_keys = keys[(c - c0) * stride:(c - c0) * stride + counts[c]]
             e = 0
@@ -421,7 +429,8 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, we
                     break
                 capacity *= 2
                 grown_keys = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
-                grown_keys[:m] = uniq[:m]
+                for i in range(m):
+                    _copy(grown_keys[i], uniq[i], n_words)
                 uniq = grown_keys
                 tkeys, tids, shift = _table(uniq, m, capacity)
     return starts, remap[:starts[n_chunks]].copy(), uniq[:m].copy(), tkeys, tids, shift

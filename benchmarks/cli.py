@@ -22,7 +22,7 @@ import numpy as np
 
 import crfcore
 from crfcore import _lattice_kernels as LK
-from crfcore import _parallel
+from crfcore import _parallel, _threads
 from crfcore._cli import positive_int
 from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
@@ -156,15 +156,25 @@ def _phases(logits, image, repeats):
 
 
 def compile_time():
-    """Seconds of the first mean-field call in a fresh process with an empty Numba cache (pure JIT cost)."""
-    code = ("import time, numpy as np; t=time.perf_counter(); import crfcore; "
-            "crfcore.meanfield(np.zeros((8, 8, 2), np.float32), np.zeros((8, 8, 3), np.uint8)); "
-            "r = crfcore.meanfield_fwd(np.zeros((8, 8, 2), np.float32), np.zeros((8, 8, 3), np.uint8))[1]; "
-            "crfcore.meanfield_bwd(r, np.zeros((8, 8, 2), np.float32)); print(time.perf_counter()-t)")
+    """Seconds of ``import crfcore`` + the first ``meanfield`` (float32 224x224 RGB, L=2) in a fresh process: cold
+    (empty Numba cache: pure compilation) and warm (the cache it filled); then the cold first backward."""
+    first = ("import time; t = time.perf_counter(); import numpy as np, crfcore; "
+             "img = np.zeros((224, 224, 3), np.uint8); lg = np.zeros((224, 224, 2), np.float32); "
+             "crfcore.meanfield(lg, img); print(time.perf_counter() - t)")
+    backward = ("import time, numpy as np, crfcore; lg = np.zeros((32, 32, 2), np.float32); "
+                "img = np.zeros((32, 32, 3), np.uint8); crfcore.meanfield(lg, img); t = time.perf_counter(); "
+                "r = crfcore.meanfield_fwd(lg, img)[1]; crfcore.meanfield_bwd(r, lg); print(time.perf_counter() - t)")
+
+    def seconds(code, env):
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        return float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    return float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+        cold = seconds(first, env)
+        warm = seconds(first, env)
+        cold_backward = seconds(backward, env)
+    return {"cold_s": cold, "warm_s": warm, "cold_backward_s": cold_backward}
 
 
 def bench_row(size, n_lab, n_iter, repeats, threads):
@@ -307,7 +317,7 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
         progress(INSTALL_HINT + "; benchmarking crfcore alone")
     if with_compile:
         progress("measuring JIT compile time (fresh process, empty Numba cache)...")
-        result["jit_compile_s"] = compile_time()
+        result["jit_compile"] = compile_time()
     rows = []
     for size, n_lab, n_iter in configs(quick, large):
         reps = repeats or (2 if quick else (9 if size <= 224 else 5 if size <= 512 else 3))
@@ -322,14 +332,24 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     progress("  the pydensecrf script through crfcore.pydensecrf...")
     shim_cfg = [(224, 2, 5)] if quick else [(224, 2, 5), (512, 2, 5), (512, 21, 10)]
     result["pydensecrf"] = [bench_pydensecrf(s, n, it, repeats or (3 if quick else 5)) for s, n, it in shim_cfg]
+    if not quick:
+        from . import adapters, processes
+
+        progress("  several processes at once...")
+        result["processes"] = processes.run(peers=("crfcore",) + (("densecrf",) if dcrf is not None else ()),
+                                            progress=progress)
+        progress("  framework adapters...")
+        result["adapters"] = adapters.run(progress=progress)
     return result
 
 
 def report(result):
     lines = [fmt_table(result["rows"]), ""]
-    if result.get("jit_compile_s") is not None:
-        lines.append(f"JIT compile (first call, empty cache, fresh process; not in the timings): "
-                     f"{result['jit_compile_s']:.1f} s")
+    c = result.get("jit_compile")
+    if c and c["cold_s"] is not None:
+        lines.append(f"first call (fresh process, import + meanfield float32 224x224 L=2; not in the timings): cold "
+                     f"(empty Numba cache) {c['cold_s']:.1f} s, warm {c['warm_s']:.2f} s; then the first backward, "
+                     f"cold: {c['cold_backward_s']:.1f} s")
     for b in result["backward"]:
         lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "
                      f"{b['forward_ms']:.1f} ms (keeping residuals {b['forward_with_residuals_ms']:.1f} ms), "
@@ -351,9 +371,14 @@ def report(result):
         if "densecrf_ms" in r:
             line += (f", pydensecrf2 {r['densecrf_ms']:.1f} ms: x{r['speedup']:.2f}, max|dQ| {r['max_abs_dq']:.1e}")
         lines.append(line)
+    if "processes" in result:
+        from . import adapters, processes
+
+        lines.append(processes.report(result["processes"]))
+        lines.append(adapters.report(result["adapters"]))
     m = result["machine"]
-    lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads, numba {m['numba']}, "
-                 f"numpy {m['numpy']}, Python {m['python']}")
+    lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads ({_threads.layer()} layer), numba "
+                 f"{m['numba']}, numpy {m['numpy']}, Python {m['python']}")
     return "\n".join(lines)
 
 

@@ -116,10 +116,11 @@ def cmd_add_crf(args, unet=None, parts=None):
                          f"train` (its unet.keras)")
     parts = parts or _splits(args, with_crf=True)
     t0 = time.perf_counter()
-    crf_model = pipeline.attach_crf(unet, learn_widths=args.learn_widths, start=args.crf_start)
+    crf_model = pipeline.attach_crf(unet, learn_widths=args.learn_widths, start=args.crf_start, guide=args.crf_guide)
     crf_model, history = pipeline.train_crf(crf_model, parts["crf"], parts["dev"], epochs=args.crf_epochs,
                                             batch_size=args.crf_batch_size, learning_rate=args.crf_lr,
-                                            widths_learning_rate=args.crf_widths_lr, seed=args.seed,
+                                            widths_learning_rate=args.crf_widths_lr,
+                                            boundary_weight=args.crf_boundary_weight, seed=args.seed,
                                             verbose=_keras_verbose())
     os.makedirs(args.out, exist_ok=True)
     path = save_model(crf_model, os.path.join(args.out, "unet_crf.keras"))
@@ -173,7 +174,8 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
     sections, summary = _evaluate_sets(unet, crf_model, sets, args)
     pipeline.save_json(summary, os.path.join(args.out, "metrics.json"))
     path = report.write(args.out, sections, settings=settings,
-                        crf_weights=pipeline.crf_weights(crf_model) if crf_model is not None else None)
+                        crf_weights=pipeline.crf_weights(crf_model["unet+crf-rnn"] if isinstance(crf_model, dict)
+                                                         else crf_model) if crf_model is not None else None)
     print(f"\nreport: {path}")
     return summary
 
@@ -186,15 +188,28 @@ def cmd_demo(args):
     t_unet = time.perf_counter() - t0 - t_data
     crf_model = cmd_add_crf(args, unet=unet, parts=parts)
     t_crf = time.perf_counter() - t0 - t_data - t_unet
+    # the comparison the learned widths must stand: the CRF-RNN with the hand-tuned widths held fixed
+    from . import pipeline
+
+    tuned = pipeline.attach_crf(unet, learn_widths=False, start="tuned")
+    tuned, _ = pipeline.train_crf(tuned, parts["crf"], parts["dev"], epochs=2, batch_size=args.crf_batch_size,
+                                  boundary_weight=0.0,  # as it was trained before the widths could be learned
+                                  learning_rate=args.crf_lr, seed=args.seed, verbose=_keras_verbose())
+    t_tuned = time.perf_counter() - t0 - t_data - t_unet - t_crf
     args.split = "test"
     settings = {
         "data": args.data or f"embedded synthetic generator (seed {args.seed}): {args.n_train} train, "
                              f"{args.n_dev} dev, {args.n_test} test, {args.n_crf} for the CRF stage",
         "U-Net": f"{args.epochs} epochs, batch {args.batch_size}, {args.size}x{args.size}",
-        "CRF-RNN stage": f"{args.crf_epochs} epoch(s), batch {args.crf_batch_size}, U-Net frozen",
-        "time": f"data {t_data:.0f} s, U-Net {t_unet:.0f} s, CRF-RNN {t_crf:.0f} s",
+        "CRF-RNN stage": f"{args.crf_epochs} epoch(s), batch {args.crf_batch_size}, U-Net frozen, start "
+                         f"{args.crf_start}, widths {'learned' if args.learn_widths else 'fixed'}, boundary weight "
+                         f"{args.crf_boundary_weight}{', guide' if args.crf_guide else ''}; the hand-tuned "
+                         f"comparison: 2 epochs, widths fixed",
+        "time": f"data {t_data:.0f} s, U-Net {t_unet:.0f} s, CRF-RNN {t_crf:.0f} s (+ {t_tuned:.0f} s for the "
+                f"hand-tuned comparison)",
     }
-    summary = cmd_evaluate(args, unet=unet, crf_model=crf_model, parts=parts, settings=settings)
+    summary = cmd_evaluate(args, unet=unet, crf_model={"unet+crf-rnn": crf_model, "unet+crf-rnn-tuned": tuned},
+                           parts=parts, settings=settings)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return summary
 
@@ -259,7 +274,7 @@ def _unet_opts(p):
 def _crf_opts(p):
     p.add_argument("--n-crf", type=positive_int, default=160,
                    help="synthetic images for the CRF stage (default 160)")
-    p.add_argument("--crf-epochs", type=positive_int, default=2, help="CRF-RNN epochs (default 2)")
+    p.add_argument("--crf-epochs", type=positive_int, default=4, help="CRF-RNN epochs (default 4)")
     p.add_argument("--crf-batch-size", type=positive_int, default=4,
                    help="CRF-RNN batch size, > 1 works (default 4)")
     p.add_argument("--crf-lr", type=positive_float, default=0.003,
@@ -268,6 +283,11 @@ def _crf_opts(p):
                    help="learn the kernel widths theta_alpha, theta_beta, theta_gamma with the matrices (default on)")
     p.add_argument("--crf-widths-lr", type=positive_float, default=0.05,
                    help="learning rate of the log widths (default 0.05)")
+    p.add_argument("--crf-boundary-weight", type=float, default=20.0,
+                   help="weight of the boundary-length term added to the cross-entropy (the mean total variation of "
+                        "the probabilities): every spurious island adds boundary (default 20; 0: cross-entropy alone)")
+    p.add_argument("--crf-guide", action="store_true",
+                   help="learn a 1x1 convolution of the image in front of the CRF's bilateral kernel")
     p.add_argument("--crf-start", choices=["densecrf", "tuned"], default="densecrf",
                    help="initial CRF: densecrf's default kernels (theta_alpha 80 px, theta_beta 13/255, theta_gamma "
                         "3 px; default) or the hand-tuned widths (10 px, 40/255, 3 px)")

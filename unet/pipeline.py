@@ -29,8 +29,9 @@ DENSECRF_DEFAULTS = dict(theta_alpha=80.0, theta_beta=13.0 / 255.0, theta_gamma=
 CRF_PARAMS = dict(theta_alpha=10.0, theta_beta=40.0 / 255.0, theta_gamma=3.0, num_iterations=5,
                   normalization="symmetric", spatial_weight=3.0, bilateral_weight=5.0)
 CRF_STARTS = {"densecrf": DENSECRF_DEFAULTS, "tuned": CRF_PARAMS}
-METHODS = ("unet", "unet+meanfield", "unet+crf-rnn")
+METHODS = ("unet", "unet+meanfield", "unet+crf-rnn-tuned", "unet+crf-rnn")
 LABELS = {"unet": "U-Net alone", "unet+meanfield": "U-Net + crfcore.meanfield (defaults)",
+          "unet+crf-rnn-tuned": "U-Net + CRF-RNN, hand-tuned widths (fixed)",
           "unet+crf-rnn": "U-Net + trained CRF-RNN layer"}
 
 
@@ -109,12 +110,14 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     return model, history
 
 
-def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf"):
+def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf", guide=False):
     """Steps 2-3: freeze ``unet`` and plug ``CrfRnnLayer`` on its logits and input image.
 
     ``start`` picks the initial CRF: ``"densecrf"`` (densecrf's default kernels, :data:`DENSECRF_DEFAULTS`) or
     ``"tuned"`` (the hand-tuned widths, :data:`CRF_PARAMS`); ``crf_params`` overrides any of the layer's
-    arguments. ``learn_widths`` makes theta_alpha, theta_beta and theta_gamma trainable.
+    arguments. ``learn_widths`` makes theta_alpha, theta_beta and theta_gamma trainable. ``guide`` puts a trainable
+    1x1 convolution (initially the identity) between the image and the CRF's bilateral kernel, so that training can
+    learn which colour differences the kernel should respect (the CRF's gradient reaches its image input).
     """
     if start not in CRF_STARTS:
         raise ValueError(f"`start` must be one of {sorted(CRF_STARTS)}, got {start!r}")
@@ -123,7 +126,12 @@ def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf"):
     params = dict(CRF_STARTS[start], **(crf_params or {}))
     layer = CrfRnnLayer(image_dims=tuple(size), num_classes=unet.outputs[0].shape[-1], name="crfrnn",
                         trainable_widths=learn_widths, **params)
-    out = layer([unet.outputs[0], unet.inputs[0]])
+    image = unet.inputs[0]
+    if guide:
+        channels = image.shape[-1]
+        image = keras.layers.Conv2D(channels, 1, name="crf_guide", kernel_initializer=keras.initializers.Constant(
+            np.eye(channels).reshape(1, 1, channels, channels)), bias_initializer="zeros")(image)
+    out = layer([unet.outputs[0], image])
     return keras.Model(unet.inputs, out, name="unet_crf")
 
 
@@ -137,12 +145,15 @@ def boundary_length(logits):
 
 
 def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
-              boundary_weight=0.0, seed=0, verbose=1, keep_best=True):
+              boundary_weight=20.0, seed=0, verbose=1, keep_best=True):
     """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
 
     The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far
     (densecrf's theta_alpha = 80 px to ~10 px is a factor of 8) in the few hundred steps this stage takes, which
-    the matrices' learning rate would not allow.
+    the matrices' learning rate would not allow. The loss is the cross-entropy plus ``boundary_weight`` times
+    :func:`boundary_length`: cross-entropy alone prefers kernels that sharpen the U-Net's confident output and
+    keep its specks (measured on the synthetic dev set: it fell from the start to narrow colour kernels that left
+    2-3x more islands than the U-Net), while every spurious island or hole adds boundary.
 
     Returns
     -------
@@ -222,11 +233,14 @@ def crf_weights(crf_model):
 def predict(unet, crf_model, data, *, batch_size=8, progress=None):
     """Masks and seconds per image of each method on ``data``.
 
+    ``crf_model`` is a model from :func:`attach_crf` (method ``"unet+crf-rnn"``), a dict ``{method: model}`` of
+    several, or None.
+
     Returns
     -------
     dict
         method -> ``(masks (n, H, W) uint8, seconds_per_image)`` for ``"unet"``, ``"unet+meanfield"`` (crfcore's
-        default parameters on the 0-255 image) and, when ``crf_model`` is given, ``"unet+crf-rnn"``.
+        default parameters on the 0-255 image) and each CRF-RNN model.
     """
     n = len(data)
     unet.predict(data.images[:1], verbose=0)  # build and warm up outside the timings
@@ -242,11 +256,12 @@ def predict(unet, crf_model, data, *, batch_size=8, progress=None):
         q = crfcore.meanfield(logits[i], (data.images[i] * 255).round().astype(np.uint8))
         post[i] = q.argmax(-1)
     out["unet+meanfield"] = (post, t_unet + (time.perf_counter() - t0) / n)
-    if crf_model is not None:
-        crf_model.predict(data.images[:1], verbose=0)
+    models = crf_model if isinstance(crf_model, dict) else ({} if crf_model is None else {"unet+crf-rnn": crf_model})
+    for method, model in models.items():
+        model.predict(data.images[:1], verbose=0)
         t0 = time.perf_counter()
-        z = crf_model.predict(data.images, batch_size=batch_size, verbose=0)
-        out["unet+crf-rnn"] = (z.argmax(-1).astype(np.uint8), (time.perf_counter() - t0) / n)
+        z = model.predict(data.images, batch_size=batch_size, verbose=0)
+        out[method] = (z.argmax(-1).astype(np.uint8), (time.perf_counter() - t0) / n)
     return out
 
 

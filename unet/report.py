@@ -82,7 +82,7 @@ def write(out_dir, sections, *, settings=None, crf_weights=None, n_figures=4):
         md += ["## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
     for title, data, results, preds in sections:
         md += [f"## {title} ({len(data)} images)", "", _table(results), ""]
-        for method in ("unet+meanfield", "unet+crf-rnn"):
+        for method in METHODS[1:]:
             if method in results:
                 md += ["- " + comparison(results, method)]
         md += ["", "Islands: connected components of the predicted document that touch no true document pixel, "

@@ -102,12 +102,7 @@ def timed(fn, repeats):
 def densecrf(logits, image, n_iter):
     """pydensecrf2's mean field with crfcore's default kernels (the same model, see the README's table)."""
     h, w, n_lab = logits.shape
-    d = dcrf.DenseCRF2D(w, h, n_lab)
-    d.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, n_lab).T))
-    d.addPairwiseGaussian(sxy=KERNELS["theta_gamma"], compat=KERNELS["w_spatial"])
-    d.addPairwiseBilateral(sxy=KERNELS["theta_alpha"], srgb=KERNELS["theta_beta"], rgbim=image,
-                           compat=KERNELS["w_bilateral"])
-    return np.array(d.inference(n_iter)).T.reshape(h, w, n_lab)
+    return _pydensecrf_script(dcrf, logits, image, n_iter).T.reshape(h, w, n_lab)
 
 
 def ours(logits, image, n_iter):

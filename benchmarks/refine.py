@@ -97,7 +97,7 @@ def _write_gigapixel(folder, size):
             yield row
 
     tifffile.imwrite(os.path.join(img_dir, "big.tif"), strips(), shape=(size, size, 3), dtype=np.uint8,
-                     tile=(512, 512), photometric="rgb")
+                     rowsperstrip=strip, photometric="rgb", bigtiff=True)
     probs.flush()
     del probs
     return img_dir, sc_dir
@@ -165,15 +165,19 @@ def throughput(sets=((200, 224), (40, 1024)), progress=print):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.refine", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="*", default=["agreement", "gigapixel", "throughput"],
-                   choices=["agreement", "gigapixel", "throughput"])
+    parts = {"agreement": agreement, "gigapixel": gigapixel, "throughput": throughput}
+    p.add_argument("what", nargs="*", help=f"which measurements (default all of {', '.join(parts)})")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    unknown = [w for w in args.what if w not in parts]
+    if unknown:
+        p.error(f"unknown measurement(s) {unknown}; choose from {list(parts)}")
+    args.what = args.what or list(parts)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     result = {}
     for what in args.what:
         log(f"{what}...")
-        result[what] = {"agreement": agreement, "gigapixel": gigapixel, "throughput": throughput}[what](progress=log)
+        result[what] = parts[what](progress=log)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

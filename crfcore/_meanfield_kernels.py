@@ -323,3 +323,18 @@ def message_bwd(dz, s, a, potts, c, ds, partial):
         for k in range(n_lab):
             for j in range(n_lab):
                 partial[blk, 0, k, j] = acc[k, j]
+
+
+@njit(**PJIT)
+def transpose_scaled(src, scale, out):
+    """``out = scale * src.T`` in 64 x 64 blocks (in parallel over row blocks): a strided NumPy copy of a
+    ``(L, N)`` array misses the cache on every element."""
+    rows, cols = src.shape
+    for b0 in prange((rows + 63) // 64):
+        r0 = b0 * 64
+        r1 = min(rows, r0 + 64)
+        for c0 in range(0, cols, 64):
+            c1 = min(cols, c0 + 64)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    out[c, r] = scale * src[r, c]

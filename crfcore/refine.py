@@ -100,12 +100,15 @@ def refine_one(job):
     def logits(ys, xs):
         lg = imageio.to_logits(scores[ys, xs], kind)
         check_finite(lg, f"scores {job.scores}")
+        tiling.release_pages(scores)  # the memory-mapped .npy: read tile by tile, never resident whole
         return lg
 
-    max_memory = o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))
-    tile = o["tile"] or (None if h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab) <= max_memory
-                         else tiling.tile_for_memory(max_memory, n_lab, o["overlap"]))
     labels = np.empty((h, w), np.uint8 if n_lab <= 256 else np.uint16)
+    # the budget for the tiles: what is left after the full-size label map and the interpreter
+    budget = (o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))) - labels.nbytes - \
+        tiling.BASELINE_BYTES
+    whole = h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab)
+    tile = o["tile"] or (None if whole <= budget else tiling.tile_for_memory(max(budget, 1), n_lab, o["overlap"]))
     try:
         if probs_path is not None:
             with imageio.probs_file(probs_path, (h, w, n_lab)) as probs:

@@ -8,6 +8,7 @@ measurement in the README ("Refining data sets"). An image that fits in one tile
 """
 
 import math
+import mmap
 import os
 
 import numpy as np
@@ -17,8 +18,11 @@ from .inference import meanfield
 #: Margin of each tile in pixels (see the README for the agreement measured at 4096^2 against the untiled result).
 DEFAULT_OVERLAP = 128
 #: Estimated peak bytes per pixel of mean field: a constant plus a share per label (measured: 1024^2 RGB used 100 MiB
-#: at L=2 and 290 MiB at L=21), with a margin for the tile's inputs and outputs.
-BYTES_PER_PIXEL = (160.0, 14.0)
+#: at L=2 and 290 MiB at L=21; a 5650^2 tile of a 20000^2 image ~195 B/px at L=2), with a margin for the tile's
+#: inputs and outputs.
+BYTES_PER_PIXEL = (210.0, 14.0)
+#: Memory outside the tiles: the interpreter and libraries (the full-size label map is counted separately).
+BASELINE_BYTES = 400 << 20
 
 
 def total_memory():
@@ -42,6 +46,19 @@ def tile_for_memory(max_memory, n_labels, overlap):
         raise ValueError(f"--max-memory {max_memory / 2**20:.0f} MiB is too small for tiles with a {overlap}-pixel "
                          f"margin at {n_labels} labels; allow more memory or a smaller overlap")
     return side
+
+
+def release_pages(*arrays):
+    """Drop the resident pages of memory-mapped arrays (``np.memmap``), flushing writable ones first: a memory map
+    read or written tile by tile would otherwise keep every page it touched in the process's resident memory.
+    The data stays in the file (and the page cache); anything else passes through."""
+    for arr in arrays:
+        base = getattr(arr, "_mmap", None)
+        if base is None or not hasattr(base, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            continue
+        if getattr(arr, "mode", "r") != "r":
+            arr.flush()
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def tiles(height, width, tile, overlap):
@@ -91,6 +108,7 @@ def refine_tiled(logits, image, *, tile, overlap=DEFAULT_OVERLAP, labels_out=Non
         labels_out[iy[0]:iy[1], ix[0]:ix[1]] = q[inner].argmax(-1)
         if probs_out is not None:
             probs_out[iy[0]:iy[1], ix[0]:ix[1]] = q[inner]
+        release_pages(logits, image, probs_out)
         if progress is not None:
             progress((iy[1] - iy[0]) * (ix[1] - ix[0]))
     return labels_out

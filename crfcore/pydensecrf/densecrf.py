@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from .. import _meanfield_kernels as MK
 from .. import _parallel
 from ..iterations import tiny
 from ..terms import CrfModel, PairwiseTerm
@@ -226,6 +227,12 @@ class DenseCRF:
             self._model = CrfModel([p.term() for p in self._pairwise], self._nvar, self._nlabel, np.float32)
         return self._model
 
+    def _transposed(self, x, scale=1.0):
+        """``scale * x.T`` as a C-contiguous float32 array (a blocked, parallel transpose)."""
+        out = np.empty(x.shape[::-1], np.float32)
+        _parallel.run(MK.transpose_scaled, np.ascontiguousarray(x, dtype=np.float32), np.float32(scale), out)
+        return out
+
     def inference(self, niter=None, n_iterations=None):
         """``niter`` mean-field iterations; returns ``Q`` ``(nlabels, nvar)`` float32 (``np.argmax(Q, axis=0)`` is the
         labelling). ``n_iterations`` is accepted as another name (pydensecrf's README uses it)."""
@@ -233,22 +240,21 @@ class DenseCRF:
             niter = n_iterations
         if isinstance(niter, (bool, np.bool_)) or not isinstance(niter, numbers.Integral) or niter < 0:
             raise ValueError(f"`niter` must be an int >= 0, got {niter!r}")
-        logits = np.ascontiguousarray(-self._energy().T)
         model = self._crf()
         if model is None:  # no pairwise term: every iteration gives softmax(-U) again
             return self.startInference()[0]
-        q, _ = model.forward(logits, n_iter=int(niter), output="probs", keep_residuals=False)
-        return np.ascontiguousarray(q.T)
+        q, _ = model.forward(self._transposed(self._energy(), -1.0), n_iter=int(niter), output="probs",
+                             keep_residuals=False)
+        return self._transposed(q)
 
     def startInference(self):  # noqa: N802
         """``(Q, tmp1, tmp2)``: ``Q = softmax(-U)`` ``(nlabels, nvar)`` float32 and two scratch arrays of its shape
         for :meth:`stepInference`."""
-        logits = np.ascontiguousarray(-self._energy().T)
+        logits = self._transposed(self._energy(), -1.0)
         q = np.empty_like(logits)
-        from .. import _meanfield_kernels as MK
-
         _parallel.run(MK.softmax_rows, logits, q, tiny(q.dtype))
-        return np.ascontiguousarray(q.T), np.zeros_like(q.T), np.zeros_like(q.T)
+        q = self._transposed(q)
+        return q, np.zeros_like(q), np.zeros_like(q)
 
     def _check_q(self, q, name="Q"):
         if not isinstance(q, np.ndarray) or q.shape != (self._nlabel, self._nvar):
@@ -309,15 +315,18 @@ class DenseCRF2D(DenseCRF):
         super().__init__(int(w) * int(h), nlabels)
         self._w, self._h = int(w), int(h)
 
-    def _positions(self, sxy):
-        """``(x / sx, y / sy)`` per pixel, divided in float32 as densecrf does."""
+    def _features(self, sxy, extra=0):
+        """An ``(N, 2 + extra)`` float64 array whose first columns are ``(x / sx, y / sy)`` per pixel, divided in
+        float32 as densecrf does (row-major pixels, x first)."""
         sx, sy = _pair(sxy, "sxy")
-        ys, xs = np.mgrid[0:self._h, 0:self._w].astype(np.float32)
-        return np.stack([xs.ravel() / np.float32(sx), ys.ravel() / np.float32(sy)], 1)
+        out = np.empty((self._h, self._w, 2 + extra))
+        out[..., 0] = (np.arange(self._w, dtype=np.float32) / np.float32(sx))[None, :]
+        out[..., 1] = (np.arange(self._h, dtype=np.float32) / np.float32(sy))[:, None]
+        return out.reshape(-1, 2 + extra)
 
     def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):  # noqa
         """The smoothness term: a Gaussian of the pixel positions with widths ``sxy`` (a number or ``(sx, sy)``)."""
-        self._add(self._positions(sxy).astype(np.float64), compat, kernel, normalization)
+        self._add(self._features(sxy), compat, kernel, normalization)
 
     def addPairwiseBilateral(self, sxy, srgb, rgbim, compat, kernel=DIAG_KERNEL,  # noqa: N802
                              normalization=NORMALIZE_SYMMETRIC):
@@ -337,9 +346,9 @@ class DenseCRF2D(DenseCRF):
         widths = (srgb,) * 3 if isinstance(srgb, numbers.Number) else tuple(srgb)
         if len(widths) != 3:
             raise ValueError(f"`srgb` must be a number or three numbers, got {srgb!r}")
-        widths = [_positive(s, "srgb") for s in widths]
-        colours = im.reshape(-1, 3).astype(np.float32) / np.asarray(widths, dtype=np.float32)
-        feats = np.concatenate([self._positions(sxy), colours], 1).astype(np.float64)
+        widths = np.asarray([_positive(s, "srgb") for s in widths], dtype=np.float32)
+        feats = self._features(sxy, extra=3)
+        feats[:, 2:] = im.reshape(-1, 3) / widths  # uint8 / float32: divided in float32
         self._add(feats, compat, kernel, normalization)
 
 

@@ -99,6 +99,31 @@ def timed(fn, repeats):
     return statistics.median(times), min(times), max(times)
 
 
+def timed_interleaved(fns, repeats):
+    """:func:`timed` for several functions called in turn (a, b, c, a, b, c, ...), each warmed up first: on a
+    shared machine whose speed drifts, every peer then sees the same drift and their ratio stays fair."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [(statistics.median(t), min(t), max(t)) for t in times]
+
+
+def _with_threads(n, fn):
+    def run():
+        before = numba.get_num_threads()
+        numba.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            numba.set_num_threads(before)
+    return run
+
+
 def densecrf(logits, image, n_iter):
     """pydensecrf2's mean field with crfcore's default kernels (the same model, see the README's table)."""
     h, w, n_lab = logits.shape
@@ -178,18 +203,20 @@ def bench_row(size, n_lab, n_iter, repeats, threads):
     numba.set_num_threads(threads)
     q_all = ours(logits, image, n_iter)
     row["crfcore_peak_mib"] = isolated_peak_memory("crfcore", size, n_lab, n_iter, threads)
-    med, lo, hi = timed(lambda: ours(logits, image, n_iter), repeats)
+    fns = [_with_threads(threads, lambda: ours(logits, image, n_iter)),
+           _with_threads(1, lambda: ours(logits, image, n_iter))]
+    if dcrf is not None:
+        fns.append(lambda: densecrf(logits, image, n_iter))
+    timings = timed_interleaved(fns, repeats)
+    (med, lo, hi), (med1, lo1, hi1) = timings[:2]
     row.update(crfcore_ms=1e3 * med, crfcore_min_ms=1e3 * lo, crfcore_max_ms=1e3 * hi)
-    numba.set_num_threads(1)
-    med1, lo1, hi1 = timed(lambda: ours(logits, image, n_iter), repeats)
     row.update(crfcore_1t_ms=1e3 * med1, crfcore_1t_min_ms=1e3 * lo1, crfcore_1t_max_ms=1e3 * hi1)
-    numba.set_num_threads(threads)
     row["crfcore_ms_per_mpix_iter"] = row["crfcore_ms"] / (size * size / 1e6) / n_iter
     row["phases"] = phases(logits, image, max(1, repeats // 2))
     if dcrf is not None:
         q_ref = densecrf(logits, image, n_iter)
         row["densecrf_peak_mib"] = isolated_peak_memory("densecrf", size, n_lab, n_iter, 1)
-        med, lo, hi = timed(lambda: densecrf(logits, image, n_iter), repeats)
+        med, lo, hi = timings[2]
         row.update(densecrf_ms=1e3 * med, densecrf_min_ms=1e3 * lo, densecrf_max_ms=1e3 * hi)
         row["speedup"] = row["densecrf_ms"] / row["crfcore_ms"]
         row["speedup_1t"] = row["densecrf_ms"] / row["crfcore_1t_ms"]

@@ -11,8 +11,9 @@ threads spin on the cores the other process needs), and a process forked after c
 Numba's default search order already puts TBB first; it only fails to find it because the pip wheel puts
 ``libtbb`` in the environment's ``lib/``, outside the loader's search path ("No threading layer could be loaded"
 after ``pip install tbb``). So crfcore loads that library by its path (``tbb`` is a dependency on x86-64) and
-leaves the choice to Numba, which takes TBB when it is compatible and falls back as before when not. Nothing is
-done when ``NUMBA_THREADING_LAYER`` is set or Numba's threads already run in this process.
+leaves the choice to Numba, which takes TBB when it is compatible and falls back as before when not; a
+``NUMBA_THREADING_LAYER`` set by the user still decides (and ``tbb`` then loads). Nothing is done once Numba's
+threads run in this process.
 """
 
 import ctypes
@@ -62,8 +63,8 @@ def configure():
     if _configured:
         return _layer
     _configured = True
-    if os.environ.get("NUMBA_THREADING_LAYER") or numba.config.THREADING_LAYER != "default" or _started():
-        return None  # the user's (or an earlier import's) choice stands
+    if _started():
+        return None  # the layer is chosen and running
     path = _tbb_library()
     if path is None:
         return None

@@ -83,21 +83,25 @@ def _jax(logits, images, n_iter):
 FRAMEWORKS = {"keras": _keras, "torch": _torch, "jax": _jax}
 
 
-def run(configs=((224, 2, 5), (512, 21, 10)), repeats=3, progress=print):
-    from .cli import timed
+def run(configs=((224, 2, 5, 9), (512, 21, 10, 3)), progress=print):
+    """Median ms of each (``configs``: size, labels, iterations, repeats), the peers timed in turn."""
+    from .cli import timed_interleaved
 
     rows = []
-    for size, n_lab, n_iter in configs:
+    for size, n_lab, n_iter, repeats in configs:
         logits, images = _inputs(size, n_lab)
         progress(f"  adapters {size}x{size} L={n_lab} {n_iter} it, batch {BATCH}...")
         row = {"size": size, "labels": n_lab, "iterations": n_iter, "batch": BATCH}
-        row["core_ms"] = 1e3 * timed(_core(logits, images, n_iter), repeats)[0]
+        names, fns = ["core"], [_core(logits, images, n_iter)]
         for name, make in FRAMEWORKS.items():
             try:
-                fn = make(logits, images, n_iter)
+                fns.append(make(logits, images, n_iter))
             except ImportError:
                 continue
-            row[f"{name}_ms"] = 1e3 * timed(fn, repeats)[0]
+            names.append(name)
+        for name, (med, _, _) in zip(names, timed_interleaved(fns, repeats)):
+            row[f"{name}_ms"] = 1e3 * med
+        for name in names[1:]:
             row[f"{name}_overhead"] = row[f"{name}_ms"] / row["core_ms"] - 1.0
         rows.append(row)
     return rows

@@ -1,6 +1,7 @@
 """adapters.torch: crf_refine as a torch custom op with the core's exact backward, and CrfRnn (crfasrnn_pytorch's
 module, any batch size)."""
 
+import gc
 import os
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_crfrnn_training_moves_only_the_crf(rng):
     crf = CrfRnn(2, num_iterations=3, theta_alpha=6.0, theta_beta=60.0, theta_gamma=2.0, trainable_widths=True)
     frozen = [p.clone() for p in features.parameters()]
     before = {k: v.detach().clone() for k, v in crf.named_parameters()}
+    gc.collect()  # earlier tests' graphs (gradcheck's probes) release their residuals when collected
+    stored = len(adapter._STORE)
     opt = torch.optim.Adam(crf.parameters(), lr=0.05)
     losses = []
     for _ in range(8):
@@ -90,10 +93,10 @@ def test_crfrnn_training_moves_only_the_crf(rng):
         assert (value - before[name]).abs().max() > 1e-3, name
     for a, b in zip(frozen, features.parameters()):
         assert torch.equal(a, b)
-    assert len(adapter._STORE) == 0  # every forward's residuals were taken by its backward
+    assert len(adapter._STORE) == stored  # every forward's residuals were taken by its backward
     with torch.no_grad():
         crf(image, features(image))
-    assert len(adapter._STORE) == 0  # inference keeps nothing
+    assert len(adapter._STORE) == stored  # inference keeps nothing
 
 
 def test_crfrnn_drop_in_and_state_dict(rng):
@@ -171,6 +174,7 @@ def test_ddp_two_processes_equal_one_process():
             g = grads(model, logits[part], image[part], truth[part])
             if rank == 0:
                 torch.save(g, path)
+            dist.barrier()  # neither rank closes its connections while the other still uses them
             dist.destroy_process_group()
 
         if __name__ == "__main__":
@@ -193,7 +197,8 @@ def test_ddp_two_processes_equal_one_process():
         with open(script_path, "w") as f:
             f.write(script)
         proc = subprocess.run([sys.executable, script_path, port, path], capture_output=True, text=True, cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                              env=dict(os.environ, PYTHONPATH=ROOT, PYTHONFAULTHANDLER="1"), timeout=300)
+    fatal = proc.stderr.find("Fatal Python error")  # faulthandler's report names the threads and where they were
+    assert proc.returncode == 0, proc.stderr[fatal:fatal + 4000] if fatal >= 0 else proc.stderr[-3000:]
     diff = float(proc.stdout.split("max diff")[-1])
     assert diff < 1e-5  # DDP averages the two halves' gradients: the mean loss over the whole batch

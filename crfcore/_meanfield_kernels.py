@@ -327,14 +327,15 @@ def message_bwd(dz, s, a, potts, c, ds, partial):
 
 @njit(**PJIT)
 def transpose_scaled(src, scale, out):
-    """``out = scale * src.T`` in 64 x 64 blocks (in parallel over row blocks): a strided NumPy copy of a
-    ``(L, N)`` array misses the cache on every element."""
+    """``out = scale * src.T`` in 64 x 64 blocks, in parallel over all blocks (an ``(L, N)`` array with small
+    ``L`` has a single row of blocks): a strided NumPy copy of such an array misses the cache on every element."""
     rows, cols = src.shape
-    for b0 in prange((rows + 63) // 64):
-        r0 = b0 * 64
+    col_blocks = (cols + 63) // 64
+    for b in prange(((rows + 63) // 64) * col_blocks):
+        r0 = (b // col_blocks) * 64
+        c0 = (b % col_blocks) * 64
         r1 = min(rows, r0 + 64)
-        for c0 in range(0, cols, 64):
-            c1 = min(cols, c0 + 64)
-            for c in range(c0, c1):
-                for r in range(r0, r1):
-                    out[c, r] = scale * src[r, c]
+        c1 = min(cols, c0 + 64)
+        for c in range(c0, c1):
+            for r in range(r0, r1):
+                out[c, r] = scale * src[r, c]

@@ -34,7 +34,7 @@ def _host_forward(static, keep, logits, image, ws, wb, mu, ta, tb, tg):
     out, res = meanfield_fwd(np.asarray(logits), np.asarray(image), keep_residuals=keep,
                              **_kwargs(ws, wb, mu, ta, tb, tg, *static))
     handle = _STORE.put(res) if keep else 0
-    return out.astype(np.asarray(logits).dtype), np.int32(handle)
+    return out.astype(np.asarray(logits).dtype, copy=False), np.int32(handle)
 
 
 def _host_backward(static, features, handle, g, logits, image, ws, wb, mu, ta, tb, tg):
@@ -44,9 +44,9 @@ def _host_backward(static, features, handle, g, logits, image, ws, wb, mu, ta, t
     grads = meanfield_bwd(res, np.asarray(g), features=features)
     dt = np.asarray(logits).dtype
     if not features:  # neither the image nor a width is differentiated: their cotangents are symbolic zeros
-        grads = grads._replace(image=np.zeros(np.shape(image)), theta_alpha=0.0, theta_beta=0.0, theta_gamma=0.0)
-    return (grads.logits.astype(dt), np.asarray(grads.image, dt).reshape(np.shape(image)),
-            np.asarray(grads.w_spatial, dt), np.asarray(grads.w_bilateral, dt), grads.compat.astype(dt),
+        grads = grads._replace(image=np.zeros(np.shape(image), dt), theta_alpha=0.0, theta_beta=0.0, theta_gamma=0.0)
+    return (grads.logits.astype(dt, copy=False), np.asarray(grads.image, dt).reshape(np.shape(image)),
+            np.asarray(grads.w_spatial, dt), np.asarray(grads.w_bilateral, dt), grads.compat.astype(dt, copy=False),
             np.asarray(grads.theta_alpha, dt), np.asarray(grads.theta_beta, dt), np.asarray(grads.theta_gamma, dt))
 
 

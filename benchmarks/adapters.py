@@ -71,11 +71,12 @@ def _jax(logits, images, n_iter):
 
     from adapters.jax import crf_refine
 
-    grad = jax.jit(jax.grad(lambda x: jnp.sum(crf_refine(x, images, n_iter=n_iter, normalization="after",
-                                                         **WIDTHS))))
+    x, img = jnp.asarray(logits), jnp.asarray(images)  # on the device once, as the other frameworks' tensors
+    grad = jax.jit(jax.grad(lambda x, img: jnp.sum(crf_refine(x, img, n_iter=n_iter, normalization="after",
+                                                              **WIDTHS))))
 
     def run():
-        jax.block_until_ready(grad(logits))
+        jax.block_until_ready(grad(x, img))
 
     return run
 
@@ -83,8 +84,10 @@ def _jax(logits, images, n_iter):
 FRAMEWORKS = {"keras": _keras, "torch": _torch, "jax": _jax}
 
 
-def run(configs=((224, 2, 5, 9), (512, 21, 10, 3)), progress=print):
-    """Median ms of each (``configs``: size, labels, iterations, repeats), the peers timed in turn."""
+def run(configs=((224, 2, 5, 15), (512, 21, 10, 5)), progress=print):
+    """Median ms of each (``configs``: size, labels, iterations, repeats), the peers timed in turn (shuffled
+    within each round); an adapter's overhead is the median over rounds of its time / the core's in that round
+    (pairs measured seconds apart, so the machine's drift cancels)."""
     from .cli import timed_interleaved
 
     rows = []
@@ -99,19 +102,52 @@ def run(configs=((224, 2, 5, 9), (512, 21, 10, 3)), progress=print):
             except ImportError:
                 continue
             names.append(name)
-        for name, (med, _, _) in zip(names, timed_interleaved(fns, repeats)):
+        rounds = []
+        for name, (med, _, _) in zip(names, timed_interleaved(fns, repeats, rounds)):
             row[f"{name}_ms"] = 1e3 * med
-        for name in names[1:]:
-            row[f"{name}_overhead"] = row[f"{name}_ms"] / row["core_ms"] - 1.0
+        for i, name in enumerate(names[1:], 1):
+            row[f"{name}_overhead"] = float(np.median([r[i] / r[0] for r in rounds])) - 1.0
         rows.append(row)
     return rows
 
 
-def report(rows):
+#: Environment that makes the frameworks' own thread pools sleep instead of spinning while crfcore computes:
+#: PyTorch's OpenMP threads wait passively, XLA's CPU client runs its (here trivial) ops on one thread.
+QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE",
+               "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def run_quiet_pools(progress=print):
+    """:func:`run` in a fresh process with :data:`QUIET_POOLS` set (they are read when the frameworks load)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    progress("  adapters again, in a process whose framework thread pools sleep (" +
+             " ".join(f"{k}={v!r}" for k, v in QUIET_POOLS.items()) + ")...")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **QUIET_POOLS)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.adapters"], capture_output=True, text=True, env=env,
+                          cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmarks.adapters failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(rows, label=""):
     lines = []
     for r in rows:
         parts = [f"{name} {r[f'{name}_ms']:.0f} ms ({100 * r[f'{name}_overhead']:+.1f} %)" for name in FRAMEWORKS
                  if f"{name}_ms" in r]
-        lines.append(f"adapters {r['size']}x{r['size']} L={r['labels']} {r['iterations']} it, batch {r['batch']}, "
+        lines.append(f"adapters{label} {r['size']}x{r['size']} L={r['labels']} {r['iterations']} it, batch {r['batch']}, "
                      f"forward + backward: core {r['core_ms']:.0f} ms; " + ", ".join(parts))
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run(progress=lambda msg: print(msg, file=sys.stderr))))

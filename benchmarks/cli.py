@@ -99,17 +99,27 @@ def timed(fn, repeats):
     return statistics.median(times), min(times), max(times)
 
 
-def timed_interleaved(fns, repeats):
+def timed_interleaved(fns, repeats, rounds=None):
     """:func:`timed` for several functions called in turn (a, b, c, a, b, c, ...), each warmed up first: on a
-    shared machine whose speed drifts, every peer then sees the same drift and their ratio stays fair."""
+    shared machine whose speed drifts, every peer then sees the same drift and their ratio stays fair. With a
+    list ``rounds``, each round's seconds (one per function) are appended to it; the order within a round is
+    shuffled (seeded) so that no function always follows the same one."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = np.random.default_rng(0)
     for _ in range(repeats):
-        for fn, out in zip(fns, times):
+        if rounds is not None:
+            rng.shuffle(order)
+        this = [0.0] * len(fns)
+        for i in order:
             t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
+            fns[i]()
+            this[i] = time.perf_counter() - t0
+            times[i].append(this[i])
+        if rounds is not None:
+            rounds.append(this)
     return [(statistics.median(t), min(t), max(t)) for t in times]
 
 
@@ -362,6 +372,7 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
                                             progress=progress)
         progress("  framework adapters...")
         result["adapters"] = adapters.run(progress=progress)
+        result["adapters_quiet_pools"] = adapters.run_quiet_pools(progress=progress)
     return result
 
 
@@ -398,6 +409,8 @@ def report(result):
 
         lines.append(processes.report(result["processes"]))
         lines.append(adapters.report(result["adapters"]))
+        if "adapters_quiet_pools" in result:
+            lines.append(adapters.report(result["adapters_quiet_pools"], label=" (framework pools sleep)"))
     m = result["machine"]
     lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads ({_threads.layer()} layer), numba "
                  f"{m['numba']}, numpy {m['numpy']}, Python {m['python']}")

@@ -35,6 +35,18 @@ def scene(rng, h=48, w=64, n_lab=3):
     return image, probs.astype(np.float32), labels
 
 
+def scene_folders(rng, tmp_path, names, **scene_kw):
+    """``tmp_path/i`` with a PNG scene and ``tmp_path/s`` with its probabilities (``.npy``) for each name."""
+    imgs, scs = tmp_path / "i", tmp_path / "s"
+    imgs.mkdir()
+    scs.mkdir()
+    for name in names:
+        image, probs, _ = scene(rng, **scene_kw)
+        Image.fromarray(image).save(imgs / f"{name}.png")
+        np.save(scs / f"{name}.npy", probs)
+    return imgs, scs
+
+
 def expected(image, probs, **kw):
     return crfcore.meanfield(np.log(np.maximum(probs, 1e-8)).astype(np.float32), image, **dict(KW, **kw)).argmax(-1)
 
@@ -115,13 +127,8 @@ def test_label_maps_and_logits(rng, tmp_path):
 
 
 def test_bad_files_reported_and_skipped(rng, tmp_path, capsys):
-    imgs, scs, out = tmp_path / "i", tmp_path / "s", tmp_path / "o"
-    imgs.mkdir()
-    scs.mkdir()
-    for i in range(3):
-        image, probs, _ = scene(rng)
-        Image.fromarray(image).save(imgs / f"ok{i}.png")
-        np.save(scs / f"ok{i}.npy", probs)
+    imgs, scs = scene_folders(rng, tmp_path, [f"ok{i}" for i in range(3)])
+    out = tmp_path / "o"
     image, probs, _ = scene(rng)
     Image.fromarray(image).save(imgs / "size.png")
     np.save(scs / "size.npy", probs[:40])
@@ -150,13 +157,8 @@ def test_bad_files_reported_and_skipped(rng, tmp_path, capsys):
 
 
 def test_resumable_after_a_kill(rng, tmp_path):
-    imgs, scs, out = tmp_path / "i", tmp_path / "s", tmp_path / "o"
-    imgs.mkdir()
-    scs.mkdir()
-    for i in range(30):
-        image, probs, _ = scene(rng, 160, 200, 2)
-        Image.fromarray(image).save(imgs / f"{i:02d}.png")
-        np.save(scs / f"{i:02d}.npy", probs)
+    imgs, scs = scene_folders(rng, tmp_path, [f"{i:02d}" for i in range(30)], h=160, w=200, n_lab=2)
+    out = tmp_path / "o"
     argv = [sys.executable, "-m", "crfcore", "refine", str(imgs), "--scores", str(scs), "--out", str(out),
             "--save-probs", "--no-progress", "--n-iter", "10"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
@@ -200,15 +202,9 @@ def test_tiling(rng):
 
 def test_dask_local_cluster_writes_the_same_files(rng, tmp_path):
     pytest.importorskip("distributed")
-    imgs, scs = tmp_path / "i", tmp_path / "s"
-    imgs.mkdir()
-    scs.mkdir()
-    for i in range(6):
-        image, probs, _ = scene(rng)
-        Image.fromarray(image).save(imgs / f"{i}.png")
-        np.save(scs / f"{i}.npy", probs)
+    imgs, scs = scene_folders(rng, tmp_path, [str(i) for i in range(6)])
     (imgs / "bad.png").write_bytes(b"nope")
-    np.save(scs / "bad.npy", probs)
+    np.save(scs / "bad.npy", scene(rng)[1])
     single = crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "one"), save_probs=True, progress=False, **KW)
     spread = crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "two"), save_probs=True, progress=False,
                                   dask="local:2", **KW)

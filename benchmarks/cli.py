@@ -373,6 +373,12 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
         progress("  framework adapters...")
         result["adapters"] = adapters.run(progress=progress)
         result["adapters_quiet_pools"] = adapters.run_quiet_pools(progress=progress)
+        try:
+            from . import deploy
+
+            result["deploy"] = deploy.run(progress=progress)
+        except ImportError as e:  # no TensorFlow / Keras in this environment
+            progress(f"  deployment latency skipped: {e}")
     return result
 
 
@@ -411,6 +417,10 @@ def report(result):
         lines.append(adapters.report(result["adapters"]))
         if "adapters_quiet_pools" in result:
             lines.append(adapters.report(result["adapters_quiet_pools"], label=" (framework pools sleep)"))
+    if "deploy" in result:
+        from . import deploy
+
+        lines.append(deploy.report(result["deploy"]))
     m = result["machine"]
     lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads ({_threads.layer()} layer), numba "
                  f"{m['numba']}, numpy {m['numpy']}, Python {m['python']}")

@@ -138,6 +138,11 @@ def test_tflite_round_trip_builtin_ops_only(rng):
     lite_keras = _fixed_batch(with_backend(model, "tf-lite"))
     content = tflite_bytes(lite_keras)  # TFLITE_BUILTINS only: raises if any op needed SELECT_TF_OPS
     run = TfliteRunner(content)
+    try:
+        import ai_edge_litert  # noqa: F401
+        assert run.backend == "ai_edge_litert"  # LiteRT's interpreter where it is installed
+    except ImportError:
+        assert run.backend == "tf.lite"
     got = np.stack([run(im) for im in x])
     same_function = np.concatenate([lite_keras.predict(x[i:i + 1], verbose=0) for i in range(3)])
     np.testing.assert_allclose(got, same_function, atol=1e-4)  # the interpreter computes what Keras computes

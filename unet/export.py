@@ -36,15 +36,27 @@ def tflite_bytes(model):
     return converter.convert()
 
 
+def interpreter_class():
+    """``(class, name)``: LiteRT's interpreter (``ai-edge-litert``, the successor of the deprecated
+    ``tf.lite.Interpreter``) where it is installed, else TensorFlow's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return tf.lite.Interpreter, "tf.lite"
+    return Interpreter, "ai_edge_litert"
+
+
 class TfliteRunner:
-    """Runs a TensorFlow Lite model one image at a time.
+    """Runs a TensorFlow Lite model one image at a time, in LiteRT's interpreter where installed.
 
     ``input_names`` orders the interpreter's inputs (whose own order is not the Keras model's) by matching each
-    name against the interpreter's input names; with one input it is not needed.
+    name against the interpreter's input names; with one input it is not needed. ``num_threads``: the
+    interpreter's threads (default: this machine's cores). ``backend`` says which interpreter runs.
     """
 
-    def __init__(self, content, input_names=None):
-        self.interpreter = tf.lite.Interpreter(model_content=content)
+    def __init__(self, content, input_names=None, num_threads=None):
+        cls, self.backend = interpreter_class()
+        self.interpreter = cls(model_content=content, num_threads=num_threads or os.cpu_count() or 1)
         self.interpreter.allocate_tensors()
         details = self.interpreter.get_input_details()
         if input_names is not None:
@@ -119,6 +131,7 @@ def export(model, out_dir, images, *, progress=print):
     lite = np.stack([run(im) for im in images])
     report["tflite_ms_per_image"] = 1e3 * (time.perf_counter() - t0) / len(images)
     report["tflite_bytes"] = len(content)
+    report["tflite_interpreter"] = run.backend
     same_function = np.concatenate([lite_model.predict(images[i:i + 1], verbose=0) for i in range(len(images))])
     report["tflite_max_abs_dlogits"] = float(np.abs(lite - same_function).max())
     report["tflite_vs_numba_max_abs_dlogits"] = float(np.abs(lite - reference).max())
@@ -136,7 +149,7 @@ def export(model, out_dir, images, *, progress=print):
         crf_run(lg, im)
     report["tflite_crf_ms_per_image"] = 1e3 * (time.perf_counter() - t0) / len(images)
     report["tflite_crf_bytes"] = len(crf_content)
-    progress(f"TFLite: {path} ({len(content) / 1e6:.2f} MB, built-in ops only), max |Δ logits| vs Keras "
+    progress(f"TFLite: {path} ({len(content) / 1e6:.2f} MB, built-in ops only, {run.backend} interpreter), max |Δ logits| vs Keras "
              f"{report['tflite_max_abs_dlogits']:.2e} (vs the numba-backend model "
              f"{report['tflite_vs_numba_max_abs_dlogits']:.2e}), Dice of its masks against Keras's {dice_lite:.5f}, "
              f"{report['tflite_ms_per_image']:.1f} ms/image (CRF part alone {report['tflite_crf_ms_per_image']:.1f}"

@@ -47,3 +47,18 @@ def test_quick_agreement_with_densecrf(quick_result):
         assert row["max_abs_dq"] <= 1e-3, row
         assert row["label_agreement_pct"] >= 99.9, row
         assert row["speedup"] > 0 and row["densecrf_ms"] > 0
+
+
+def test_deployment_rows_run_every_way():
+    """The deployment section (run by the full ``python -m benchmarks``) builds, converts and times every way."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("tensorflow")
+    from benchmarks import deploy
+
+    row = deploy.run(repeats=1, progress=lambda msg: None)
+    for name in ("unet_keras", "unet_crf_keras_numba", "unet_crf_savedmodel_tf", "unet_tflite", "unet_crf_tflite",
+                 "crf_core_numba", "crf_tflite", "crf_tflite_1_iteration"):
+        assert row[f"{name}_ms"] > 0, name
+    assert row["interpreter"] in ("ai_edge_litert", "tf.lite")
+    assert row["crf_tflite_build_ms"] + 5 * row["crf_tflite_per_iteration_ms"] == pytest.approx(row["crf_tflite_ms"])
+    assert "CRF alone: crfcore" in deploy.report(row)

@@ -168,3 +168,4 @@ def test_tiny_end_to_end_cli(tmp_path):
     assert report["tflite_bytes"] == os.path.getsize(os.path.join(exp, "model.tflite"))
     assert report["saved_model_max_abs_dlogits"] <= 1e-3 and report["tflite_max_abs_dlogits"] <= 1e-3
     assert report["tflite_dice_vs_keras"] > 0.999 and report["tflite_crf_ms_per_image"] > 0
+    assert report["tflite_interpreter"] in ("ai_edge_litert", "tf.lite")

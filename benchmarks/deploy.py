@@ -38,28 +38,13 @@ def _keras_call(model, x):
     return lambda: fn(t).numpy()
 
 
-def _crf_only_with(model, n_iter):
-    """The CRF layer alone as a tf-lite backend model with ``n_iter`` iterations, the trained weights kept."""
-    import keras
-
-    from adapters.tf import CrfRnnLayer
-
-    layer = model.get_layer("crfrnn")
-    logits = keras.Input((SIZE, SIZE, N_LAB), batch_size=1, name="crf_logits")
-    image = keras.Input((SIZE, SIZE, 3), batch_size=1, name="crf_image")
-    crf = CrfRnnLayer.from_config(dict(layer.get_config(), backend="tf-lite", num_iterations=n_iter))
-    out = crf([logits, image])
-    crf.set_weights(layer.get_weights())
-    return keras.Model([logits, image], out)
-
-
 def run(repeats=15, progress=print):
     """Median ms per image of each way of running the model (see the module's docstring)."""
     import tensorflow as tf
 
     import crfcore
     from adapters.tf import with_backend
-    from unet.export import TfliteRunner, _fixed_batch, serve, tflite_bytes
+    from unet.export import TfliteRunner, _fixed_batch, crf_only, serve, tflite_bytes
 
     from .cli import timed_interleaved
     from .inputs import photo
@@ -84,7 +69,7 @@ def run(repeats=15, progress=print):
 
     unet_lite = lite(_fixed_batch(unet))
     full_lite = lite(_fixed_batch(with_backend(model, "tf-lite")))
-    crf_lite = {n: lite(_crf_only_with(model, n), input_names=["crf_logits", "crf_image"]) for n in (1, N_ITER)}
+    crf_lite = {n: lite(crf_only(model, "tf-lite", n), input_names=["crf_logits", "crf_image"]) for n in (1, N_ITER)}
     with tempfile.TemporaryDirectory() as tmp:
         tf_model = with_backend(model, "tf")
         tf_model.export(os.path.join(tmp, "sm"), verbose=False)

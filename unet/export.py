@@ -71,14 +71,17 @@ class TfliteRunner:
         return self.interpreter.get_tensor(self.output["index"])[0]
 
 
-def _crf_only(model, backend):
-    """A model of the CRF layer alone (logits and image in), for timing the CRF part."""
+def crf_only(model, backend, n_iter=None):
+    """A model of the CRF layer alone (logits and image in, batch 1), for timing the CRF part; ``n_iter``
+    overrides the layer's number of iterations."""
     layer = model.get_layer("crfrnn")
     h, w = model.inputs[0].shape[1:3]
     n_lab = layer.num_classes
     logits = keras.Input((h, w, n_lab), batch_size=1, name="crf_logits")
     image = keras.Input(model.inputs[0].shape[1:], batch_size=1, name="crf_image")
     config = dict(layer.get_config(), backend=backend)
+    if n_iter is not None:
+        config["num_iterations"] = n_iter
     crf = CrfRnnLayer.from_config(config)
     out = crf([logits, image])
     crf.set_weights(layer.get_weights())
@@ -140,7 +143,7 @@ def export(model, out_dir, images, *, progress=print):
     report["tflite_label_agreement"] = float(np.mean(lite.argmax(-1) == ref_masks))
 
     # the CRF part alone in the interpreter
-    crf_content = tflite_bytes(_crf_only(model, "tf-lite"))
+    crf_content = tflite_bytes(crf_only(model, "tf-lite"))
     crf_run = TfliteRunner(crf_content, input_names=["crf_logits", "crf_image"])
     unet_logits = keras.Model(model.inputs, model.get_layer("crfrnn").input[0]).predict(images, verbose=0)
     crf_run(unet_logits[0], images[0])

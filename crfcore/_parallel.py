@@ -17,6 +17,7 @@ fork-safe too: see :mod:`crfcore._threads`.
 """
 
 import os
+import signal
 import threading
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor
@@ -50,6 +51,38 @@ _lock = threading.Lock()
 _executor = None
 _worker = None  # ident of the compute thread
 _current = None  # the job the compute thread runs
+
+
+#: Signals that the compute thread, and the Numba worker threads it starts (they inherit its mask), never take:
+#: the kernel then delivers a Ctrl-C or a kill to the caller's thread, which waits in an interruptible lock and
+#: cancels the work. Taken by a worker thread instead, the signal left the main thread asleep until the work ended
+#: and was then raised wherever the interpreter next looked, once inside C code that cleared it (seen once: a
+#: 500-iteration call ran to the end after Ctrl-C).
+_CALLER_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+                   if hasattr(signal, name)}
+
+
+def _compute_thread_start():
+    if hasattr(signal, "pthread_sigmask"):  # POSIX; elsewhere signals only ever reach the main thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, _CALLER_SIGNALS)
+
+
+_launched = False
+
+
+def _launch_numba_threads():
+    """Start Numba's threading layer with :data:`_CALLER_SIGNALS` blocked, so that the worker threads it creates
+    (here, in the caller's thread: ``numba.get_num_threads`` starts the layer) inherit the block."""
+    global _launched
+    if _launched:
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _CALLER_SIGNALS)
+        try:
+            numba.get_num_threads()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _launched = True
 
 
 def _before_fork():
@@ -115,9 +148,11 @@ def run(fn, *args, **kwargs):
         checkpoint()
         return fn(*args, **kwargs)
     _threads.configure()
+    _launch_numba_threads()
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crfcore-compute")
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crfcore-compute",
+                                           initializer=_compute_thread_start)
         executor = _executor
     job = _Job()
     future = executor.submit(_call, job, numba.get_num_threads(), fn, args, kwargs)

@@ -107,3 +107,24 @@ def test_ctrl_c_stops_the_work_at_once():
             proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
     assert elapsed < 3.0, elapsed  # the process did not wait for the computation to finish
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc to read each thread's mask")
+def test_crfcore_threads_leave_ctrl_c_to_the_caller():
+    """Every thread crfcore starts (its compute thread, Numba's workers) blocks SIGINT and SIGTERM, so that the
+    kernel always hands them to the caller's thread, which cancels the work."""
+    proc = run_script("""
+        import signal
+        bits = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        main = str(os.getpid())
+        for tid in sorted(os.listdir("/proc/self/task"), key=int):
+            with open(f"/proc/self/task/{tid}/status") as f:
+                blocked = int(next(l for l in f if l.startswith("SigBlk:")).split()[1], 16)
+            print(tid, "main" if tid == main else "other", (blocked & bits) == bits)
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    main = [r for r in rows if r[1] == "main"]
+    assert main and main[0][2] == "False"  # the caller takes Ctrl-C
+    blocked = [r for r in rows if r[1] == "other" and r[2] == "True"]
+    assert len(blocked) >= 2  # the compute thread and at least one Numba worker (2 threads on 2 cores)

@@ -53,11 +53,9 @@ _worker = None  # ident of the compute thread
 _current = None  # the job the compute thread runs
 
 
-#: Signals that the compute thread, and the Numba worker threads it starts (they inherit its mask), never take:
-#: the kernel then delivers a Ctrl-C or a kill to the caller's thread, which waits in an interruptible lock and
-#: cancels the work. Taken by a worker thread instead, the signal left the main thread asleep until the work ended
-#: and was then raised wherever the interpreter next looked, once inside C code that cleared it (seen once: a
-#: 500-iteration call ran to the end after Ctrl-C).
+#: Signals that the compute thread, and the Numba worker threads started with them blocked (they inherit the mask),
+#: never take: the kernel then hands a Ctrl-C or a kill only to a thread that can act on it, the caller's, which
+#: waits in an interruptible lock and cancels the work.
 _CALLER_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
                    if hasattr(signal, name)}
 
@@ -102,11 +100,12 @@ def _before_fork():
 
 
 def _reset_after_fork():
-    global _lock, _executor, _worker, _current
+    global _lock, _executor, _worker, _current, _launched
     _lock = threading.Lock()  # another thread may have held it at the fork
     _executor = None  # the child has no compute thread: make a new one on first use
     _worker = None
     _current = None
+    _launched = False  # the child's threading layer starts anew: start it with the signals blocked again
 
 
 if hasattr(os, "register_at_fork"):

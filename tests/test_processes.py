@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 SETUP = textwrap.dedent("""
-    import os, sys, time, numpy as np, numba, crfcore
+    import os, signal, sys, time, numpy as np, numba, crfcore
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(96, 80, 3)).astype(np.float32)
     image = rng.integers(0, 256, size=(96, 80, 3), dtype=np.uint8)
@@ -74,6 +74,21 @@ def test_fork_pool_after_use():
     assert "same True" in proc.stdout
 
 
+def _signal_masks(pid):
+    """Each thread's name and whether it blocks, ignores or catches SIGINT, read from /proc (Linux)."""
+    bit = 1 << (signal.SIGINT - 1)
+    rows = []
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            flags = "".join(k[3] for k in ("SigBlk", "SigIgn", "SigCgt") if int(fields.get(k, "0"), 16) & bit)
+            rows.append(f"{tid}:{fields.get('Name', '?')}:{flags or '-'}")
+    except OSError as exc:
+        rows.append(f"unreadable ({exc})")
+    return "threads (B blocks, I ignores, C catches SIGINT): " + " ".join(rows)
+
+
 @pytest.mark.xfail(strict=False, reason=(
     "known, unexplained: in a fresh clone's first full `make test` the interrupt was lost (the call ran to its end) "
     "in 3 runs of 3, while it passes alone, in later runs and in every warm `make test`; see the reliability issue's "
@@ -83,7 +98,7 @@ def test_ctrl_c_stops_the_work_at_once():
         big = rng.normal(size=(1024, 1024, 2)).astype(np.float32)
         big_image = rng.integers(0, 256, size=(1024, 1024, 3), dtype=np.uint8)
         crfcore.meanfield(big, big_image, n_iter=1)  # every kernel compiled (or loaded): Ctrl-C lands in computation
-        print("ready", flush=True)
+        print("ready", signal.getsignal(signal.SIGINT), flush=True)
         try:
             crfcore.meanfield(big, big_image, n_iter=500)  # minutes of work
             print("finished?!", flush=True)
@@ -96,11 +111,13 @@ def test_ctrl_c_stops_the_work_at_once():
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, cwd=ROOT)
     try:
-        assert proc.stdout.readline().strip() == "ready"
+        ready = proc.stdout.readline()
+        assert ready.startswith("ready"), ready
         time.sleep(1.0)
+        masks = _signal_masks(proc.pid)  # who could take the interrupt, for the message if it is lost
         proc.send_signal(signal.SIGINT)
         line = proc.stdout.readline()
-        assert line.startswith("next call"), line
+        assert line.startswith("next call"), f"{line!r}; child's SIGINT handler: {ready.split(maxsplit=1)[1:]}; {masks}"
         assert float(line.split()[-1]) < 0.5  # a 96x80 image takes ~10 ms; the abandoned work stopped
         time.sleep(1.0)
         t0 = time.perf_counter()

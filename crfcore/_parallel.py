@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # the builtin TimeoutError from Python 3.11 on
 
 import numba
 import numpy as np
@@ -66,6 +67,12 @@ def _compute_thread_start():
 
 
 _launched = False
+
+#: How often (seconds) a caller waiting for its work wakes up. A signal is handled by whichever thread the kernel
+#: hands it to; only the main thread acts on it (raises ``KeyboardInterrupt``), and only when it runs. A Ctrl-C taken
+#: by another thread that does not block it (one started by another library, say) would otherwise leave the caller
+#: asleep until the work ended; waking up this often bounds the delay to a tenth of a second.
+_POLL_S = 0.1
 
 
 def _launch_numba_threads():
@@ -156,7 +163,12 @@ def run(fn, *args, **kwargs):
     job = _Job()
     future = executor.submit(_call, job, numba.get_num_threads(), fn, args, kwargs)
     try:
-        return future.result()
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except FutureTimeout:  # wake up: a signal another thread took is acted on here (see _POLL_S)
+                if future.done():
+                    return future.result()
     except BaseException:
         # KeyboardInterrupt (or any exception) in the caller, or the work's own error: either way nothing waits
         # for this work any more, so it must not keep the cores
@@ -165,6 +177,6 @@ def run(fn, *args, **kwargs):
         if not future.done():
             try:  # it stops at its next checkpoint (a kernel call away); a second Ctrl-C skips the wait
                 future.exception(timeout=10.0)
-            except (CancelledError, TimeoutError):
+            except (CancelledError, FutureTimeout):
                 pass
         raise

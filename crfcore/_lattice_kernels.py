@@ -121,41 +121,6 @@ def key_fields(d, bits, per_word, n_words):
     return word, shift, ones
 
 
-@njit(**PJIT)
-def feature_range(features):
-    """Per-feature minimum and maximum, and whether every value is finite (one parallel pass).
-
-    Finiteness is read from a sum of ``x * 0``, which is NaN exactly when some ``x`` is NaN or infinite, so
-    the pass has no branches and vectorises.
-    """
-    n, d = features.shape
-    n_blocks = max(1, min(64, n // 4096))
-    lows = np.empty((n_blocks, d))
-    highs = np.empty((n_blocks, d))
-    probe = np.zeros(n_blocks)
-    for blk in prange(n_blocks):
-        p0 = blk * n // n_blocks
-        p1 = (blk + 1) * n // n_blocks
-        for k in range(d):
-            lows[blk, k] = features[p0, k]
-            highs[blk, k] = features[p0, k]
-        acc = 0.0
-        for p in range(p0, p1):
-            for k in range(d):
-                x = features[p, k]
-                lows[blk, k] = min(lows[blk, k], x)
-                highs[blk, k] = max(highs[blk, k], x)
-                acc += x * 0.0
-        probe[blk] = acc
-    fmin = lows[0].copy()
-    fmax = highs[0].copy()
-    for blk in range(1, n_blocks):
-        for k in range(d):
-            fmin[k] = min(fmin[k], lows[blk, k])
-            fmax[k] = max(fmax[k], highs[blk, k])
-    return fmin, fmax, np.isfinite(probe.sum())
-
-
 @njit(inline="always", **JIT_EXACT)
 def _simplex_block(features, scale, b0, nb, el, r0, rank):
     """Elevate points ``b0 .. b0 + nb - 1`` (``el``), round them to their remainder-0 point (``r0``) and rank
@@ -325,21 +290,21 @@ def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, 
     for ci in prange(c1 - c0):
         c = c0 + ci
         store = keys[ci * stride:(ci + 1) * stride]
-        capacity = 8192
-        tkeys, tids, shift = _table(store, 0, capacity)
+        capacity = np.int64(8192)  # np.int64(...): a literal would compile a second specialisation (seconds)
+        tkeys, tids, shift = _table(store, np.int64(0), capacity)
         el = np.empty((d1, _BLOCK))
         r0 = np.empty((d1, _BLOCK), dtype=np.int64)
         rank = np.empty((d1, _BLOCK), dtype=np.int64)
         prev = np.empty((2, d1), dtype=np.int64)
         srt = np.empty((d1, _BLOCK))
         same = np.empty(_BLOCK, dtype=np.bool_)
-        m = 0
+        m = np.int64(0)
         first = c * chunk
         end = min(n, first + chunk)
         for b0 in range(first, end, _BLOCK):
             nb = min(_BLOCK, end - b0)
             _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights)
-            t = 0
+            t = np.int64(0)
             while True:
                 t, m = _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids,
                                        shift)
@@ -406,10 +371,10 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, we
     keys = np.empty((wave * stride, n_words), dtype=np.uint64)
     starts = np.zeros(n_chunks + 1, dtype=np.int64)
     remap = np.empty(max(16, n * d1 // 4), dtype=np.int32)
-    capacity = 1 << 12
+    capacity = np.int64(1 << 12)  # np.int64(...): see embed
     uniq = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
-    tkeys, tids, shift = _table(uniq, 0, capacity)
-    m = 0
+    tkeys, tids, shift = _table(uniq, np.int64(0), capacity)
+    m = np.int64(0)
     for c0 in range(0, n_chunks, wave):
         if stop[0]:  # cancelled (crfcore._parallel.stop_flag): the caller raises, the lattice is discarded
             break
@@ -422,7 +387,7 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, we
                 _copy(grown, remap, starts[c])
                 remap = grown
             chunk_keys = keys[(c - c0) * stride:(c - c0) * stride + counts[c]]
-            e = 0
+            e = np.int64(0)
             while True:
                 e, m = _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, starts[c])
                 if e == chunk_keys.shape[0]:

@@ -105,20 +105,6 @@ def _softmax_block(zt, r0, nr, out, tiny):
 
 
 @njit(**PJIT)
-def softmax_rows(z, out, tiny):
-    """The softmax of every row of ``z`` into ``out`` (which may alias ``z``)."""
-    n, n_lab = z.shape
-    for blk in prange((n + _ROWS - 1) // _ROWS):
-        zt = np.empty((n_lab, _ROWS))
-        r0 = blk * _ROWS
-        nr = min(_ROWS, n - r0)
-        for t in range(nr):
-            for k in range(n_lab):
-                zt[k, t] = z[r0 + t, k]
-        _softmax_block(zt, r0, nr, out, tiny)
-
-
-@njit(**PJIT)
 def softmax_rows_bwd(q, dq, out, tiny):
     """Vector-Jacobian product of the row softmax: ``out[i] = q[i] * (dq[i] - <q[i], dq[i]>)``."""
     n, n_lab = q.shape
@@ -150,32 +136,39 @@ def _softmax_pair(z0, z1, q, i, tiny):
 
 
 @njit(**PJIT)
+def combine_softmax_pair(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
+    """:func:`combine_softmax` for two labels (binary segmentation): scalar code, since loops over a run-time label
+    count cost more than the work. A kernel of its own: a call compiles only the path it takes."""
+    n = u.shape[0]
+    store_z = z.shape[0] > 0
+    has_b = b.shape[0] > 0
+    for i in prange(n):
+        s0, s1 = s[i, 0], s[i, 1]
+        b0, b1 = (b[i, 0], b[i, 1]) if has_b else (s0 - s0, s0 - s0)
+        if potts:
+            z0 = u[i, 0] - c_s * s1 - c_b * b1
+            z1 = u[i, 1] - c_s * s0 - c_b * b0
+        else:
+            z0 = u[i, 0] - (a_s[0, 0] * s0 + a_b[0, 0] * b0) - (a_s[0, 1] * s1 + a_b[0, 1] * b1)
+            z1 = u[i, 1] - (a_s[1, 0] * s0 + a_b[1, 0] * b0) - (a_s[1, 1] * s1 + a_b[1, 1] * b1)
+        if store_z:
+            z[i, 0] = z0
+            z[i, 1] = z1
+        _softmax_pair(z0, z1, q, i, tiny)
+
+
+@njit(**PJIT)
 def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
     """Compatibility transform and softmax, fused: ``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)``.
 
-    With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel. Two labels
-    (binary segmentation) take a scalar path: loops over a run-time label count cost more than the work.
-    An array with no rows stands for an absent one: ``Z`` is stored only where ``z`` has rows (probabilities
-    do not need it), and a ``b`` without rows drops its term (both kernels' messages already added in ``s``).
+    With ``potts`` the matrices are ``c_s (J - I)`` and ``c_b (J - I)`` and cost O(L) per pixel (two labels:
+    :func:`combine_softmax_pair`). An array with no rows stands for an absent one: ``Z`` is stored only where ``z``
+    has rows (probabilities do not need it), and a ``b`` without rows drops its term (both kernels' messages
+    already added in ``s``).
     """
     n, n_lab = u.shape
     store_z = z.shape[0] > 0
     has_b = b.shape[0] > 0
-    if n_lab == 2:
-        for i in prange(n):
-            s0, s1 = s[i, 0], s[i, 1]
-            b0, b1 = (b[i, 0], b[i, 1]) if has_b else (s0 - s0, s0 - s0)
-            if potts:
-                z0 = u[i, 0] - c_s * s1 - c_b * b1
-                z1 = u[i, 1] - c_s * s0 - c_b * b0
-            else:
-                z0 = u[i, 0] - (a_s[0, 0] * s0 + a_b[0, 0] * b0) - (a_s[0, 1] * s1 + a_b[0, 1] * b1)
-                z1 = u[i, 1] - (a_s[1, 0] * s0 + a_b[1, 0] * b0) - (a_s[1, 1] * s1 + a_b[1, 1] * b1)
-            if store_z:
-                z[i, 0] = z0
-                z[i, 1] = z1
-            _softmax_pair(z0, z1, q, i, tiny)
-        return
     for blk in prange((n + _ROWS - 1) // _ROWS):
         zt = np.empty((n_lab, _ROWS))
         r0 = blk * _ROWS

@@ -50,6 +50,22 @@ def tiny(dtype):
     return np.finfo(dtype).tiny  # the smallest normal number: flush subnormals only
 
 
+def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, eps):
+    """``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)`` (see :func:`~crfcore._meanfield_kernels.combine_softmax`),
+    through the two-label kernel where it applies."""
+    kernel = MK.combine_softmax_pair if u.shape[1] == 2 else MK.combine_softmax
+    kernel(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, eps)
+
+
+def softmax(u, q):
+    """``q = softmax(u)`` row by row (``q`` may be ``u``), through the iterations' own kernel with zero messages
+    (the same compiled code as an iteration, and the same arithmetic: no separate softmax kernel to compile)."""
+    zero = np.zeros((u.shape[1], u.shape[1]), u.dtype)
+    absent = np.empty((0, u.shape[1]), u.dtype)
+    c = u.dtype.type(0)
+    combine_softmax(u, u, absent, zero, zero, False, c, c, absent, q, tiny(u.dtype))
+
+
 def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights=None):
     """Mean field on one image: ``u`` ``(N, L)``, ``kernels`` a sequence of :class:`~crfcore.kernel.Kernel`, ``tr``
     a :class:`Transform`; returns ``(Z_T, Q_T)``.
@@ -61,7 +77,7 @@ def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights
     """
     q = np.empty_like(u) if q is None else q
     eps = tiny(u.dtype)
-    MK.softmax_rows(u, q, eps)
+    softmax(u, q)
     if n_iter == 0:
         return (u if want_z else None), q
     share_workspace(kernels, u.shape[1], u.dtype)
@@ -89,7 +105,7 @@ def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights
                 MK.subtract_message(src, msgs[k], tr.mats[k], tr.potts, tr.coefs[k], base)
                 src = base
         second = msgs[1] if len(msgs) > 1 else absent
-        MK.combine_softmax(base, msgs[0], second, a0, a1, tr.potts, c0, c1, z, q, eps)
+        combine_softmax(base, msgs[0], second, a0, a1, tr.potts, c0, c1, z, q, eps)
     return (z if want_z else None), q
 
 

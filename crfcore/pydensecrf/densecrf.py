@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _meanfield_kernels as MK
 from .. import _parallel
-from ..iterations import tiny
+from ..iterations import softmax
 from ..terms import CrfModel, PairwiseTerm
 
 __all__ = ["DenseCRF", "DenseCRF2D", "Unary", "ConstUnary", "LogisticUnary", "KernelType", "NormalizationType",
@@ -252,7 +252,7 @@ class DenseCRF:
         for :meth:`stepInference`."""
         logits = self._transposed(self._energy(), -1.0)
         q = np.empty_like(logits)
-        _parallel.run(MK.softmax_rows, logits, q, tiny(q.dtype))
+        _parallel.run(softmax, logits, q)
         q = self._transposed(q)
         return q, np.zeros_like(q), np.zeros_like(q)
 

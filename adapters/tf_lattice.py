@@ -1,8 +1,8 @@
 """The permutohedral lattice and mean field in TensorFlow ops only (no ``numpy_function``, no custom op).
 
 The same function as crfcore's Numba core (Adams et al. 2010; Krähenbühl's densecrf conventions), written with
-ops that SavedModel, TensorFlow Lite and GPUs handle: a matrix product for the elevation, comparisons for the
-simplex rank, one-hot sums for the barycentric weights, keys packed into int64, ``tf.unique`` for the vertex
+ops that SavedModel, TensorFlow Lite and GPUs handle: column sums for the elevation, ``top_k`` for the simplex
+rank, gathers in rank order for the barycentric weights, keys packed into int64, ``tf.unique`` for the vertex
 dedup *and* for the blur-neighbour lookup (unique over ``[vertices, shifted vertices]`` numbers existing vertices
 first), ``unsorted_segment_sum`` for the splat, gathers for blur and slice. Gradients come from TensorFlow's
 autodiff. ``tf.unique`` has a data-dependent output size: XLA (``jit_compile=True``) compiles it but pads its outputs,
@@ -32,6 +32,86 @@ def check_not_xla():
         )
 
 
+def embed(features, embed_dtype=tf.float64):
+    """Each point's barycentric ``weights`` (N, d + 1) float32 and the packed int64 keys (N, d + 1) of its simplex's
+    vertices, with the radix ``powers`` (d,) of the packing (which leaves room for the blur neighbours).
+
+    The arithmetic of the Numba kernel, in ops that stay on ``(N, d + 1)`` arrays (TensorFlow Lite runs them
+    without broadcasting to ``(N, d + 1, d + 1)``): one ``top_k`` sorts each point's residuals (its order breaks
+    ties by index, the rank's rule), a scatter inverts that order, and the barycentric weights and the vertices'
+    keys come from gathers in rank order and a cumulative sum of the packing's powers.
+    """
+    d = int(features.shape[-1])
+    d1 = d + 1
+    fdt = embed_dtype
+    f = tf.cast(features, fdt)
+    scale = np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
+    sm = tf.zeros_like(f[:, 0])
+    cols = [None] * d1
+    for j in range(d, 0, -1):
+        cf = f[:, j - 1] * tf.constant(scale[j - 1], fdt)
+        cols[j] = sm - tf.constant(float(j), fdt) * cf
+        sm = sm + cf
+    cols[0] = sm
+    elevated = tf.stack(cols, axis=1)  # (N, d1)
+    inv_d1 = tf.constant(1.0 / d1, fdt)
+    v = elevated * inv_d1
+    up = tf.math.ceil(v) * d1
+    down = tf.math.floor(v) * d1
+    rem0 = tf.where(up - elevated < elevated - down, up, down)
+    total = tf.cast(tf.round(tf.reduce_sum(rem0, -1) / d1), tf.int32)
+    di = elevated - rem0
+    # rank: the position in the residuals sorted in decreasing order, ties by index (top_k's order)
+    n = tf.shape(f)[0]
+    rowoff = tf.range(n)[:, None] * d1  # flat index of each row's first coordinate
+    order = tf.math.top_k(di, k=d1, sorted=True).indices  # (N, d1) the coordinate at each position
+    positions = tf.tile(tf.range(d1)[None, :], [n, 1])
+    rank = tf.reshape(tf.scatter_nd(tf.reshape(order + rowoff, [-1, 1]), tf.reshape(positions, [-1]), [n * d1]),
+                      [n, d1]) + total[:, None]
+    neg, over = rank < 0, rank > d
+    rank = tf.where(neg, rank + d1, tf.where(over, rank - d1, rank))
+    rem0 = tf.where(neg, rem0 + d1, tf.where(over, rem0 - d1, rem0))
+    # the coordinate of each final rank k: position (k - total) mod (d + 1) of the sorted order
+    inv = tf.gather(tf.reshape(order, [-1]), tf.math.floormod(positions - total[:, None], d1) + rowoff)
+    srt = tf.gather(tf.reshape((elevated - rem0) * inv_d1, [-1]), inv + rowoff)  # residuals by rank
+    rev = tf.reverse(srt, [1])  # rev[:, k] = srt[:, d - k]
+    w0 = (rev[:, :1] + 1.0) - srt[:, :1]
+    weights = tf.cast(tf.concat([w0, rev[:, 1:] - rev[:, :-1]], axis=1), tf.float32)
+    # keys: vertex r is rem0 + r on every coordinate, -d1 more on the coordinates ranked above d - r
+    r0 = tf.cast(tf.round(rem0[:, :d]), tf.int32)
+    lo = tf.reduce_min(r0) - 2 * d1
+    radix = tf.cast(tf.reduce_max(r0) - lo + 2 * d1 + 1, tf.int64)
+    powers = [tf.ones([], tf.int64)]
+    for _ in range(d - 1):
+        powers.append(powers[-1] * radix)
+    powers = tf.stack(powers)
+    base = tf.reduce_sum(tf.cast(r0 - lo, tf.int64) * powers, -1)  # (N,)
+    p_by_rank = tf.gather(tf.concat([powers, tf.zeros([1], tf.int64)], 0), inv)  # (N, d1), 0 for coordinate d
+    # vertex r subtracts d1 * (sum of the powers of the r highest ranks)
+    top = tf.cumsum(tf.reverse(p_by_rank, [1]), axis=1, exclusive=True)  # (N, d1): r highest ranks' powers
+    r = tf.range(d1, dtype=tf.int64)[None, :]
+    packed = base[:, None] + r * tf.reduce_sum(powers) - d1 * top
+    return weights, packed, powers
+
+
+def blur_neighbours(uniq, powers):
+    """``(d + 1, 2, M)``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along each direction (all ``+-1`` for
+    the last), ``M`` where absent, found by numbering ``[vertices, shifted vertices]`` (existing vertices first)."""
+    d = int(powers.shape[0])
+    d1 = d + 1
+    m = tf.shape(uniq)[0]
+    dirs = np.ones((d1, d), dtype=np.int64)
+    for j in range(d):
+        dirs[j, j] = -d
+    deltas = tf.reduce_sum(tf.constant(dirs) * powers[None, :], -1)  # (d1,)
+    shifted = tf.reshape(uniq[None, None, :] + tf.constant([[-1], [1]], tf.int64)[None] * deltas[:, None, None],
+                         [-1])
+    _, lookup = tf.unique(tf.concat([uniq, shifted], 0), out_idx=tf.int32)
+    found = lookup[m:]
+    found = tf.where(found < m, found, m)  # absent: the all-zero row M
+    return tf.reshape(found, [d1, 2, -1])
+
+
 class TfLattice:
     """A lattice built from ``(N, d)`` features with TensorFlow ops; ``apply`` filters ``(N, C)`` float32.
 
@@ -44,68 +124,13 @@ class TfLattice:
     def __init__(self, features, embed_dtype=tf.float64):
         check_not_xla()
         d = int(features.shape[-1])
-        d1 = d + 1
         self.dim = d
-        fdt = embed_dtype
-        f = tf.cast(features, fdt)
-        # elevation y = E f (p. 5), in the very order of operations of the Numba kernel (see its comment)
-        scale = np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
-        sm = tf.zeros_like(f[:, 0])
-        cols = [None] * d1
-        for j in range(d, 0, -1):
-            cf = f[:, j - 1] * tf.constant(scale[j - 1], fdt)
-            cols[j] = sm - tf.constant(float(j), fdt) * cf
-            sm = sm + cf
-        cols[0] = sm
-        elevated = tf.stack(cols, axis=1)  # (N, d1)
-        inv_d1 = tf.constant(1.0 / d1, fdt)
-        v = elevated * inv_d1
-        up = tf.math.ceil(v) * d1
-        down = tf.math.floor(v) * d1
-        rem0 = tf.where(up - elevated < elevated - down, up, down)
-        total = tf.cast(tf.round(tf.reduce_sum(rem0, -1) / d1), tf.int32)
-        di = elevated - rem0
-        # rank_i = #{j > i: d_i < d_j} + #{j < i: d_j >= d_i}, the loop of densecrf's init, vectorised
-        a, b = di[:, :, None], di[:, None, :]
-        idx = np.arange(d1)
-        upper = tf.constant(idx[None, :] > idx[:, None])
-        lower = tf.constant(idx[None, :] < idx[:, None])
-        rank = tf.reduce_sum(tf.cast((upper & (a < b)) | (lower & (b >= a)), tf.int32), -1) + total[:, None]
-        neg, over = rank < 0, rank > d
-        rank = tf.where(neg, rank + d1, tf.where(over, rank - d1, rank))
-        rem0 = tf.where(neg, rem0 + d1, tf.where(over, rem0 - d1, rem0))
-        # barycentric coordinates (p. 10): bary[d - rank_i] += v_i, bary[d - rank_i + 1] -= v_i
-        vb = (elevated - rem0) * inv_d1
-        hot = tf.one_hot(d - rank, d + 2, dtype=fdt) - tf.one_hot(d - rank + 1, d + 2, dtype=fdt)
-        bary = tf.reduce_sum(vb[:, :, None] * hot, 1)  # (N, d + 2)
-        weights = tf.cast(tf.concat([bary[:, :1] + 1.0 + bary[:, d1:], bary[:, 1:d1]], axis=1), tf.float32)
-        # the d + 1 vertices of each simplex: first d coordinates (the last is implied by sum == 0)
-        r = tf.range(d1)[None, :, None]  # remainder
-        rem0_i = tf.cast(tf.round(rem0[:, :d]), tf.int32)[:, None, :]
-        keys = rem0_i + r - d1 * tf.cast(rank[:, None, :d] > d - r, tf.int32)  # (N, d1, d)
-        # pack into int64 with a radix that leaves room for the blur neighbours (+-1, -+d)
-        lo = tf.reduce_min(keys) - d1
-        radix = tf.cast(tf.reduce_max(keys) - lo + d1 + 1, tf.int64)
-        powers = [tf.ones([], tf.int64)]
-        for _ in range(d - 1):
-            powers.append(powers[-1] * radix)
-        powers = tf.stack(powers)  # radix ** k
-        packed = tf.reduce_sum(tf.cast(keys - lo, tf.int64) * powers, -1)  # (N, d1)
+        weights, packed, powers = embed(features, embed_dtype)
         uniq, offsets = tf.unique(tf.reshape(packed, [-1]), out_idx=tf.int32)
         m = tf.shape(uniq)[0]
-        # blur neighbours: vertex + s * (1, ..., 1, -d, 1, ..., 1) (direction j), all +s for j == d
-        dirs = np.ones((d1, d), dtype=np.int64)
-        for j in range(d):
-            dirs[j, j] = -d
-        deltas = tf.reduce_sum(tf.constant(dirs) * powers[None, :], -1)  # (d1,)
-        shifted = tf.reshape(uniq[None, None, :] + tf.constant([[-1], [1]], tf.int64)[None] * deltas[:, None, None],
-                             [-1])
-        _, lookup = tf.unique(tf.concat([uniq, shifted], 0), out_idx=tf.int32)
-        found = lookup[m:]
-        found = tf.where(found < m, found, m)  # absent: the all-zero row M
-        self.neighbours = tf.reshape(found, [d1, 2, -1])  # (d1, 2, M)
+        self.neighbours = blur_neighbours(uniq, powers)  # (d1, 2, M)
         self.m = m
-        self.offsets = tf.reshape(offsets, [-1, d1])  # (N, d1)
+        self.offsets = tf.reshape(offsets, [-1, d + 1])  # (N, d1)
         self.weights = weights
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self.pad = tf.fill([1], m)

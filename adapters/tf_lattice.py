@@ -68,8 +68,7 @@ def embed(features, embed_dtype=tf.float64):
     positions = tf.tile(tf.range(d1)[None, :], [n, 1])
     rank = tf.reshape(tf.scatter_nd(tf.reshape(order + rowoff, [-1, 1]), tf.reshape(positions, [-1]), [n * d1]),
                       [n, d1]) + total[:, None]
-    neg, over = rank < 0, rank > d
-    rank = tf.where(neg, rank + d1, tf.where(over, rank - d1, rank))
+    neg, over = rank < 0, rank > d  # wrapped around (the final rank is taken modulo d + 1 below)
     rem0 = tf.where(neg, rem0 + d1, tf.where(over, rem0 - d1, rem0))
     # the coordinate of each final rank k: position (k - total) mod (d + 1) of the sorted order
     inv = tf.gather(tf.reshape(order, [-1]), tf.math.floormod(positions - total[:, None], d1) + rowoff)

@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout  # the builtin TimeoutError from Python 3.11 on
 
 import numba
@@ -163,12 +163,9 @@ def run(fn, *args, **kwargs):
     job = _Job()
     future = executor.submit(_call, job, numba.get_num_threads(), fn, args, kwargs)
     try:
-        while True:
-            try:
-                return future.result(timeout=_POLL_S)
-            except FutureTimeout:  # wake up: a signal another thread took is acted on here (see _POLL_S)
-                if future.done():
-                    return future.result()
+        while not future.done():  # wake up now and then: a signal another thread took is acted on here (_POLL_S)
+            wait([future], timeout=_POLL_S)
+        return future.result()
     except BaseException:
         # KeyboardInterrupt (or any exception) in the caller, or the work's own error: either way nothing waits
         # for this work any more, so it must not keep the cores

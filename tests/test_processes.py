@@ -74,6 +74,15 @@ def test_fork_pool_after_use():
     assert "same True" in proc.stdout
 
 
+#: A large call whose 500 iterations take minutes, its kernels compiled (or loaded) first, so that an interrupt
+#: lands in the computation.
+BIG_SETUP = SETUP + textwrap.dedent("""
+    big = rng.normal(size=(1024, 1024, 2)).astype(np.float32)
+    big_image = rng.integers(0, 256, size=(1024, 1024, 3), dtype=np.uint8)
+    crfcore.meanfield(big, big_image, n_iter=1)
+""")
+
+
 def _signal_masks(pid):
     """Each thread's name and whether it blocks, ignores or catches SIGINT, read from /proc (Linux)."""
     bit = 1 << (signal.SIGINT - 1)
@@ -90,10 +99,7 @@ def _signal_masks(pid):
 
 
 def test_ctrl_c_stops_the_work_at_once():
-    script = SETUP + textwrap.dedent("""
-        big = rng.normal(size=(1024, 1024, 2)).astype(np.float32)
-        big_image = rng.integers(0, 256, size=(1024, 1024, 3), dtype=np.uint8)
-        crfcore.meanfield(big, big_image, n_iter=1)  # every kernel compiled (or loaded): Ctrl-C lands in computation
+    script = BIG_SETUP + textwrap.dedent("""
         print("ready", signal.getsignal(signal.SIGINT), flush=True)
         try:
             crfcore.meanfield(big, big_image, n_iter=500)  # minutes of work
@@ -131,11 +137,8 @@ def test_ctrl_c_stops_the_work_at_once():
 def test_ctrl_c_taken_by_another_thread_still_stops_the_work():
     """The kernel may hand a Ctrl-C to any thread that does not block it (threads of other libraries); Python's
     handler then only flags it, and the caller must still wake up and cancel the work."""
-    script = SETUP + textwrap.dedent("""
+    script = BIG_SETUP + textwrap.dedent("""
         import threading
-        big = rng.normal(size=(1024, 1024, 2)).astype(np.float32)
-        big_image = rng.integers(0, 256, size=(1024, 1024, 3), dtype=np.uint8)
-        crfcore.meanfield(big, big_image, n_iter=1)
 
         def other_library_thread():  # SIGINT unblocked, like a thread of another library
             time.sleep(1.0)

@@ -25,6 +25,10 @@ from unet.pipeline import attach_crf  # noqa: E402
     (["evaluate", "--out", "x", "--model", "m.keras", "--n-test", "0"], "--n-test: must be >= 1"),
     (["export", "--out", "x", "--model", "m.keras", "--n-check", "0"], "--n-check: must be >= 1"),
     (["train", "--out", "x", "--lr", "nan"], "--lr: must be a finite number > 0"),
+    (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-boundary-weight", "-1"],
+     "--crf-boundary-weight: must be a finite number >= 0"),
+    (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-boundary-margin", "inf"],
+     "--crf-boundary-margin: must be a finite number >= 0"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, match, capsys, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

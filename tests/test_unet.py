@@ -45,6 +45,24 @@ def test_islands_by_hand():
     assert metrics.islands(diag, np.zeros((5, 5), bool)) == 2
 
 
+def test_boundary_length_and_its_margin_by_hand():
+    tf = pytest.importorskip("tensorflow")
+    from unet.pipeline import boundary_length, far_from_boundary
+
+    truth = np.zeros((1, 12, 12), np.uint8)
+    truth[0, :, 6:] = 1  # one straight edge between columns 5 and 6
+    far = far_from_boundary(truth, 2)
+    # the edge pixels are columns 5 and 6; "more than 2 pixels" from them leaves columns 0-2 and 9-11
+    assert far[0, :, :3].all() and far[0, :, 9:].all() and not far[0, :, 3:9].any()
+    assert far_from_boundary(truth, 0).all() and far_from_boundary(np.zeros((1, 5, 5)), 3).all()
+    pred = truth.copy()
+    pred[0, 3, 1] = 1  # a one-pixel island, far from the edge: 4 unit boundaries
+    logits = tf.constant(np.where(pred[..., None] == np.arange(2), 30.0, 0.0), tf.float32)
+    n = 12 * 12
+    assert float(boundary_length(logits)) == pytest.approx((12 + 4) / n, rel=1e-5)
+    assert float(boundary_length(logits, tf.constant(far))) == pytest.approx(4 / n, rel=1e-5)
+
+
 def test_summarise_means():
     truth = np.zeros((2, 6, 6), bool)
     truth[:, 1:4, 1:4] = True

@@ -10,7 +10,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crfcore._cli import positive_float, positive_int  # noqa: E402
+from crfcore._cli import non_negative_float, positive_float, positive_int  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
@@ -120,7 +120,8 @@ def cmd_add_crf(args, unet=None, parts=None):
     crf_model, history = pipeline.train_crf(crf_model, parts["crf"], parts["dev"], epochs=args.crf_epochs,
                                             batch_size=args.crf_batch_size, learning_rate=args.crf_lr,
                                             widths_learning_rate=args.crf_widths_lr,
-                                            boundary_weight=args.crf_boundary_weight, seed=args.seed,
+                                            boundary_weight=args.crf_boundary_weight,
+                                            boundary_margin=args.crf_boundary_margin, seed=args.seed,
                                             verbose=_keras_verbose())
     os.makedirs(args.out, exist_ok=True)
     path = save_model(crf_model, os.path.join(args.out, "unet_crf.keras"))
@@ -203,8 +204,8 @@ def cmd_demo(args):
         "U-Net": f"{args.epochs} epochs, batch {args.batch_size}, {args.size}x{args.size}",
         "CRF-RNN stage": f"{args.crf_epochs} epoch(s), batch {args.crf_batch_size}, U-Net frozen, start "
                          f"{args.crf_start}, widths {'learned' if args.learn_widths else 'fixed'}, boundary weight "
-                         f"{args.crf_boundary_weight}{', guide' if args.crf_guide else ''}; the hand-tuned "
-                         f"comparison: 2 epochs, widths fixed",
+                         f"{args.crf_boundary_weight} (margin {args.crf_boundary_margin} px)"
+                         f"{', guide' if args.crf_guide else ''}; the hand-tuned comparison: 2 epochs, widths fixed",
         "time": f"data {t_data:.0f} s, U-Net {t_unet:.0f} s, CRF-RNN {t_crf:.0f} s (+ {t_tuned:.0f} s for the "
                 f"hand-tuned comparison)",
     }
@@ -284,9 +285,12 @@ def _crf_opts(p):
                    help="learn the kernel widths theta_alpha, theta_beta, theta_gamma with the matrices (default on)")
     p.add_argument("--crf-widths-lr", type=positive_float, default=0.05,
                    help="learning rate of the log widths (default 0.05)")
-    p.add_argument("--crf-boundary-weight", type=float, default=20.0,
+    p.add_argument("--crf-boundary-weight", type=non_negative_float, default=20.0,
                    help="weight of the boundary-length term added to the cross-entropy (the mean total variation of "
                         "the probabilities): every spurious island adds boundary (default 20; 0: cross-entropy alone)")
+    p.add_argument("--crf-boundary-margin", type=non_negative_float, default=0,
+                   help="count the boundary term only farther than this many pixels from the true boundary, so that "
+                        "it penalises spurious boundaries and not the document's edge (default 0: everywhere)")
     p.add_argument("--crf-guide", action="store_true",
                    help="learn a 1x1 convolution of the image in front of the CRF's bilateral kernel")
     p.add_argument("--crf-start", choices=["densecrf", "tuned"], default="densecrf",

@@ -39,13 +39,15 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _dev_loss(model, dev, batch_size, boundary_weight=0.0):
+def _dev_loss(model, dev, batch_size, boundary_weight=0.0, far=None):
     """Mean cross-entropy of ``model``'s logits on ``dev`` (plus the boundary term), None when ``dev`` is empty."""
     if not len(dev):
         return None
     logits = model.predict(dev.images, batch_size=batch_size, verbose=0)
     loss = float(_loss()(dev.masks, logits))
-    return loss + boundary_weight * float(boundary_length(tf.constant(logits))) if boundary_weight else loss
+    if not boundary_weight:
+        return loss
+    return loss + boundary_weight * float(boundary_length(tf.constant(logits), None if far is None else tf.constant(far)))
 
 
 def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1, augmentation=True,
@@ -135,17 +137,44 @@ def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf", gu
     return keras.Model(unet.inputs, out, name="unet_crf")
 
 
-def boundary_length(logits):
+def boundary_length(logits, far=None):
     """Mean total variation of the softmax probabilities, ``sum_c |grad Q_c| / 2`` per pixel: a differentiable
-    count of label boundaries, which every spurious island or hole adds to."""
+    count of label boundaries, which every spurious island or hole adds to.
+
+    ``far`` (``(n, H, W)`` of 0/1, optional) counts only the differences between two pixels that are both
+    marked: with :func:`far_from_boundary`, the boundaries away from the true one.
+    """
     q = tf.nn.softmax(logits, axis=-1)
-    dy = tf.reduce_sum(tf.abs(q[:, 1:] - q[:, :-1])) / 2
-    dx = tf.reduce_sum(tf.abs(q[:, :, 1:] - q[:, :, :-1])) / 2
-    return (dx + dy) / tf.cast(tf.reduce_prod(tf.shape(q)[:3]), q.dtype)
+    dy = tf.reduce_sum(tf.abs(q[:, 1:] - q[:, :-1]), axis=-1)
+    dx = tf.reduce_sum(tf.abs(q[:, :, 1:] - q[:, :, :-1]), axis=-1)
+    if far is not None:
+        far = tf.cast(far, q.dtype)
+        dy *= far[:, 1:] * far[:, :-1]
+        dx *= far[:, :, 1:] * far[:, :, :-1]
+    total = (tf.reduce_sum(dx) + tf.reduce_sum(dy)) / 2
+    return total / tf.cast(tf.reduce_prod(tf.shape(q)[:3]), q.dtype)
+
+
+def far_from_boundary(masks, margin):
+    """``(n, H, W)`` uint8: 1 where a pixel is more than ``margin`` pixels from every boundary of its true mask."""
+    from scipy import ndimage
+
+    out = np.ones(np.shape(masks), dtype=np.uint8)
+    if margin <= 0:
+        return out
+    for i, m in enumerate(np.asarray(masks)):
+        edge = np.zeros(m.shape, dtype=bool)
+        edge[1:] |= m[1:] != m[:-1]
+        edge[:-1] |= m[1:] != m[:-1]
+        edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+        edge[:, :-1] |= m[:, 1:] != m[:, :-1]
+        if edge.any():
+            out[i] = ndimage.distance_transform_edt(~edge) > margin
+    return out
 
 
 def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
-              boundary_weight=20.0, seed=0, verbose=1, keep_best=True):
+              boundary_weight=20.0, boundary_margin=0, seed=0, verbose=1, keep_best=True):
     """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
 
     The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far
@@ -170,13 +199,16 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     opt_widths = keras.optimizers.Adam(widths_learning_rate)
     loss_fn = _loss()
 
+    far = far_from_boundary(train.masks, boundary_margin)
+    dev_far = far_from_boundary(dev.masks, boundary_margin) if len(dev) else None
+
     @tf.function
-    def step(x, y):
+    def step(x, y, f):
         with tf.GradientTape() as tape:
             z = crf_model(x, training=True)
             loss = loss_fn(y, z)
             if boundary_weight:
-                loss += boundary_weight * boundary_length(z)
+                loss += boundary_weight * boundary_length(z, f)
         grads = tape.gradient(loss, matrices + widths)
         opt.apply_gradients(zip(grads[:len(matrices)], matrices))
         if widths:
@@ -186,7 +218,7 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     rng = np.random.default_rng(seed)
     n = len(train)
     history = {"loss": [], "val_loss": [], "widths": [], "best_epoch": 0}
-    start_loss = _dev_loss(crf_model, dev, batch_size, boundary_weight) if keep_best else None
+    start_loss = _dev_loss(crf_model, dev, batch_size, boundary_weight, dev_far) if keep_best else None
     best = (np.inf if start_loss is None else start_loss, layer.get_weights())
     for epoch in range(epochs):
         order = rng.permutation(n)
@@ -196,11 +228,12 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
             print(f"CRF-RNN epoch {epoch + 1}/{epochs}")
         for k, b0 in enumerate(range(0, n, batch_size)):
             idx = np.sort(order[b0:b0 + batch_size])
-            losses.append(float(step(tf.constant(train.images[idx]), tf.constant(train.masks[idx]))))
+            losses.append(float(step(tf.constant(train.images[idx]), tf.constant(train.masks[idx]),
+                                     tf.constant(far[idx]))))
             bar.update(k + 1, values=[("loss", np.mean(losses))])
         history["loss"].append(float(np.mean(losses)))
         history["widths"].append(layer.current_widths())
-        val = _dev_loss(crf_model, dev, batch_size, boundary_weight)
+        val = _dev_loss(crf_model, dev, batch_size, boundary_weight, dev_far)
         if val is not None:
             history["val_loss"].append(val)
             if verbose:

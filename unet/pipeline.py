@@ -174,7 +174,7 @@ def far_from_boundary(masks, margin):
 
 
 def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
-              boundary_weight=20.0, boundary_margin=0, seed=0, verbose=1, keep_best=True):
+              boundary_weight=40.0, boundary_margin=3.0, seed=0, verbose=1, keep_best=True):
     """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
 
     The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far
@@ -182,7 +182,9 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     the matrices' learning rate would not allow. The loss is the cross-entropy plus ``boundary_weight`` times
     :func:`boundary_length`: cross-entropy alone prefers kernels that sharpen the U-Net's confident output and
     keep its specks (measured on the synthetic dev set: it fell from the start to narrow colour kernels that left
-    2-3x more islands than the U-Net), while every spurious island or hole adds boundary.
+    2-3x more islands than the U-Net), while every spurious island or hole adds boundary. ``boundary_margin``
+    (pixels) counts that boundary only away from the true mask's edge (:func:`far_from_boundary`), so the term
+    does not pull on the document's own outline.
 
     Returns
     -------

@@ -40,14 +40,15 @@ def _loss():
 
 
 def _dev_loss(model, dev, batch_size, boundary_weight=0.0, far=None):
-    """Mean cross-entropy of ``model``'s logits on ``dev`` (plus the boundary term), None when ``dev`` is empty."""
+    """Mean cross-entropy of ``model``'s logits on ``dev`` plus the boundary term (counted where ``far``, see
+    :func:`boundary_length`), None when ``dev`` is empty."""
     if not len(dev):
         return None
     logits = model.predict(dev.images, batch_size=batch_size, verbose=0)
     loss = float(_loss()(dev.masks, logits))
     if not boundary_weight:
         return loss
-    return loss + boundary_weight * float(boundary_length(tf.constant(logits), None if far is None else tf.constant(far)))
+    return loss + boundary_weight * float(boundary_length(tf.constant(logits), far))
 
 
 def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1, augmentation=True,

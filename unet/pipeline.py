@@ -165,10 +165,11 @@ def far_from_boundary(masks, margin):
         return out
     for i, m in enumerate(np.asarray(masks)):
         edge = np.zeros(m.shape, dtype=bool)
-        edge[1:] |= m[1:] != m[:-1]
-        edge[:-1] |= m[1:] != m[:-1]
-        edge[:, 1:] |= m[:, 1:] != m[:, :-1]
-        edge[:, :-1] |= m[:, 1:] != m[:, :-1]
+        dy, dx = m[1:] != m[:-1], m[:, 1:] != m[:, :-1]  # both pixels of each differing pair are on the edge
+        edge[1:] |= dy
+        edge[:-1] |= dy
+        edge[:, 1:] |= dx
+        edge[:, :-1] |= dx
         if edge.any():
             out[i] = ndimage.distance_transform_edt(~edge) > margin
     return out
@@ -202,8 +203,9 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     opt_widths = keras.optimizers.Adam(widths_learning_rate)
     loss_fn = _loss()
 
-    far = far_from_boundary(train.masks, boundary_margin)
-    dev_far = far_from_boundary(dev.masks, boundary_margin) if len(dev) else None
+    margin = boundary_margin if boundary_weight else 0  # no boundary term: no distance transforms
+    far = far_from_boundary(train.masks, margin)
+    dev_far = far_from_boundary(dev.masks, margin) if len(dev) else None
 
     @tf.function
     def step(x, y, f):

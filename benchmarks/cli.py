@@ -186,25 +186,38 @@ def _phases(logits, image, repeats):
 
 
 def compile_time():
-    """Seconds of ``import crfcore`` + the first ``meanfield`` (float32 224x224 RGB, L=2) in a fresh process: cold
-    (empty Numba cache: pure compilation) and warm (the cache it filled); then the cold first backward."""
-    first = ("import time; t = time.perf_counter(); import numpy as np, crfcore; "
+    """Seconds of ``import crfcore`` + the first ``meanfield`` (float32 224x224 RGB, L=2) in a fresh process with an
+    empty Numba cache: served by NumPy while a background process compiles (the default, :mod:`crfcore.warmup`),
+    then until the compiled kernels are ready, and compiling in the process (``CRFCORE_FIRST_CALL=compile``); warm
+    (the filled cache); then the cold first backward."""
+    first = ("import time; t = time.perf_counter(); import numpy as np, crfcore; from crfcore import warmup; "
              "img = np.zeros((224, 224, 3), np.uint8); lg = np.zeros((224, 224, 2), np.float32); "
-             "crfcore.meanfield(lg, img); print(time.perf_counter() - t)")
+             "crfcore.meanfield(lg, img); print(time.perf_counter() - t, warmup.pending()); warmup.wait(); "
+             "print(time.perf_counter() - t)")
     backward = ("import time, numpy as np, crfcore; lg = np.zeros((32, 32, 2), np.float32); "
                 "img = np.zeros((32, 32, 3), np.uint8); crfcore.meanfield(lg, img); t = time.perf_counter(); "
                 "r = crfcore.meanfield_fwd(lg, img)[1]; crfcore.meanfield_bwd(r, lg); print(time.perf_counter() - t)")
 
-    def seconds(code, env):
+    def lines(code, env):
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-        return float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+        return [[float(x) for x in line.split()] for line in proc.stdout.split("\n") if line.strip()] \
+            if proc.returncode == 0 else None
 
+    out = dict.fromkeys(["cold_s", "served_by_numpy", "kernels_ready_s", "cold_compile_s", "warm_s",
+                         "cold_backward_s"])
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        cold = seconds(first, env)
-        warm = seconds(first, env)
-        cold_backward = seconds(backward, env)
-    return {"cold_s": cold, "warm_s": warm, "cold_backward_s": cold_backward}
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, CRFCORE_FIRST_CALL="numpy")
+        cold = lines(first, env)
+        if cold:
+            out.update(cold_s=cold[0][0], served_by_numpy=bool(cold[0][1]), kernels_ready_s=cold[1][0])
+        warm = lines(first, env)
+        out["warm_s"] = warm[0][0] if warm else None
+        backward = lines(backward, env)
+        out["cold_backward_s"] = backward[0][0] if backward else None
+    with tempfile.TemporaryDirectory() as cache:
+        compiled = lines(first, dict(os.environ, NUMBA_CACHE_DIR=cache, CRFCORE_FIRST_CALL="compile"))
+        out["cold_compile_s"] = compiled[0][0] if compiled else None
+    return out
 
 
 def bench_row(size, n_lab, n_iter, repeats, threads):
@@ -389,9 +402,15 @@ def report(result):
     lines = [fmt_table(result["rows"]), ""]
     c = result.get("jit_compile")
     if c and c["cold_s"] is not None:
+        def sec(key, digits=1):
+            return "failed" if c[key] is None else f"{c[key]:.{digits}f} s"
+
+        how = "served by NumPy while a background process compiles" if c["served_by_numpy"] else "compiled"
         lines.append(f"first call (fresh process, import + meanfield float32 224x224 L=2; not in the timings): cold "
-                     f"(empty Numba cache) {c['cold_s']:.1f} s, warm {c['warm_s']:.2f} s; then the first backward, "
-                     f"cold: {c['cold_backward_s']:.1f} s")
+                     f"(empty Numba cache) {sec('cold_s')} ({how}; compiled kernels ready {sec('kernels_ready_s')} "
+                     f"after the start; compiling in the process instead, CRFCORE_FIRST_CALL=compile: "
+                     f"{sec('cold_compile_s')}), warm {sec('warm_s', 2)}; then the first backward, cold: "
+                     f"{sec('cold_backward_s')}")
     for b in result["backward"]:
         lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "
                      f"{b['forward_ms']:.1f} ms (keeping residuals {b['forward_with_residuals_ms']:.1f} ms), "

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _meanfield_kernels as MK
-from . import _parallel
+from . import _parallel, numpy_meanfield, warmup
 from ._validation import as_float_array, check_finite, check_nonempty
 from .features import bilateral_features, spatial_features
 from .iterations import Transform, backward_one, forward_one, tiny
@@ -137,6 +137,14 @@ def _forward_image(img, u, spatial_shape, params, tr, trace, q, want_z, weights)
     return ks, kb, z
 
 
+def _numpy_forward(img3, u3, spatial_shape, params, output, out):
+    a_s, a_b = _combined(params)
+    for i in range(u3.shape[0]):
+        z, q = numpy_meanfield.forward_image(img3[i], u3[i], spatial_shape, params, a_s, a_b)
+        out[i] = q if output == "probs" else z
+    return out
+
+
 def _backward_image(residuals, i, grad, tr, features):
     """Backward of image ``i``: ``(dU, dA_s, dA_b, sums_s, sums_b, df_image)``; with ``features``, the sums over
     pixels of ``df * f`` per feature column of the spatial and the bilateral kernel (float64, for the widths)
@@ -221,6 +229,11 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     if not keep_residuals and np.ndim(params.w_spatial) == 0 and np.ndim(params.w_bilateral) == 0:
         tr = Transform.of((params.compat,), u.dtype)
         weights = (params.w_spatial, params.w_bilateral)
+    if not keep_residuals and warmup.serve_with_numpy(u.dtype, n_lab, spatial_shape, img.shape[-1], n_batch):
+        try:  # the kernels are not compiled yet: NumPy computes this call while they are (crfcore.warmup)
+            return _numpy_forward(img3, u3, spatial_shape, params, output, out).reshape(u.shape), None
+        except OverflowError:  # vertex keys too wide for the NumPy lattice: the compiled one
+            pass
     for i in range(n_batch):
         trace = (q_in[i], s[i], b[i]) if keep_residuals else None
         # one image at a time on crfcore's compute thread, whichever Python thread calls: no oversubscription

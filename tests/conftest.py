@@ -1,5 +1,9 @@
 import os
 
+# Every call from the compiled kernels (and subprocesses inherit it): which one NumPy would serve while a cold
+# cache compiles depends on timing (crfcore.warmup); tests/test_warmup.py tests that tier on its own.
+os.environ["CRFCORE_FIRST_CALL"] = "compile"
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

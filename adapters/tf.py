@@ -165,6 +165,20 @@ class PottsInitializer(keras.initializers.Initializer):
         return {}
 
 
+def _learned_widths(trainable_widths, names):
+    """The widths ``trainable_widths`` (True, False or some of ``names``) makes trainable, in ``names``' order."""
+    if isinstance(trainable_widths, (bool, np.bool_)):
+        return tuple(names) if trainable_widths else ()
+    if isinstance(trainable_widths, str) or not hasattr(trainable_widths, "__iter__"):
+        raise TypeError(f"`trainable_widths` must be True, False or a list of width names from {names}, got "
+                        f"{trainable_widths!r}")
+    given = list(trainable_widths)
+    unknown = [w for w in given if w not in names]
+    if unknown:
+        raise ValueError(f"`trainable_widths` names unknown widths {unknown}; they are {names}")
+    return tuple(w for w in names if w in given)
+
+
 @keras.saving.register_keras_serializable(package="crfcore")
 class CrfRnnLayer(keras.layers.Layer):
     """CRF as RNN (Zheng et al. 2015): mean-field refinement of a segmentation network's logits.
@@ -214,9 +228,10 @@ class CrfRnnLayer(keras.layers.Layer):
         built-in ops. Weights and config are the same: :func:`with_backend` switches a model.
     spatial_weight, bilateral_weight : float
         Initial diagonal of ``spatial_ker_weights`` and ``bilateral_ker_weights``.
-    trainable_widths : bool, default False
+    trainable_widths : bool or sequence of str, default False
         Learn the three widths with the matrices (weights ``log_theta_alpha``, ``log_theta_beta``,
-        ``log_theta_gamma``). The numba backend's backward then also differentiates through the lattice's
+        ``log_theta_gamma``), or only those named (e.g. ``("theta_alpha", "theta_beta")``: the bilateral kernel's,
+        with ``theta_gamma`` held fixed as densecrf does). The numba backend's backward then also differentiates through the lattice's
         features (crfcore's exact features gradient, about as costly again as the rest of the backward); the
         ``"tf"``/``"tf-lite"`` backends use TensorFlow's autodiff, which agrees with it.
     """
@@ -255,9 +270,10 @@ class CrfRnnLayer(keras.layers.Layer):
         self.normalization = normalization
         self.spatial_weight = float(spatial_weight)
         self.bilateral_weight = float(bilateral_weight)
-        if not isinstance(trainable_widths, (bool, np.bool_)):
-            raise TypeError(f"`trainable_widths` must be True or False, got {trainable_widths!r}")
-        self.trainable_widths = bool(trainable_widths)
+        self.learned_widths = _learned_widths(trainable_widths, self.WIDTHS)
+        # True (all three), False (none) or the list of those learned: what get_config reports
+        self.trainable_widths = (len(self.learned_widths) == len(self.WIDTHS) if len(self.learned_widths) in (0, 3)
+                                 else list(self.learned_widths))
         self.supports_jit = False  # numpy_function (numba) and tf.unique (tf) cannot be compiled by XLA
 
     def _split_shapes(self, input_shape):
@@ -297,24 +313,22 @@ class CrfRnnLayer(keras.layers.Layer):
             initializer=keras.initializers.Identity(gain=self.bilateral_weight))
         self.compatibility_matrix = self.add_weight(
             name="compatibility_matrix", shape=(n_lab, n_lab), initializer=PottsInitializer())
-        if self.trainable_widths:
-            for name in self.WIDTHS:
-                setattr(self, f"log_{name}", self.add_weight(
-                    name=f"log_{name}", shape=(), initializer=keras.initializers.Constant(np.log(getattr(self, name)))))
+        for name in self.learned_widths:
+            setattr(self, f"log_{name}", self.add_weight(
+                name=f"log_{name}", shape=(), initializer=keras.initializers.Constant(np.log(getattr(self, name)))))
 
     def _widths(self):
-        """The widths the call uses: the constructor's floats, or ``exp`` of the trainable logs (in the variables'
-        dtype: float64 under a float64 policy, so that finite differences see the perturbation)."""
-        if not self.trainable_widths:
-            return tuple(getattr(self, name) for name in self.WIDTHS)
-        return tuple(tf.exp(getattr(self, f"log_{name}").value) for name in self.WIDTHS)
+        """The widths the call uses: the constructor's floats, and ``exp`` of the trainable logs for those learned
+        (in the variables' dtype: float64 under a float64 policy, so that finite differences see the
+        perturbation)."""
+        return tuple(tf.exp(getattr(self, f"log_{name}").value) if name in self.learned_widths else
+                     getattr(self, name) for name in self.WIDTHS)
 
     def current_widths(self):
-        """``{"theta_alpha": ..., "theta_beta": ..., "theta_gamma": ...}`` as floats: the learned values when the
-        widths are trainable (and the layer built), the constructor's otherwise."""
-        if not self.trainable_widths or not self.built:
-            return {name: getattr(self, name) for name in self.WIDTHS}
-        return {name: float(np.exp(getattr(self, f"log_{name}").numpy())) for name in self.WIDTHS}
+        """``{"theta_alpha": ..., "theta_beta": ..., "theta_gamma": ...}`` as floats: the learned values for the
+        trainable widths (once the layer is built), the constructor's otherwise."""
+        return {name: float(np.exp(getattr(self, f"log_{name}").numpy())) if self.built and
+                name in self.learned_widths else getattr(self, name) for name in self.WIDTHS}
 
     def _checked(self, logits, image):
         """Run-time checks of what the build could not see (dynamic shapes, values), naming the input.
@@ -350,7 +364,7 @@ class CrfRnnLayer(keras.layers.Layer):
     def call(self, inputs, training=None):
         logits, image = self._checked(*inputs)
         theta_alpha, theta_beta, theta_gamma = self._widths()
-        if self.backend == "tf" and self.trainable_widths:
+        if self.backend == "tf" and self.learned_widths:
             theta_alpha, theta_beta, theta_gamma = (
                 tf.debugging.assert_all_finite(t, f"CrfRnnLayer: the width `{name}` is not finite")
                 for t, name in zip((theta_alpha, theta_beta, theta_gamma), self.WIDTHS))
@@ -375,7 +389,7 @@ class CrfRnnLayer(keras.layers.Layer):
             tf.cast(self.compatibility_matrix.value, dt),
             n_iter=self.num_iterations, theta_alpha=theta_alpha, theta_beta=theta_beta,
             theta_gamma=theta_gamma, normalization=self.normalization,
-            keep_residuals=training is not False, features_grad=self.trainable_widths,
+            keep_residuals=training is not False, features_grad=bool(self.learned_widths),
         )
         return tf.cast(out, self.compute_dtype)
 

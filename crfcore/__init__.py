@@ -13,11 +13,13 @@ fit
 refine_files
     Refine a whole data set of images and scores into label maps (``python -m crfcore refine``), tiled for
     images of any size, optionally on a Dask cluster.
+warmup
+    How a fresh install's first inference calls run (NumPy while the kernels compile in the background).
 Lattice
     The permutohedral lattice: Gaussian filtering in feature space, its exact transpose and its features gradient.
 """
 
-from . import _threads
+from . import _threads, warmup
 from .lattice import Lattice
 from .inference import MeanfieldGrads, MeanfieldResiduals, meanfield, meanfield_bwd, meanfield_fwd, potts
 from .fitting import fit

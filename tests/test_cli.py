@@ -94,3 +94,17 @@ def test_saves_are_atomic(tmp_path):
         cli.save_model(_FailingSave(), str(path))
     assert path.read_bytes() == b"the previous model"
     assert os.listdir(tmp_path) == ["unet.keras"]  # no partial file left behind
+
+
+@pytest.mark.parametrize("flags, learned", [
+    ([], ("theta_alpha", "theta_beta")),
+    (["--learn-theta-gamma"], True),
+    (["--no-learn-widths"], False),
+])
+def test_which_widths_add_crf_learns(flags, learned):
+    args = cli.parser().parse_args(["add-crf", "--out", "x", "--unet", "u.keras", *flags])
+    assert cli._learned_widths(args) == learned
+    layer = attach_crf(build_unet(size=32), learn_widths=cli._learned_widths(args)).get_layer("crfrnn")
+    expected = {True: ["log_theta_alpha", "log_theta_beta", "log_theta_gamma"], False: []}.get(
+        learned, ["log_theta_alpha", "log_theta_beta"])
+    assert [w.name for w in layer.trainable_weights if w.name.startswith("log_")] == expected

@@ -135,3 +135,29 @@ def test_bad_widths_are_named(rng):
     layer.log_theta_alpha.assign(np.nan)
     with pytest.raises(ValueError, match="theta_alpha"):
         layer([logits, image])
+
+
+def test_some_widths_learned_the_others_held(rng, tmp_path):
+    """``trainable_widths=("theta_alpha", "theta_beta")``: those two train (as the pipeline's default does),
+    theta_gamma stays the constant it was given, through fit, the config and a .keras round trip."""
+    _, image, truth = toy_batch(rng, batch=8, noise=0.0)
+    image = image + rng.normal(0, 50, size=image.shape).astype(np.float32)
+    features = frozen_feature_model(rng)
+    crf = CrfRnnLayer(num_iterations=3, trainable_widths=["theta_beta", "theta_alpha"], name="crfrnn",
+                      theta_alpha=30.0, theta_beta=80.0, theta_gamma=3.0)
+    model = keras.Model(features.inputs, crf([features.outputs[0], features.inputs[0]]))
+    assert [w.name for w in crf.trainable_weights][3:] == ["log_theta_alpha", "log_theta_beta"]
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(image, truth, batch_size=4, epochs=4, verbose=0, shuffle=False)
+    after = crf.current_widths()
+    assert abs(np.log(after["theta_alpha"] / 30.0)) > 0.02 and abs(np.log(after["theta_beta"] / 80.0)) > 0.02
+    assert after["theta_gamma"] == 3.0
+    config = crf.get_config()
+    assert config["trainable_widths"] == ["theta_alpha", "theta_beta"]
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path).get_layer("crfrnn")
+    assert loaded.current_widths() == after and loaded.learned_widths == ("theta_alpha", "theta_beta")
+    with pytest.raises(ValueError, match="unknown widths \\['theta_delta'\\]"):
+        CrfRnnLayer(trainable_widths=["theta_alpha", "theta_delta"])

@@ -117,7 +117,7 @@ def cmd_add_crf(args, unet=None, parts=None):
     parts = parts or _splits(args, with_crf=True)
     t0 = time.perf_counter()
     crf_model = pipeline.attach_crf(unet, {"bilateral_weight": args.crf_bilateral_weight}, start=args.crf_start,
-                                    learn_widths=args.learn_widths, guide=args.crf_guide)
+                                    learn_widths=_learned_widths(args), guide=args.crf_guide)
     crf_model, history = pipeline.train_crf(crf_model, parts["crf"], parts["dev"], epochs=args.crf_epochs,
                                             batch_size=args.crf_batch_size, learning_rate=args.crf_lr,
                                             widths_learning_rate=args.crf_widths_lr,
@@ -130,6 +130,22 @@ def cmd_add_crf(args, unet=None, parts=None):
                         "crf_weights": pipeline.crf_weights(crf_model)}, os.path.join(args.out, "crf_history.json"))
     print(f"CRF-RNN layer trained in {time.perf_counter() - t0:.0f} s -> {path}")
     return crf_model
+
+
+def _learned_widths(args):
+    """``attach_crf``'s ``learn_widths`` from the flags: none, theta_alpha and theta_beta, or all three."""
+    from . import pipeline
+
+    if not args.learn_widths:
+        return False
+    return True if args.learn_theta_gamma else pipeline.LEARNED_WIDTHS
+
+
+def _widths_setting(args):
+    learned = _learned_widths(args)
+    if not learned:
+        return "widths fixed"
+    return "widths learned" if learned is True else "theta_alpha, theta_beta learned (theta_gamma held)"
 
 
 def _evaluate_sets(unet, crf_model, sets, args):
@@ -204,7 +220,7 @@ def cmd_demo(args):
                              f"{args.n_dev} dev, {args.n_test} test, {args.n_crf} for the CRF stage",
         "U-Net": f"{args.epochs} epochs, batch {args.batch_size}, {args.size}x{args.size}",
         "CRF-RNN stage": f"{args.crf_epochs} epoch(s), batch {args.crf_batch_size}, U-Net frozen, start "
-                         f"{args.crf_start}, widths {'learned' if args.learn_widths else 'fixed'}, boundary weight "
+                         f"{args.crf_start}, {_widths_setting(args)}, boundary weight "
                          f"{args.crf_boundary_weight} (margin {args.crf_boundary_margin} px), initial bilateral weight "
                          f"{args.crf_bilateral_weight}"
                          f"{', guide' if args.crf_guide else ''}; the hand-tuned comparison: 2 epochs, widths fixed",
@@ -284,7 +300,11 @@ def _crf_opts(p):
     p.add_argument("--crf-lr", type=positive_float, default=0.003,
                    help="CRF-RNN matrices' learning rate (default 0.003)")
     p.add_argument("--learn-widths", action=argparse.BooleanOptionalAction, default=True,
-                   help="learn the kernel widths theta_alpha, theta_beta, theta_gamma with the matrices (default on)")
+                   help="learn the bilateral kernel's widths theta_alpha and theta_beta with the matrices (default on)")
+    p.add_argument("--learn-theta-gamma", action="store_true",
+                   help="learn the spatial kernel's width theta_gamma too (default: held at densecrf's 3 px, as "
+                        "densecrf and Kraehenbuehl & Koltun hold it; learned, it grew to 5-11 px, a blur that costs "
+                        "Dice at the document's outline)")
     p.add_argument("--crf-widths-lr", type=positive_float, default=0.05,
                    help="learning rate of the log widths (default 0.05)")
     p.add_argument("--crf-boundary-weight", type=non_negative_float, default=40.0,

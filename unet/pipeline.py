@@ -29,6 +29,11 @@ DENSECRF_DEFAULTS = dict(theta_alpha=80.0, theta_beta=13.0 / 255.0, theta_gamma=
 CRF_PARAMS = dict(theta_alpha=10.0, theta_beta=40.0 / 255.0, theta_gamma=3.0, num_iterations=5,
                   normalization="symmetric", spatial_weight=3.0, bilateral_weight=5.0)
 CRF_STARTS = {"densecrf": DENSECRF_DEFAULTS, "tuned": CRF_PARAMS}
+#: The widths the CRF stage learns by default: the bilateral kernel's. theta_gamma stays at densecrf's 3 px (as in
+#: densecrf and Kraehenbuehl & Koltun, who found the smoothness kernel's width of little effect): learned with the
+#: others it grew to 5-11 px on the synthetic photos, a plain blur that rounds the document's outline, while the
+#: bilateral kernel shrank to 3 px, and the CRF lost Dice against the hand-tuned one.
+LEARNED_WIDTHS = ("theta_alpha", "theta_beta")
 METHODS = ("unet", "unet+meanfield", "unet+crf-rnn-tuned", "unet+crf-rnn")
 LABELS = {"unet": "U-Net alone", "unet+meanfield": "U-Net + crfcore.meanfield (defaults)",
           "unet+crf-rnn-tuned": "U-Net + CRF-RNN, hand-tuned widths (fixed)",
@@ -113,12 +118,13 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     return model, history
 
 
-def attach_crf(unet, crf_params=None, *, learn_widths=True, start="densecrf", guide=False):
+def attach_crf(unet, crf_params=None, *, learn_widths=LEARNED_WIDTHS, start="densecrf", guide=False):
     """Steps 2-3: freeze ``unet`` and plug ``CrfRnnLayer`` on its logits and input image.
 
     ``start`` picks the initial CRF: ``"densecrf"`` (densecrf's default kernels, :data:`DENSECRF_DEFAULTS`) or
     ``"tuned"`` (the hand-tuned widths, :data:`CRF_PARAMS`); ``crf_params`` overrides any of the layer's
-    arguments. ``learn_widths`` makes theta_alpha, theta_beta and theta_gamma trainable. ``guide`` puts a trainable
+    arguments. ``learn_widths`` (``CrfRnnLayer``'s ``trainable_widths``: True, False or the names of those to learn)
+    makes widths trainable; by default :data:`LEARNED_WIDTHS`. ``guide`` puts a trainable
     1x1 convolution (initially the identity) between the image and the CRF's bilateral kernel, so that training can
     learn which colour differences the kernel should respect (the CRF's gradient reaches its image input).
     """
@@ -286,7 +292,9 @@ def predict(unet, crf_model, data, *, batch_size=8, progress=None):
     logits = unet.predict(data.images, batch_size=batch_size, verbose=0)
     t_unet = (time.perf_counter() - t0) / n
     out = {"unet": (logits.argmax(-1).astype(np.uint8), t_unet)}
-    crfcore.meanfield(logits[:1], (data.images[:1] * 255).round().astype(np.uint8))  # JIT warm-up
+    for _ in range(2):  # JIT warm-up; on a cold cache the first is NumPy's (crfcore.warmup): time the kernels
+        crfcore.meanfield(logits[:1], (data.images[:1] * 255).round().astype(np.uint8))
+        crfcore.warmup.wait()
     post = np.empty((n,) + logits.shape[1:3], dtype=np.uint8)
     t0 = time.perf_counter()
     items = range(n) if progress is None else progress(range(n), desc="meanfield post-processing")

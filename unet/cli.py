@@ -307,9 +307,9 @@ def _crf_opts(p):
                         "Dice at the document's outline)")
     p.add_argument("--crf-widths-lr", type=positive_float, default=0.05,
                    help="learning rate of the log widths (default 0.05)")
-    p.add_argument("--crf-boundary-weight", type=non_negative_float, default=40.0,
+    p.add_argument("--crf-boundary-weight", type=non_negative_float, default=60.0,
                    help="weight of the boundary-length term added to the cross-entropy (the mean total variation of "
-                        "the probabilities): every spurious island adds boundary (default 40; 0: cross-entropy alone)")
+                        "the probabilities): every spurious island adds boundary (default 60; 0: cross-entropy alone)")
     p.add_argument("--crf-boundary-margin", type=non_negative_float, default=3.0,
                    help="count the boundary term only farther than this many pixels from the true boundary, so that "
                         "it penalises spurious boundaries and not the document's edge (default 3; 0: everywhere)")

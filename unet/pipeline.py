@@ -182,7 +182,7 @@ def far_from_boundary(masks, margin):
 
 
 def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
-              boundary_weight=40.0, boundary_margin=3.0, seed=0, verbose=1, keep_best=True):
+              boundary_weight=60.0, boundary_margin=3.0, seed=0, verbose=1, keep_best=True):
     """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
 
     The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far

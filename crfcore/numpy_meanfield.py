@@ -5,7 +5,7 @@ kernel's order, so that points on a simplex boundary, as pixel grids have, land 
 the same vertices and barycentric weights), numbered with ``np.unique`` on packed integer keys, blurred with
 gathers and sliced with a weighted sum; then densecrf's normalisation and the iterations of
 :mod:`crfcore.inference`. Only the order of float sums differs from the compiled kernels, so results agree to
-rounding (tested). It is about ten times slower than the kernels and needs ``O(N (d + 1))`` more memory, which is
+rounding (tested). It is about six times slower than the kernels and needs ``O(N (d + 1))`` more memory, which is
 why :mod:`crfcore.warmup` uses it only until the compiled kernels are ready.
 """
 

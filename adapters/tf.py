@@ -230,9 +230,10 @@ class CrfRnnLayer(keras.layers.Layer):
         Initial diagonal of ``spatial_ker_weights`` and ``bilateral_ker_weights``.
     trainable_widths : bool or sequence of str, default False
         Learn the three widths with the matrices (weights ``log_theta_alpha``, ``log_theta_beta``,
-        ``log_theta_gamma``), or only those named (e.g. ``("theta_alpha", "theta_beta")``: the bilateral kernel's,
-        with ``theta_gamma`` held fixed as densecrf does). The numba backend's backward then also differentiates through the lattice's
-        features (crfcore's exact features gradient, about as costly again as the rest of the backward); the
+        ``log_theta_gamma``), or only those named (e.g. ``("theta_alpha", "theta_beta")``: the bilateral
+        kernel's, with ``theta_gamma`` held fixed as densecrf does). The numba backend's backward then also
+        differentiates through the lattice's features (crfcore's exact features gradient, about as costly again as
+        the rest of the backward); the
         ``"tf"``/``"tf-lite"`` backends use TensorFlow's autodiff, which agrees with it.
     """
 

@@ -31,7 +31,7 @@ MODES = ("numpy", "compile")
 MAX_POINTS = 4_000_000
 
 _lock = threading.Lock()
-_jobs = {}  # profile -> (pid of the process that started it, Popen)
+_jobs = {}  # _signature(...) -> (pid of the process that started it, Popen)
 
 
 def mode():

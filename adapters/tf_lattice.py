@@ -32,14 +32,25 @@ def check_not_xla():
         )
 
 
-def embed(features, embed_dtype=tf.float64):
-    """Each point's barycentric ``weights`` (N, d + 1) float32 and the packed int64 keys (N, d + 1) of its simplex's
-    vertices, with the radix ``powers`` (d,) of the packing (which leaves room for the blur neighbours).
+def _step(x, tie, dtype):
+    """``1`` where ``x > 0``, ``1`` where ``x == 0`` and ``tie`` is 0.5, else ``0``: in float arithmetic only
+    (XNNPACK runs it; comparisons would not be), exact for ``x == 0`` and ``|x| >= 1e-30`` (float32) or
+    ``1e-300`` (float64)."""
+    big = 1e300 if dtype == tf.float64 else 1e30
+    return tf.math.ceil(tf.clip_by_value(x * tf.constant(big, dtype) + tie, 0.0, 1.0))
 
-    The arithmetic of the Numba kernel, in ops that stay on ``(N, d + 1)`` arrays (TensorFlow Lite runs them
-    without broadcasting to ``(N, d + 1, d + 1)``): one ``top_k`` sorts each point's residuals (its order breaks
-    ties by index, the rank's rule), a scatter inverts that order, and the barycentric weights and the vertices'
-    keys come from gathers in rank order and a cumulative sum of the packing's powers.
+
+def embed(features, embed_dtype=tf.float64):
+    """Each point's barycentric ``weights`` (d + 1, N) float32 and the packed int64 keys (d + 1, N) of its
+    simplex's vertices (vertex-major), with the radix ``powers`` (d,) of the packing (which leaves room for the
+    blur neighbours).
+
+    The arithmetic of the Numba kernel, written for TensorFlow Lite: everything is elementwise float arithmetic on
+    ``(d + 1, N)`` arrays (which XNNPACK runs), no sort, gather or scatter. A coordinate's rank counts the
+    coordinates whose residual is larger, or equal with a smaller index (the kernel's tie rule), from
+    :func:`_step` of the differences; the residuals in rank order (for the weights) come from a one-hot sum,
+    exact since one term is non-zero; the vertices' coordinates are small integers, exact in float, and are
+    packed into int64 keys by Horner's rule.
     """
     d = int(features.shape[-1])
     d1 = d + 1
@@ -53,49 +64,54 @@ def embed(features, embed_dtype=tf.float64):
         cols[j] = sm - tf.constant(float(j), fdt) * cf
         sm = sm + cf
     cols[0] = sm
-    elevated = tf.stack(cols, axis=1)  # (N, d1)
+    elevated = tf.stack(cols, axis=0)  # (d1, N)
     inv_d1 = tf.constant(1.0 / d1, fdt)
     v = elevated * inv_d1
     up = tf.math.ceil(v) * d1
     down = tf.math.floor(v) * d1
     rem0 = tf.where(up - elevated < elevated - down, up, down)
-    total = tf.cast(tf.round(tf.reduce_sum(rem0, -1) / d1), tf.int32)
+    total = tf.round(tf.add_n(tf.unstack(rem0, axis=0)) / d1)  # (N,)
     di = elevated - rem0
-    # rank: the position in the residuals sorted in decreasing order, ties by index (top_k's order)
-    n = tf.shape(f)[0]
-    rowoff = tf.range(n)[:, None] * d1  # flat index of each row's first coordinate
-    order = tf.math.top_k(di, k=d1, sorted=True).indices  # (N, d1) the coordinate at each position
-    positions = tf.tile(tf.range(d1)[None, :], [n, 1])
-    rank = tf.reshape(tf.scatter_nd(tf.reshape(order + rowoff, [-1, 1]), tf.reshape(positions, [-1]), [n * d1]),
-                      [n, d1]) + total[:, None]
-    neg, over = rank < 0, rank > d  # wrapped around (the final rank is taken modulo d + 1 below)
-    rem0 = tf.where(neg, rem0 + d1, tf.where(over, rem0 - d1, rem0))
-    # the coordinate of each final rank k: position (k - total) mod (d + 1) of the sorted order
-    inv = tf.gather(tf.reshape(order, [-1]), tf.math.floormod(positions - total[:, None], d1) + rowoff)
-    srt = tf.gather(tf.reshape((elevated - rem0) * inv_d1, [-1]), inv + rowoff)  # residuals by rank
-    rev = tf.reverse(srt, [1])  # rev[:, k] = srt[:, d - k]
-    w0 = (rev[:, :1] + 1.0) - srt[:, :1]
-    weights = tf.cast(tf.concat([w0, rev[:, 1:] - rev[:, :-1]], axis=1), tf.float32)
-    # keys: vertex r is rem0 + r on every coordinate, -d1 more on the coordinates ranked above d - r
-    r0 = tf.cast(tf.round(rem0[:, :d]), tf.int32)
-    lo = tf.reduce_min(r0) - 2 * d1
-    radix = tf.cast(tf.reduce_max(r0) - lo + 2 * d1 + 1, tf.int64)
+    # rank of i: #{j: di_j > di_i} + #{j < i: di_j == di_i}; the 0.5 turns a tie into a count where j < i
+    tie = tf.constant(np.tril(np.full((d1, d1), 0.5), -1), fdt)  # [i, j]: 0.5 where j < i
+    rank = total[None, :]
+    for j in range(d1):
+        rank = rank + _step(di[j][None, :] - di, tie[:, j:j + 1], fdt)
+    # wrapped around: the final rank is taken modulo d + 1 (ranks are integers: clip gives the indicator)
+    wrap = tf.clip_by_value(-rank, 0.0, 1.0) - tf.clip_by_value(rank - d, 0.0, 1.0)
+    rem0 = rem0 + d1 * wrap
+    rank = rank + d1 * wrap
+    res = (elevated - rem0) * inv_d1
+    # residuals in rank order: srt[k] = res of the coordinate of rank k (one-hot sum: one non-zero term)
+    ks = tf.constant(np.arange(d1, dtype=np.float64)[:, None], fdt)
+    srt = tf.add_n([tf.nn.relu(1.0 - tf.abs(rank[i][None, :] - ks)) * res[i][None, :] for i in range(d1)])
+    srt = tf.unstack(srt, axis=0)
+    w = [(srt[d] + 1.0) - srt[0]] + [srt[d - k] - srt[d - k + 1] for k in range(1, d1)]
+    weights = tf.cast(tf.stack(w, axis=0), tf.float32)
+    # keys: vertex k is rem0 + k on every coordinate, -d1 more on the coordinates ranked above d - k
+    lo = tf.reduce_min(rem0[:d]) - 2 * d1
+    radix = tf.reduce_max(rem0[:d]) - lo + 2 * d1 + 1
+    above = tf.constant(np.arange(d1, dtype=np.float64)[:, None] - d1 + 1, fdt)  # rank >= d1 - k <=> rank + k - d >= 1
+    radix64 = tf.cast(radix, tf.int64)
+    packed = None
+    for i in range(d - 1, -1, -1):  # Horner: sum_i digit_i radix^i
+        digit = rem0[i][None, :] - lo + ks - d1 * tf.clip_by_value(rank[i][None, :] + above, 0.0, 1.0)
+        digit = tf.cast(digit, tf.int64)
+        packed = digit if packed is None else packed * radix64 + digit
     powers = [tf.ones([], tf.int64)]
     for _ in range(d - 1):
-        powers.append(powers[-1] * radix)
-    powers = tf.stack(powers)
-    base = tf.reduce_sum(tf.cast(r0 - lo, tf.int64) * powers, -1)  # (N,)
-    p_by_rank = tf.gather(tf.concat([powers, tf.zeros([1], tf.int64)], 0), inv)  # (N, d1), 0 for coordinate d
-    # vertex r subtracts d1 * (sum of the powers of the r highest ranks)
-    top = tf.cumsum(tf.reverse(p_by_rank, [1]), axis=1, exclusive=True)  # (N, d1): r highest ranks' powers
-    r = tf.range(d1, dtype=tf.int64)[None, :]
-    packed = base[:, None] + r * tf.reduce_sum(powers) - d1 * top
-    return weights, packed, powers
+        powers.append(powers[-1] * radix64)
+    return weights, packed, tf.stack(powers)
 
 
 def blur_neighbours(uniq, powers):
     """``(d + 1, 2, M)``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along each direction (all ``+-1`` for
-    the last), ``M`` where absent, found by numbering ``[vertices, shifted vertices]`` (existing vertices first)."""
+    the last), ``M`` where absent.
+
+    Only the ``+`` neighbours are looked up, by numbering ``[vertices, vertices + direction]`` with ``tf.unique``
+    (existing vertices come first); the ``-`` table is its inverse (``u = v + e`` exactly when ``v = u - e``),
+    written with one scatter. Half the lookups of searching both directions, the same tables.
+    """
     d = int(powers.shape[0])
     d1 = d + 1
     m = tf.shape(uniq)[0]
@@ -103,12 +119,36 @@ def blur_neighbours(uniq, powers):
     for j in range(d):
         dirs[j, j] = -d
     deltas = tf.reduce_sum(tf.constant(dirs) * powers[None, :], -1)  # (d1,)
-    shifted = tf.reshape(uniq[None, None, :] + tf.constant([[-1], [1]], tf.int64)[None] * deltas[:, None, None],
-                         [-1])
+    shifted = tf.reshape(uniq[None, :] + deltas[:, None], [-1])
     _, lookup = tf.unique(tf.concat([uniq, shifted], 0), out_idx=tf.int32)
-    found = lookup[m:]
-    found = tf.where(found < m, found, m)  # absent: the all-zero row M
-    return tf.reshape(found, [d1, 2, -1])
+    plus = tf.reshape(lookup[m:], [d1, m])
+    found = plus < m
+    plus = tf.where(found, plus, m)  # absent: the all-zero row M
+    # minus[j, plus[j, v]] = v: one scatter into (d1, M + 1) slots; absent entries add 0 to slot M, dropped
+    slots = tf.reshape(plus + tf.range(d1)[:, None] * (m + 1), [-1, 1])
+    marks = tf.reshape(tf.where(found, tf.range(m)[None, :] + 1, 0), [-1])
+    minus = tf.reshape(tf.scatter_nd(slots, marks, [d1 * (m + 1)]), [d1, m + 1])[:, :m] - 1
+    minus = tf.where(minus >= 0, minus, m)
+    return tf.stack([minus, plus], axis=1)
+
+
+def _splat(contrib, offsets, m):
+    """Sum ``contrib (D, N, C)`` into the lattice's rows ``(M + 1, C)`` (row ``M`` stays zero) by ``offsets (D, N)``."""
+    return tf.math.unsorted_segment_sum(tf.reshape(contrib, [-1, tf.shape(contrib)[2]]), tf.reshape(offsets, [-1]),
+                                        m + 1)
+
+
+def _blur(lat, tables):
+    """One ``[1/2, 1, 1/2]`` pass per ``(2, M + 1)`` (minus, plus) neighbour table, in order; absent neighbours read row ``M``."""
+    for table in tables:  # (2, M + 1)
+        lat = lat + 0.5 * (tf.gather(lat, table[0]) + tf.gather(lat, table[1]))
+    return lat
+
+
+def _slice(lat, offsets, weights):
+    """``sum_k weights[k] * lat[offsets[k]]``, ``(N, C)``: the ``D`` terms are leading slices added one by one
+    (TensorFlow Lite sums over a middle axis several times slower)."""
+    return tf.add_n(tf.unstack(weights[:, :, None] * tf.gather(lat, offsets), axis=0))
 
 
 class TfLattice:
@@ -118,6 +158,8 @@ class TfLattice:
     like the Numba core, so both make the same choice for points that lie exactly on a simplex boundary (pixel
     grids do) and build the same lattice; float32 for TensorFlow Lite, whose built-in ops have no float64
     arithmetic (it then differs from the core where a tie rounds the other way). Filtering runs in float32.
+    A point's ``d + 1`` vertices and weights are stored vertex-major, ``(d + 1, N)``: splat and slice then work on
+    contiguous slices.
     """
 
     def __init__(self, features, embed_dtype=tf.float64):
@@ -127,90 +169,187 @@ class TfLattice:
         weights, packed, powers = embed(features, embed_dtype)
         uniq, offsets = tf.unique(tf.reshape(packed, [-1]), out_idx=tf.int32)
         m = tf.shape(uniq)[0]
-        self.neighbours = blur_neighbours(uniq, powers)  # (d1, 2, M)
         self.m = m
-        self.offsets = tf.reshape(offsets, [-1, d + 1])  # (N, d1)
-        self.weights = weights
+        self.neighbours = blur_neighbours(uniq, powers)  # (d1, 2, M)
+        self.offsets = tf.reshape(offsets, [d + 1, -1])  # (d1, N)
+        self.weights = weights  # (d1, N)
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self.pad = tf.fill([1], m)
+        self._norm = None
+
+    def norm(self):
+        """``K 1`` (N,), the normalisations' denominator; computed once (eagerly too, where the lattice is)."""
+        if self._norm is None:
+            self._norm = self.apply(tf.ones([tf.shape(self.weights)[1], 1]))[:, 0]
+        return self._norm
+
+    def tables(self, order, pad_to=None, shift=0):
+        """The blur's ``(minus, plus)`` tables along the directions in ``order``, each ``(2, M + 1)`` with the
+        zero row ``M`` reading itself; with ``pad_to``, indices are shifted by ``shift`` and absent neighbours
+        point to row ``pad_to`` instead (for a table shared with another lattice)."""
+        pad = self.m if pad_to is None else pad_to
+        out = []
+        for j in order:
+            nb = self.neighbours[j]
+            if pad_to is not None:
+                nb = tf.where(nb < self.m, nb + shift, pad)
+            out.append(nb)
+        return out
 
     def apply(self, values, transpose=False):
         """``K @ values`` (or ``K^T @ values``): splat, blur along each direction, slice. ``values``: (N, C)."""
-        d1 = self.dim + 1
-        n_ch = tf.shape(values)[1]
-        contrib = self.weights[:, :, None] * values[:, None, :]  # (N, d1, C)
-        lat = tf.math.unsorted_segment_sum(tf.reshape(contrib, [-1, n_ch]), tf.reshape(self.offsets, [-1]),
-                                           self.m + 1)
-        order = range(self.dim, -1, -1) if transpose else range(d1)
-        for j in order:
-            minus = tf.concat([self.neighbours[j, 0], self.pad], 0)
-            plus = tf.concat([self.neighbours[j, 1], self.pad], 0)
-            lat = lat + 0.5 * (tf.gather(lat, minus) + tf.gather(lat, plus))
-        out = tf.reduce_sum(self.weights[:, :, None] * tf.gather(lat, self.offsets), axis=1)
-        return self.alpha * out
+        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
+        pad = tf.fill([2, 1], self.m)
+        tables = [tf.concat([t, pad], 1) for t in self.tables(order)]
+        lat = _blur(_splat(self.weights[:, :, None] * values[None], self.offsets, self.m), tables)
+        return self.alpha * _slice(lat, self.offsets, self.weights)
 
 
-class TfKernel:
-    """A lattice with densecrf's normalisation (see :class:`crfcore.inference.Kernel`)."""
+class TfKernelPair:
+    """The spatial and the bilateral kernel, normalised, as one lattice: both vertex sets in one table, so that a
+    mean-field step is one splat, one blur (``max(d) + 1`` directions; a lattice's missing directions leave its
+    vertices alone) and one slice, whatever the two kernels' matrices.
 
-    def __init__(self, features, normalization, embed_dtype=tf.float64):
-        self.lattice = TfLattice(features, embed_dtype)
-        n = tf.shape(features)[0]
-        norm = self.lattice.apply(tf.ones([n, 1], tf.float32))[:, 0]
-        self.pre = self.post = None
-        if normalization == "symmetric":
-            self.pre = self.post = tf.math.rsqrt(norm + 1e-20)[:, None]
-        elif normalization == "after":
-            self.post = (1.0 / (norm + 1e-20))[:, None]
-        elif normalization == "before":
-            self.pre = (1.0 / (norm + 1e-20))[:, None]
+    ``apply(vs, vb)`` returns ``K_s vs + K_b vb`` for ``(N, C)`` values, each kernel with densecrf's
+    ``normalization`` (its ``pre`` factor folded into the splat weights, its ``post`` factor and the blur's
+    ``alpha`` into the slice weights), which is what the iterations need: ``K_s (q A_s) + K_b (q A_b)``.
+    """
 
-    def apply(self, x):
-        if self.pre is not None:
-            x = x * self.pre
-        x = self.lattice.apply(x)
-        return x * self.post if self.post is not None else x
+    def __init__(self, spatial, bilateral, normalization):
+        lats = [spatial, bilateral]
+        self.splits = [lat.dim + 1 for lat in lats]
+        starts = [0, lats[0].m]
+        self.m = total = lats[0].m + lats[1].m  # row `total`: the shared zero row
+        self.offsets = tf.concat([lats[0].offsets, lats[1].offsets + starts[1]], 0)  # (D, N)
+        per_lattice = [lat.tables(range(lat.dim + 1), pad_to=total, shift=s) for lat, s in zip(lats, starts)]
+        self.tables = []
+        for j in range(max(self.splits)):  # a lattice without direction j: its vertices read the zero row
+            parts = [t[j] if j < len(t) else tf.fill([2, lat.m], total) for t, lat in zip(per_lattice, lats)]
+            self.tables.append(tf.concat(parts + [tf.fill([2, 1], total)], 1))
+        pre, post = [], []
+        for lat in lats:
+            norm = lat.norm()
+            p = q = None
+            if normalization == "symmetric":
+                p = q = tf.math.rsqrt(norm + 1e-20)
+            elif normalization == "after":
+                q = 1.0 / (norm + 1e-20)
+            elif normalization == "before":
+                p = 1.0 / (norm + 1e-20)
+            pre.append(lat.weights if p is None else lat.weights * p[None])
+            post.append(lat.alpha * (lat.weights if q is None else lat.weights * q[None]))
+        self.splat_w = pre
+        self.slice_w = tf.concat(post, 0)
+
+    def terms(self, x, slice_w=None):
+        """The slice's terms ``(D, N)`` of both kernels applied to one channel ``x`` (N,): the first
+        ``splits[0]`` rows sum to ``K_s x``, the others to ``K_b x`` (``slice_w`` may scale the rows)."""
+        if not hasattr(self, "_splat_all"):
+            self._splat_all = tf.concat(self.splat_w, 0)
+        lat = _blur(_splat((self._splat_all * x[None])[:, :, None], self.offsets, self.m), self.tables)[:, 0]
+        return (self.slice_w if slice_w is None else slice_w) * tf.gather(lat, self.offsets)
+
+    def split_sums(self, terms):
+        """``(K_s x, K_b x)`` from :meth:`terms`."""
+        rows = tf.unstack(terms, axis=0)
+        return tf.add_n(rows[:self.splits[0]]), tf.add_n(rows[self.splits[0]:])
+
+    def apply(self, vs, vb):
+        contrib = tf.concat([self.splat_w[0][:, :, None] * vs[None], self.splat_w[1][:, :, None] * vb[None]], 0)
+        return _slice(_blur(_splat(contrib, self.offsets, self.m), self.tables), self.offsets, self.slice_w)
 
 
-def _features(image, theta_alpha, theta_beta, theta_gamma, dtype=tf.float64):
-    """Spatial and bilateral features of one ``(H, W, C)`` image, positions as (x, y) like densecrf."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
+def _positions(h, w, dtype):
+    """``(H W, 2)`` pixel positions as (x, y), like densecrf."""
     ys, xs = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
-    pos = tf.cast(tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], 1), dtype)
+    return tf.cast(tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], 1), dtype)
+
+
+def spatial_lattice(h, w, theta_gamma, embed_dtype=tf.float64):
+    """The spatial kernel's lattice of an ``h x w`` image, shared by every image of that size.
+
+    Where ``h``, ``w`` and ``theta_gamma`` are known while tracing (plain numbers or constants, as in an exported
+    model), it is built once, eagerly, and enters the graph as constants: a TensorFlow Lite model then does not
+    rebuild it for every image (the converter does not fold it by itself: its outputs are much larger than its
+    inputs). Otherwise (a trained width, a dynamic size) it is built in the graph, once per batch.
+    """
+    tg = theta_gamma
+    if tf.is_tensor(tg):
+        tg = tf.get_static_value(tg)
+    known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and tg is not None
+    if known:
+        with tf.init_scope():
+            lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(tg, embed_dtype), embed_dtype)
+            lattice.norm()  # a constant too
+            return lattice
+    return TfLattice(_positions(h, w, embed_dtype) / tf.cast(theta_gamma, embed_dtype), embed_dtype)
+
+
+def _bilateral_features(image, theta_alpha, theta_beta, dtype=tf.float64):
+    """The bilateral kernel's features of one ``(H, W, C)`` image: positions over theta_alpha, colours over
+    theta_beta."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
     colour = tf.reshape(tf.cast(image, dtype), [h * w, -1])
-    ta, tb, tg = (tf.cast(t, dtype) for t in (theta_alpha, theta_beta, theta_gamma))  # floats or tensors
-    return pos / tg, tf.concat([pos / ta, colour / tb], 1)
+    ta, tb = (tf.cast(t, dtype) for t in (theta_alpha, theta_beta))  # floats or tensors
+    return tf.concat([_positions(h, w, dtype) / ta, colour / tb], 1)
 
 
-def meanfield_one(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, theta_gamma, normalization,
+def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, normalization,
                   embed_dtype=tf.float64):
-    """Refined logits ``Z_T`` of one image: ``logits (H, W, L)``, ``image (H, W, C)``, matrices ``(L, L)``."""
+    """Refined logits ``Z_T`` of one image: ``logits (H, W, L)``, ``image (H, W, C)``, its size's
+    :func:`spatial_lattice`, matrices ``(L, L)``."""
     shape = tf.shape(logits)
     n_lab = logits.shape[-1]
     u = tf.reshape(tf.cast(logits, tf.float32), [-1, n_lab])
-    if n_iter == 0:
-        return logits
-    fs, fb = _features(image, theta_alpha, theta_beta, theta_gamma, embed_dtype)
-    ks, kb = TfKernel(fs, normalization, embed_dtype), TfKernel(fb, normalization, embed_dtype)
-    a_s = tf.transpose(tf.matmul(mu, ws))  # Z = U - S (mu W_s)^T - B (mu W_b)^T
+    bilateral = TfLattice(_bilateral_features(image, theta_alpha, theta_beta, embed_dtype), embed_dtype)
+    kernels = TfKernelPair(spatial, bilateral, normalization)
+    a_s = tf.transpose(tf.matmul(mu, ws))  # Z = U - S (mu W_s)^T - B (mu W_b)^T = U - S (Q A_s) - B (Q A_b)
     a_b = tf.transpose(tf.matmul(mu, wb))
+    if n_lab == 2:
+        return tf.reshape(_binary_iterations(u, kernels, a_s, a_b, n_iter), shape)
     z = u
     for _ in range(n_iter):
         q = tf.nn.softmax(z, axis=-1)
-        z = u - tf.matmul(ks.apply(q), a_s) - tf.matmul(kb.apply(q), a_b)
+        z = u - kernels.apply(tf.matmul(q, a_s), tf.matmul(q, a_b))
     return tf.reshape(z, shape)
+
+
+def _binary_iterations(u, kernels, a_s, a_b, n_iter):
+    """The iterations for two labels, filtering one channel instead of two: with ``q = (q0, 1 - q0)``,
+    ``K (q A) = K 1 (x) A[1] + K q0 (x) (A[0] - A[1])``; ``K 1`` is filtered once, and until the last step only
+    ``z0 - z1`` is kept (``q0 = sigmoid(z0 - z1)``), the kernels' two label differences folded into the slice
+    weights so that one sum gives it."""
+    ks1, kb1 = kernels.split_sums(kernels.terms(tf.ones_like(u[:, 0])))
+    base = u - ks1[:, None] * a_s[1][None] - kb1[:, None] * a_b[1][None]  # (N, 2)
+    da_s, da_b = a_s[0] - a_s[1], a_b[0] - a_b[1]  # (2,)
+    rows = tf.concat([tf.fill([kernels.splits[0], 1], da_s[0] - da_s[1]),
+                      tf.fill([kernels.splits[1], 1], da_b[0] - da_b[1])], 0)
+    delta_w = kernels.slice_w * rows
+    base_delta = base[:, 0] - base[:, 1]
+    delta = u[:, 0] - u[:, 1]
+    for _ in range(n_iter - 1):
+        delta = base_delta - tf.add_n(tf.unstack(kernels.terms(tf.sigmoid(delta), delta_w), axis=0))
+    out_s, out_b = kernels.split_sums(kernels.terms(tf.sigmoid(delta)))
+    return base - out_s[:, None] * da_s[None] - out_b[:, None] * da_b[None]
 
 
 def meanfield(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, theta_gamma, normalization,
               embed_dtype=tf.float64):
-    """Refined logits of a batch ``(B, H, W, L)`` with ``image (B, H, W, C)``: each image its own lattice."""
-    kw = dict(n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
-              normalization=normalization, embed_dtype=embed_dtype)
+    """Refined logits of a batch ``(B, H, W, L)`` with ``image (B, H, W, C)``: each image its own bilateral
+    lattice, one spatial lattice for all."""
     logits = tf.cast(logits, tf.float32)
+    if n_iter == 0:
+        return logits
     image = tf.cast(image, tf.float32)
+    h, w = logits.shape[1], logits.shape[2]
+    if h is None or w is None:
+        h, w = tf.shape(logits)[1], tf.shape(logits)[2]
+    spatial = spatial_lattice(h, w, theta_gamma, embed_dtype)
+    kw = dict(n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, normalization=normalization,
+              embed_dtype=embed_dtype)
     if logits.shape[0] is not None:  # static batch: unrolled (what TFLite converts best)
-        return tf.stack([meanfield_one(logits[i], image[i], ws, wb, mu, **kw) for i in range(logits.shape[0])])
-    return tf.map_fn(lambda x: meanfield_one(x[0], x[1], ws, wb, mu, **kw), (logits, image),
+        return tf.stack([meanfield_one(logits[i], image[i], spatial, ws, wb, mu, **kw)
+                         for i in range(logits.shape[0])])
+    return tf.map_fn(lambda x: meanfield_one(x[0], x[1], spatial, ws, wb, mu, **kw), (logits, image),
                      fn_output_signature=tf.TensorSpec(logits.shape[1:], tf.float32))
 
 
@@ -220,4 +359,4 @@ def lattice_filter(features, values, transpose=False):
                                                                         transpose=transpose)
 
 
-__all__ = ["TfLattice", "TfKernel", "meanfield", "meanfield_one", "lattice_filter"]
+__all__ = ["TfLattice", "TfKernelPair", "spatial_lattice", "meanfield", "meanfield_one", "lattice_filter"]

@@ -104,13 +104,43 @@ def embed(features, embed_dtype=tf.float64):
     return weights, packed, tf.stack(powers)
 
 
+def _lookup(uniq, queries):
+    """For each of ``queries`` (Q,) int64, its index in the distinct keys ``uniq`` (M,), ``M`` where absent.
+
+    A hash table from segment ops (``tf.unique`` in TensorFlow Lite is an ordered map: slow): the keys go to
+    slots ``key mod P`` with ``P ~ 8 M``; a query whose slot holds one key, or whose slot's largest-index key is
+    its own, is settled by comparing keys; the few left (slots holding several keys) are numbered by ``tf.unique``
+    over those slots' keys and queries. Exact whatever the collisions; they only cost time.
+    """
+    m = tf.shape(uniq)[0]
+    p = tf.cast(8 * m + 7, tf.int64)
+    slot_k = tf.cast(tf.math.floormod(uniq, p), tf.int32)
+    slot_q = tf.cast(tf.math.floormod(queries, p), tf.int32)
+    n_slots = tf.cast(p, tf.int32)
+    ids = tf.range(m)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(ids), slot_k, n_slots)
+    owner = tf.math.unsorted_segment_max(ids, slot_k, n_slots)  # empty slots: the smallest int32
+    c = tf.gather(count, slot_q)
+    o = tf.clip_by_value(tf.gather(owner, slot_q), 0, m - 1)
+    hit = tf.logical_and(c > 0, tf.equal(tf.gather(uniq, o), queries))
+    found = tf.where(hit, o, m)
+    # the rest: queries whose slot holds several keys, none of them found yet
+    open_q = tf.reshape(tf.where(tf.logical_and(c > 1, tf.logical_not(hit))), [-1])
+    crowded = tf.reshape(tf.where(tf.gather(count, slot_k) > 1), [-1])
+    n_crowded = tf.shape(crowded)[0]
+    _, idx = tf.unique(tf.concat([tf.gather(uniq, crowded), tf.gather(queries, open_q)], 0), out_idx=tf.int32)
+    idx = idx[n_crowded:]  # < n_crowded: the crowded key of that number
+    late = tf.where(idx < n_crowded, tf.gather(tf.concat([tf.cast(crowded, tf.int32), [m]], 0),
+                                               tf.minimum(idx, n_crowded)), m)
+    return tf.tensor_scatter_nd_update(found, open_q[:, None], late)
+
+
 def blur_neighbours(uniq, powers):
     """``(d + 1, 2, M)``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along each direction (all ``+-1`` for
     the last), ``M`` where absent.
 
-    Only the ``+`` neighbours are looked up, by numbering ``[vertices, vertices + direction]`` with ``tf.unique``
-    (existing vertices come first); the ``-`` table is its inverse (``u = v + e`` exactly when ``v = u - e``),
-    written with one scatter. Half the lookups of searching both directions, the same tables.
+    Only the ``+`` neighbours are looked up (:func:`_lookup`); the ``-`` table is their inverse (``u = v + e``
+    exactly when ``v = u - e``), written with one scatter. Half the lookups of searching both directions.
     """
     d = int(powers.shape[0])
     d1 = d + 1
@@ -119,11 +149,8 @@ def blur_neighbours(uniq, powers):
     for j in range(d):
         dirs[j, j] = -d
     deltas = tf.reduce_sum(tf.constant(dirs) * powers[None, :], -1)  # (d1,)
-    shifted = tf.reshape(uniq[None, :] + deltas[:, None], [-1])
-    _, lookup = tf.unique(tf.concat([uniq, shifted], 0), out_idx=tf.int32)
-    plus = tf.reshape(lookup[m:], [d1, m])
+    plus = tf.reshape(_lookup(uniq, tf.reshape(uniq[None, :] + deltas[:, None], [-1])), [d1, m])
     found = plus < m
-    plus = tf.where(found, plus, m)  # absent: the all-zero row M
     # minus[j, plus[j, v]] = v: one scatter into (d1, M + 1) slots; absent entries add 0 to slot M, dropped
     slots = tf.reshape(plus + tf.range(d1)[:, None] * (m + 1), [-1, 1])
     marks = tf.reshape(tf.where(found, tf.range(m)[None, :] + 1, 0), [-1])
@@ -139,7 +166,8 @@ def _splat(contrib, offsets, m):
 
 
 def _blur(lat, tables):
-    """One ``[1/2, 1, 1/2]`` pass per ``(2, M + 1)`` (minus, plus) neighbour table, in order; absent neighbours read row ``M``."""
+    """One ``[1/2, 1, 1/2]`` pass per ``(2, M + 1)`` (minus, plus) neighbour table, in order; absent neighbours
+    read row ``M``."""
     for table in tables:  # (2, M + 1)
         lat = lat + 0.5 * (tf.gather(lat, table[0]) + tf.gather(lat, table[1]))
     return lat
@@ -267,18 +295,15 @@ def _positions(h, w, dtype):
 def spatial_lattice(h, w, theta_gamma, embed_dtype=tf.float64):
     """The spatial kernel's lattice of an ``h x w`` image, shared by every image of that size.
 
-    Where ``h``, ``w`` and ``theta_gamma`` are known while tracing (plain numbers or constants, as in an exported
-    model), it is built once, eagerly, and enters the graph as constants: a TensorFlow Lite model then does not
+    Where ``h``, ``w`` and ``theta_gamma`` are plain numbers (a fixed width and a fixed image size, as in an
+    exported model), it is built once, eagerly, and enters the graph as constants: a TensorFlow Lite model then does not
     rebuild it for every image (the converter does not fold it by itself: its outputs are much larger than its
     inputs). Otherwise (a trained width, a dynamic size) it is built in the graph, once per batch.
     """
-    tg = theta_gamma
-    if tf.is_tensor(tg):
-        tg = tf.get_static_value(tg)
-    known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and tg is not None
-    if known:
+    known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and not tf.is_tensor(theta_gamma)
+    if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)
         with tf.init_scope():
-            lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(tg, embed_dtype), embed_dtype)
+            lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(theta_gamma, embed_dtype), embed_dtype)
             lattice.norm()  # a constant too
             return lattice
     return TfLattice(_positions(h, w, embed_dtype) / tf.cast(theta_gamma, embed_dtype), embed_dtype)

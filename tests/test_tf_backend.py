@@ -33,6 +33,24 @@ def test_lattice_filter_matches_numba(rng, d, ties):
         np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())
 
 
+@pytest.mark.parametrize("crowd", [0, 1, 40])
+def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd):
+    # the blur's neighbour lookup hashes keys into slots `key mod P` (P = 8 M + 7): `crowd` keys share slot 0, and
+    # queries for them, for absent keys of that slot and for other keys, present and absent, must all be answered
+    m = 200
+    p = 8 * m + 7
+    others = rng.choice(np.arange(1, 10**12, p - 1), size=m - crowd, replace=False)  # spread over the slots
+    uniq = np.unique(np.concatenate([np.arange(crowd) * p * 1000, others]))[:m]
+    rng.shuffle(uniq)
+    m = len(uniq)
+    assert (8 * m + 7) == p
+    queries = np.concatenate([uniq, uniq + p, uniq + 1, np.arange(60) * p * 1000 + p, uniq[:5]])
+    rng.shuffle(queries)
+    found = tf_lattice._lookup(tf.constant(uniq, tf.int64), tf.constant(queries, tf.int64)).numpy()
+    where = {k: i for i, k in enumerate(uniq)}
+    np.testing.assert_array_equal(found, [where.get(q, m) for q in queries])
+
+
 def pair(n_lab, norm="after", n_iter=4, **kw):
     args = dict(dict(theta_alpha=6.0, theta_beta=30.0, theta_gamma=2.0), num_iterations=n_iter, normalization=norm)
     args.update(kw)
@@ -50,7 +68,7 @@ def set_same_random_weights(rng, a, b, shapes):
 
 @pytest.mark.parametrize("n_lab, shape, batch, norm",
                          [(2, (8, 9), 1, "after"), (3, (20, 30), 2, "symmetric"), (5, (16, 12), 3, "before"),
-                          (2, (24, 24), 2, "none")])
+                          (2, (24, 24), 2, "none"), (2, (13, 17), 2, "symmetric")])
 def test_forward_matches_numba_on_random_inputs(rng, n_lab, shape, batch, norm):
     logits = rng.normal(scale=2, size=(batch, *shape, n_lab)).astype(np.float32)
     image = rng.uniform(0, 255, size=(batch, *shape, 3)).astype(np.float32)

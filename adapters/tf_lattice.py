@@ -32,12 +32,12 @@ def check_not_xla():
         )
 
 
-def _step(x, tie, dtype):
-    """``1`` where ``x > 0``, ``1`` where ``x == 0`` and ``tie`` is 0.5, else ``0``: in float arithmetic only
-    (XNNPACK runs it; comparisons would not be), exact for ``x == 0`` and ``|x| >= 1e-30`` (float32) or
-    ``1e-300`` (float64)."""
+def _step(x, dtype):
+    """``1.0`` where ``x > 0``, else ``0.0``, in float arithmetic only (TensorFlow Lite's XNNPACK runs it; a
+    comparison and a select would not be): exact for ``x == 0`` and ``|x| >= 1e-30`` (float32) or ``1e-300``
+    (float64)."""
     big = 1e300 if dtype == tf.float64 else 1e30
-    return tf.math.ceil(tf.clip_by_value(x * tf.constant(big, dtype) + tie, 0.0, 1.0))
+    return tf.math.ceil(tf.clip_by_value(x * tf.constant(big, dtype), 0.0, 1.0))
 
 
 def embed(features, embed_dtype=tf.float64):
@@ -45,12 +45,13 @@ def embed(features, embed_dtype=tf.float64):
     simplex's vertices (vertex-major), with the radix ``powers`` (d,) of the packing (which leaves room for the
     blur neighbours).
 
-    The arithmetic of the Numba kernel, written for TensorFlow Lite: everything is elementwise float arithmetic on
-    ``(d + 1, N)`` arrays (which XNNPACK runs), no sort, gather or scatter. A coordinate's rank counts the
-    coordinates whose residual is larger, or equal with a smaller index (the kernel's tie rule), from
-    :func:`_step` of the differences; the residuals in rank order (for the weights) come from a one-hot sum,
-    exact since one term is non-zero; the vertices' coordinates are small integers, exact in float, and are
-    packed into int64 keys by Horner's rule.
+    The arithmetic of the Numba kernel, written for TensorFlow Lite: elementwise float arithmetic on ``(N,)``
+    rows with scalar constants (what XNNPACK runs fast; broadcasting, comparisons, selects, sorts, gathers and
+    scatters it does not), one row per coordinate or vertex. The rounding to the remainder-0 point is a
+    :func:`_step` of the two distances; a coordinate's rank counts the coordinates whose residual is larger, or
+    equal with a smaller index (the kernel's tie rule), one :func:`_step` per pair; the residuals in rank order
+    (for the weights) are one-hot sums, exact since one term is non-zero; the vertices' coordinates are small
+    integers, exact in float, packed into int64 keys by Horner's rule.
     """
     d = int(features.shape[-1])
     d1 = d + 1
@@ -58,50 +59,56 @@ def embed(features, embed_dtype=tf.float64):
     f = tf.cast(features, fdt)
     scale = np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
     sm = tf.zeros_like(f[:, 0])
-    cols = [None] * d1
+    elevated = [None] * d1
     for j in range(d, 0, -1):
         cf = f[:, j - 1] * tf.constant(scale[j - 1], fdt)
-        cols[j] = sm - tf.constant(float(j), fdt) * cf
+        elevated[j] = sm - tf.constant(float(j), fdt) * cf
         sm = sm + cf
-    cols[0] = sm
-    elevated = tf.stack(cols, axis=0)  # (d1, N)
+    elevated[0] = sm
     inv_d1 = tf.constant(1.0 / d1, fdt)
-    v = elevated * inv_d1
-    up = tf.math.ceil(v) * d1
-    down = tf.math.floor(v) * d1
-    rem0 = tf.where(up - elevated < elevated - down, up, down)
-    total = tf.round(tf.add_n(tf.unstack(rem0, axis=0)) / d1)  # (N,)
-    di = elevated - rem0
-    # rank of i: #{j: di_j > di_i} + #{j < i: di_j == di_i}; the 0.5 turns a tie into a count where j < i
-    tie = tf.constant(np.tril(np.full((d1, d1), 0.5), -1), fdt)  # [i, j]: 0.5 where j < i
-    rank = total[None, :]
-    for j in range(d1):
-        rank = rank + _step(di[j][None, :] - di, tie[:, j:j + 1], fdt)
+    rem0 = []
+    for e in elevated:  # the nearer of the multiples of d + 1 around e; the lower one when halfway
+        down = tf.math.floor(e * inv_d1) * d1
+        up = tf.math.ceil(e * inv_d1) * d1
+        rem0.append(down + (up - down) * _step((e - down) - (up - e), fdt))
+    total = tf.round(tf.add_n(rem0) * inv_d1)  # (N,)
+    di = [e - r for e, r in zip(elevated, rem0)]
+    # rank of i: #{j: di_j > di_i} + #{j < i: di_j == di_i}
+    rank = [total] * d1
+    for a in range(d1):
+        for b in range(a + 1, d1):
+            g = _step(di[b] - di[a], fdt)  # 1: b ranks before a; 0: a before b (ties: the smaller index)
+            rank[a] = rank[a] + g
+            rank[b] = rank[b] + (1.0 - g)
     # wrapped around: the final rank is taken modulo d + 1 (ranks are integers: clip gives the indicator)
-    wrap = tf.clip_by_value(-rank, 0.0, 1.0) - tf.clip_by_value(rank - d, 0.0, 1.0)
-    rem0 = rem0 + d1 * wrap
-    rank = rank + d1 * wrap
-    res = (elevated - rem0) * inv_d1
+    for i in range(d1):
+        wrap = tf.clip_by_value(-rank[i], 0.0, 1.0) - tf.clip_by_value(rank[i] - d, 0.0, 1.0)
+        rem0[i] = rem0[i] + d1 * wrap
+        rank[i] = rank[i] + d1 * wrap
+    res = [(e - r) * inv_d1 for e, r in zip(elevated, rem0)]
     # residuals in rank order: srt[k] = res of the coordinate of rank k (one-hot sum: one non-zero term)
-    ks = tf.constant(np.arange(d1, dtype=np.float64)[:, None], fdt)
-    srt = tf.add_n([tf.nn.relu(1.0 - tf.abs(rank[i][None, :] - ks)) * res[i][None, :] for i in range(d1)])
-    srt = tf.unstack(srt, axis=0)
+    srt = [tf.add_n([tf.nn.relu(1.0 - tf.abs(rank[i] - float(k))) * res[i] for i in range(d1)]) for k in range(d1)]
     w = [(srt[d] + 1.0) - srt[0]] + [srt[d - k] - srt[d - k + 1] for k in range(1, d1)]
     weights = tf.cast(tf.stack(w, axis=0), tf.float32)
     # keys: vertex k is rem0 + k on every coordinate, -d1 more on the coordinates ranked above d - k
-    lo = tf.reduce_min(rem0[:d]) - 2 * d1
-    radix = tf.reduce_max(rem0[:d]) - lo + 2 * d1 + 1
-    above = tf.constant(np.arange(d1, dtype=np.float64)[:, None] - d1 + 1, fdt)  # rank >= d1 - k <=> rank + k - d >= 1
+    lo = tf.reduce_min(tf.stack(rem0[:d])) - 2 * d1
+    radix = tf.reduce_max(tf.stack(rem0[:d])) - lo + 2 * d1 + 1
     radix64 = tf.cast(radix, tf.int64)
-    packed = None
-    for i in range(d - 1, -1, -1):  # Horner: sum_i digit_i radix^i
-        digit = rem0[i][None, :] - lo + ks - d1 * tf.clip_by_value(rank[i][None, :] + above, 0.0, 1.0)
-        digit = tf.cast(digit, tf.int64)
-        packed = digit if packed is None else packed * radix64 + digit
+    base = [r - lo for r in rem0[:d]]
+    keys = []
+    for k in range(d1):
+        key = None
+        for i in range(d - 1, -1, -1):  # Horner: sum_i digit_i radix^i
+            digit = base[i] + float(k)
+            if k:  # rank >= d1 - k  <=>  rank + k - d >= 1
+                digit = digit - d1 * tf.clip_by_value(rank[i] + float(k - d), 0.0, 1.0)
+            digit = tf.cast(digit, tf.int64)
+            key = digit if key is None else key * radix64 + digit
+        keys.append(key)
     powers = [tf.ones([], tf.int64)]
     for _ in range(d - 1):
         powers.append(powers[-1] * radix64)
-    return weights, packed, tf.stack(powers)
+    return weights, tf.stack(keys, axis=0), tf.stack(powers)
 
 
 def _lookup(uniq, queries):

@@ -210,12 +210,34 @@ class TfLattice:
         self.weights = weights  # (d1, N)
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self._norm = None
+        self._normalised = {}
 
     def norm(self):
         """``K 1`` (N,), the normalisations' denominator; computed once (eagerly too, where the lattice is)."""
         if self._norm is None:
             self._norm = self.apply(tf.ones([tf.shape(self.weights)[1], 1]))[:, 0]
         return self._norm
+
+    def normalised(self, normalization):
+        """``(splat_w, slice_w, ones)`` of the kernel with densecrf's ``normalization``: the splat weights
+        ``(d1, N)`` with its ``pre`` factor, the slice weights with its ``post`` factor and ``alpha``, and the
+        normalised kernel applied to ones (N,). Computed once per normalisation (eagerly too, where the lattice
+        is)."""
+        if normalization not in self._normalised:
+            norm = self.norm()
+            p = q = None
+            if normalization == "symmetric":
+                p = q = tf.math.rsqrt(norm + 1e-20)
+            elif normalization == "after":
+                q = 1.0 / (norm + 1e-20)
+            elif normalization == "before":
+                p = 1.0 / (norm + 1e-20)
+            splat_w = self.weights if p is None else self.weights * p
+            slice_w = self.alpha * (self.weights if q is None else self.weights * q)
+            tables = [tf.concat([t, tf.fill([2, 1], self.m)], 1) for t in self.tables(range(self.dim + 1))]
+            lat = _blur(_splat(splat_w[:, :, None], self.offsets, self.m), tables)
+            self._normalised[normalization] = (splat_w, slice_w, _slice(lat, self.offsets, slice_w)[:, 0])
+        return self._normalised[normalization]
 
     def tables(self, order, pad_to=None, shift=0):
         """The blur's ``(minus, plus)`` tables along the directions in ``order``, each ``(2, M + 1)`` with the
@@ -246,7 +268,8 @@ class TfKernelPair:
 
     ``apply(vs, vb)`` returns ``K_s vs + K_b vb`` for ``(N, C)`` values, each kernel with densecrf's
     ``normalization`` (its ``pre`` factor folded into the splat weights, its ``post`` factor and the blur's
-    ``alpha`` into the slice weights), which is what the iterations need: ``K_s (q A_s) + K_b (q A_b)``.
+    ``alpha`` into the slice weights), which is what the iterations need: ``K_s (q A_s) + K_b (q A_b)``;
+    ``ones`` is ``(K_s 1, K_b 1)``, normalised.
     """
 
     def __init__(self, spatial, bilateral, normalization):
@@ -260,20 +283,9 @@ class TfKernelPair:
         for j in range(max(self.splits)):  # a lattice without direction j: its vertices read the zero row
             parts = [t[j] if j < len(t) else tf.fill([2, lat.m], total) for t, lat in zip(per_lattice, lats)]
             self.tables.append(tf.concat(parts + [tf.fill([2, 1], total)], 1))
-        pre, post = [], []
-        for lat in lats:
-            norm = lat.norm()
-            p = q = None
-            if normalization == "symmetric":
-                p = q = tf.math.rsqrt(norm + 1e-20)
-            elif normalization == "after":
-                q = 1.0 / (norm + 1e-20)
-            elif normalization == "before":
-                p = 1.0 / (norm + 1e-20)
-            pre.append(lat.weights if p is None else lat.weights * p[None])
-            post.append(lat.alpha * (lat.weights if q is None else lat.weights * q[None]))
-        self.splat_w = pre
-        self.slice_w = tf.concat(post, 0)
+        splat_w, slice_w, self.ones = zip(*(lat.normalised(normalization) for lat in lats))
+        self.splat_w = list(splat_w)
+        self.slice_w = tf.concat(slice_w, 0)
 
     def terms(self, x, slice_w=None):
         """The slice's terms ``(D, N)`` of both kernels applied to one channel ``x`` (N,): the first
@@ -299,7 +311,7 @@ def _positions(h, w, dtype):
     return tf.cast(tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], 1), dtype)
 
 
-def spatial_lattice(h, w, theta_gamma, embed_dtype=tf.float64):
+def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     """The spatial kernel's lattice of an ``h x w`` image, shared by every image of that size.
 
     Where ``h``, ``w`` and ``theta_gamma`` are plain numbers (a fixed width and a fixed image size, as in an
@@ -311,7 +323,7 @@ def spatial_lattice(h, w, theta_gamma, embed_dtype=tf.float64):
     if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)
         with tf.init_scope():
             lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(theta_gamma, embed_dtype), embed_dtype)
-            lattice.norm()  # a constant too
+            lattice.normalised(normalization)  # constants too
             return lattice
     return TfLattice(_positions(h, w, embed_dtype) / tf.cast(theta_gamma, embed_dtype), embed_dtype)
 
@@ -350,7 +362,7 @@ def _binary_iterations(u, kernels, a_s, a_b, n_iter):
     ``K (q A) = K 1 (x) A[1] + K q0 (x) (A[0] - A[1])``; ``K 1`` is filtered once, and until the last step only
     ``z0 - z1`` is kept (``q0 = sigmoid(z0 - z1)``), the kernels' two label differences folded into the slice
     weights so that one sum gives it."""
-    ks1, kb1 = kernels.split_sums(kernels.terms(tf.ones_like(u[:, 0])))
+    ks1, kb1 = kernels.ones
     base = u - ks1[:, None] * a_s[1][None] - kb1[:, None] * a_b[1][None]  # (N, 2)
     da_s, da_b = a_s[0] - a_s[1], a_b[0] - a_b[1]  # (2,)
     rows = tf.concat([tf.fill([kernels.splits[0], 1], da_s[0] - da_s[1]),
@@ -375,7 +387,7 @@ def meanfield(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, the
     h, w = logits.shape[1], logits.shape[2]
     if h is None or w is None:
         h, w = tf.shape(logits)[1], tf.shape(logits)[2]
-    spatial = spatial_lattice(h, w, theta_gamma, embed_dtype)
+    spatial = spatial_lattice(h, w, theta_gamma, normalization, embed_dtype)
     kw = dict(n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, normalization=normalization,
               embed_dtype=embed_dtype)
     if logits.shape[0] is not None:  # static batch: unrolled (what TFLite converts best)

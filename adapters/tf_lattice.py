@@ -363,17 +363,18 @@ def _binary_iterations(u, kernels, a_s, a_b, n_iter):
     ``z0 - z1`` is kept (``q0 = sigmoid(z0 - z1)``), the kernels' two label differences folded into the slice
     weights so that one sum gives it."""
     ks1, kb1 = kernels.ones
-    base = u - ks1[:, None] * a_s[1][None] - kb1[:, None] * a_b[1][None]  # (N, 2)
+    # per label, as (N,) rows times scalars (TensorFlow Lite broadcasts (N, 1) x (1, 2) slowly)
+    base = [u[:, c] - ks1 * a_s[1, c] - kb1 * a_b[1, c] for c in range(2)]
     da_s, da_b = a_s[0] - a_s[1], a_b[0] - a_b[1]  # (2,)
     rows = tf.concat([tf.fill([kernels.splits[0], 1], da_s[0] - da_s[1]),
                       tf.fill([kernels.splits[1], 1], da_b[0] - da_b[1])], 0)
     delta_w = kernels.slice_w * rows
-    base_delta = base[:, 0] - base[:, 1]
+    base_delta = base[0] - base[1]
     delta = u[:, 0] - u[:, 1]
     for _ in range(n_iter - 1):
         delta = base_delta - tf.add_n(tf.unstack(kernels.terms(tf.sigmoid(delta), delta_w), axis=0))
     out_s, out_b = kernels.split_sums(kernels.terms(tf.sigmoid(delta)))
-    return base - out_s[:, None] * da_s[None] - out_b[:, None] * da_b[None]
+    return tf.stack([base[c] - out_s * da_s[c] - out_b * da_b[c] for c in range(2)], axis=1)
 
 
 def meanfield(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, theta_gamma, normalization,

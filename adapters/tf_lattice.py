@@ -239,6 +239,20 @@ class TfLattice:
             self._normalised[normalization] = (splat_w, slice_w, _slice(lat, self.offsets, slice_w)[:, 0])
         return self._normalised[normalization]
 
+    def as_constants(self):
+        """This eagerly built lattice with its arrays (and those computed so far) as constants of the graph
+        being traced, not as captured eager tensors."""
+        def const(t):
+            return tf.constant(t.numpy())
+
+        out = object.__new__(TfLattice)
+        out.__dict__.update(self.__dict__)
+        out.m, out.neighbours, out.offsets, out.weights = (const(t) for t in (self.m, self.neighbours, self.offsets,
+                                                                               self.weights))
+        out._norm = None if self._norm is None else const(self._norm)
+        out._normalised = {k: tuple(const(t) for t in v) for k, v in self._normalised.items()}
+        return out
+
     def tables(self, order, pad_to=None, shift=0):
         """The blur's ``(minus, plus)`` tables along the directions in ``order``, each ``(2, M + 1)`` with the
         zero row ``M`` reading itself; with ``pad_to``, indices are shifted by ``shift`` and absent neighbours
@@ -315,16 +329,16 @@ def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     """The spatial kernel's lattice of an ``h x w`` image, shared by every image of that size.
 
     Where ``h``, ``w`` and ``theta_gamma`` are plain numbers (a fixed width and a fixed image size, as in an
-    exported model), it is built once, eagerly, and enters the graph as constants: a TensorFlow Lite model then does not
-    rebuild it for every image (the converter does not fold it by itself: its outputs are much larger than its
+    exported model), it is built once, eagerly, and enters the graph as constants: a TensorFlow Lite model then
+    does not rebuild it for every image (the converter does not fold it by itself: its outputs are much larger than its
     inputs). Otherwise (a trained width, a dynamic size) it is built in the graph, once per batch.
     """
     known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and not tf.is_tensor(theta_gamma)
     if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)
         with tf.init_scope():
             lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(theta_gamma, embed_dtype), embed_dtype)
-            lattice.normalised(normalization)  # constants too
-            return lattice
+            lattice.normalised(normalization)
+        return lattice.as_constants()
     return TfLattice(_positions(h, w, embed_dtype) / tf.cast(theta_gamma, embed_dtype), embed_dtype)
 
 

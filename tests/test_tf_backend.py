@@ -51,6 +51,28 @@ def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd):
     np.testing.assert_array_equal(found, [where.get(q, m) for q in queries])
 
 
+def test_spatial_lattice_is_built_once_as_constants_for_fixed_sizes_and_widths():
+    # what an exported model (fixed image size, fixed theta_gamma) needs: the spatial lattice as constants of the
+    # graph, not rebuilt per image; a trained (tensor) width keeps it in the graph, where gradients reach it
+    seen = {}
+
+    @tf.function
+    def trace(theta_gamma):
+        fixed = tf_lattice.spatial_lattice(20, 30, 3.0, "symmetric", tf.float32)
+        learned = tf_lattice.spatial_lattice(20, 30, theta_gamma, "symmetric", tf.float32)
+        for name, lattice in (("fixed", fixed), ("learned", learned)):
+            splat_w, slice_w, ones = lattice.normalised("symmetric")
+            seen[name] = {t.op.type for t in (lattice.offsets, lattice.weights, lattice.neighbours, slice_w, ones)}
+        return [fixed.offsets, fixed.weights, fixed.normalised("symmetric")[2]], [
+            learned.offsets, learned.weights, learned.normalised("symmetric")[2]]
+
+    fixed, learned = trace(tf.constant(3.0))
+    assert seen["fixed"] == {"Const"}
+    assert "Const" not in seen["learned"]
+    for a, b in zip(fixed, learned):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def pair(n_lab, norm="after", n_iter=4, **kw):
     args = dict(dict(theta_alpha=6.0, theta_beta=30.0, theta_gamma=2.0), num_iterations=n_iter, normalization=norm)
     args.update(kw)

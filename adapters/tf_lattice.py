@@ -1,10 +1,12 @@
 """The permutohedral lattice and mean field in TensorFlow ops only (no ``numpy_function``, no custom op).
 
 The same function as crfcore's Numba core (Adams et al. 2010; Krähenbühl's densecrf conventions), written with
-ops that SavedModel, TensorFlow Lite and GPUs handle: column sums for the elevation, ``top_k`` for the simplex
-rank, gathers in rank order for the barycentric weights, keys packed into int64, ``tf.unique`` for the vertex
-dedup *and* for the blur-neighbour lookup (unique over ``[vertices, shifted vertices]`` numbers existing vertices
-first), ``unsorted_segment_sum`` for the splat, gathers for blur and slice. Gradients come from TensorFlow's
+ops that SavedModel, TensorFlow Lite and GPUs handle, and shaped for TensorFlow Lite's speed: the embedding as
+elementwise float arithmetic on ``(N,)`` rows (:func:`embed`), keys packed into int64, ``tf.unique`` numbering the
+vertices, a hash table of segment ops for the blur's neighbours (:func:`blur_neighbours`), ``(d + 1, N)``
+vertex-major layouts, ``unsorted_segment_sum`` for the splat, gathers for blur and slice, both kernels in one
+vertex table (:class:`TfKernelPair`), the spatial lattice built once as constants where its size and width are
+fixed (:func:`spatial_lattice`), and one filtered channel per step for two labels. Gradients come from TensorFlow's
 autodiff. ``tf.unique`` has a data-dependent output size: XLA (``jit_compile=True``) compiles it but pads its outputs,
 which would corrupt the lattice, so building one under XLA raises ``NotImplementedError``.
 """

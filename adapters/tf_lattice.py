@@ -221,10 +221,9 @@ class TfLattice:
         return self._norm
 
     def normalised(self, normalization):
-        """``(splat_w, slice_w, ones)`` of the kernel with densecrf's ``normalization``: the splat weights
-        ``(d1, N)`` with its ``pre`` factor, the slice weights with its ``post`` factor and ``alpha``, and the
-        normalised kernel applied to ones (N,). Computed once per normalisation (eagerly too, where the lattice
-        is)."""
+        """``(splat_w, slice_w)`` of the kernel with densecrf's ``normalization``: the splat weights ``(d1, N)``
+        with its ``pre`` factor, the slice weights with its ``post`` factor and ``alpha``. Computed once per
+        normalisation (eagerly too, where the lattice is)."""
         if normalization not in self._normalised:
             norm = self.norm()
             p = q = None
@@ -236,10 +235,18 @@ class TfLattice:
                 p = 1.0 / (norm + 1e-20)
             splat_w = self.weights if p is None else self.weights * p
             slice_w = self.alpha * (self.weights if q is None else self.weights * q)
+            self._normalised[normalization] = (splat_w, slice_w)
+        return self._normalised[normalization]
+
+    def normalised_ones(self, normalization):
+        """The normalised kernel applied to ones, ``(N,)``; computed once per normalisation."""
+        key = ("ones", normalization)
+        if key not in self._normalised:
+            splat_w, slice_w = self.normalised(normalization)
             tables = [tf.concat([t, tf.fill([2, 1], self.m)], 1) for t in self.tables(range(self.dim + 1))]
             lat = _blur(_splat(splat_w[:, :, None], self.offsets, self.m), tables)
-            self._normalised[normalization] = (splat_w, slice_w, _slice(lat, self.offsets, slice_w)[:, 0])
-        return self._normalised[normalization]
+            self._normalised[key] = (_slice(lat, self.offsets, slice_w)[:, 0],)
+        return self._normalised[key][0]
 
     def as_constants(self):
         """This eagerly built lattice with its arrays (and those computed so far) as constants of the graph
@@ -299,9 +306,15 @@ class TfKernelPair:
         for j in range(max(self.splits)):  # a lattice without direction j: its vertices read the zero row
             parts = [t[j] if j < len(t) else tf.fill([2, lat.m], total) for t, lat in zip(per_lattice, lats)]
             self.tables.append(tf.concat(parts + [tf.fill([2, 1], total)], 1))
-        splat_w, slice_w, self.ones = zip(*(lat.normalised(normalization) for lat in lats))
+        splat_w, slice_w = zip(*(lat.normalised(normalization) for lat in lats))
         self.splat_w = list(splat_w)
         self.slice_w = tf.concat(slice_w, 0)
+        self._lattices, self._normalization = lats, normalization
+
+    @property
+    def ones(self):
+        """``(K_s 1, K_b 1)``, normalised (computed on first use)."""
+        return tuple(lat.normalised_ones(self._normalization) for lat in self._lattices)
 
     def terms(self, x, slice_w=None):
         """The slice's terms ``(D, N)`` of both kernels applied to one channel ``x`` (N,): the first
@@ -339,7 +352,7 @@ def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)
         with tf.init_scope():
             lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(theta_gamma, embed_dtype), embed_dtype)
-            lattice.normalised(normalization)
+            lattice.normalised_ones(normalization)
         return lattice.as_constants()
     return TfLattice(_positions(h, w, embed_dtype) / tf.cast(theta_gamma, embed_dtype), embed_dtype)
 

@@ -89,27 +89,30 @@ def embed(features, embed_dtype=tf.float64):
         rank[i] = rank[i] + d1 * wrap
     res = [(e - r) * inv_d1 for e, r in zip(elevated, rem0)]
     # residuals in rank order: srt[k] = res of the coordinate of rank k (one-hot sum: one non-zero term)
-    srt = [tf.add_n([tf.nn.relu(1.0 - tf.abs(rank[i] - float(k))) * res[i] for i in range(d1)]) for k in range(d1)]
+    onehot = [[tf.nn.relu(1.0 - tf.abs(rank[i] - float(k))) for k in range(d1)] for i in range(d1)]  # [i][k]
+    srt = [tf.add_n([onehot[i][k] * res[i] for i in range(d1)]) for k in range(d1)]
     w = [(srt[d] + 1.0) - srt[0]] + [srt[d - k] - srt[d - k + 1] for k in range(1, d1)]
     weights = tf.cast(tf.stack(w, axis=0), tf.float32)
     # keys: vertex k is rem0 + k on every coordinate, -d1 more on the coordinates ranked above d - k
     lo = tf.reduce_min(tf.stack(rem0[:d])) - 2 * d1
     radix = tf.reduce_max(tf.stack(rem0[:d])) - lo + 2 * d1 + 1
     radix64 = tf.cast(radix, tf.int64)
-    base = [r - lo for r in rem0[:d]]
-    keys = []
-    for k in range(d1):
-        key = None
-        for i in range(d - 1, -1, -1):  # Horner: sum_i digit_i radix^i
-            digit = base[i] + float(k)
-            if k:  # rank >= d1 - k  <=>  rank + k - d >= 1
-                digit = digit - d1 * tf.clip_by_value(rank[i] + float(k - d), 0.0, 1.0)
-            digit = tf.cast(digit, tf.int64)
-            key = digit if key is None else key * radix64 + digit
-        keys.append(key)
     powers = [tf.ones([], tf.int64)]
     for _ in range(d - 1):
         powers.append(powers[-1] * radix64)
+    # vertex 0's key by Horner's rule, then vertex k = vertex 0 + k (1, ..., 1) - (d + 1) (the powers of the k
+    # coordinates ranked highest), each power fetched by its coordinate's index (exact small integers in float)
+    key0 = None
+    for i in range(d - 1, -1, -1):
+        digit = tf.cast(rem0[i] - lo, tf.int64)
+        key0 = digit if key0 is None else key0 * radix64 + digit
+    step = tf.add_n(powers)
+    table = tf.concat([tf.stack(powers), tf.zeros([1], tf.int64)], 0)  # coordinate d: no power
+    keys, top = [key0], None
+    for k in range(1, d1):  # the coordinate of rank d + 1 - k joins the top
+        coord = tf.cast(tf.add_n([float(i) * onehot[i][d1 - k] for i in range(1, d1)]), tf.int32)
+        top = tf.gather(table, coord) if top is None else top + tf.gather(table, coord)
+        keys.append(key0 + (k * step - d1 * top))
     return weights, tf.stack(keys, axis=0), tf.stack(powers)
 
 

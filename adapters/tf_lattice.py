@@ -242,8 +242,13 @@ class TfLattice:
         return self._normalised[normalization]
 
     def normalised_ones(self, normalization):
-        """The normalised kernel applied to ones, ``(N,)``; computed once per normalisation."""
+        """The normalised kernel applied to ones, ``(N,)``: 1 for ``"after"``, ``K 1`` without normalisation,
+        filtered once for the others."""
         key = ("ones", normalization)
+        if key not in self._normalised and normalization == "after":  # K 1 / K 1
+            self._normalised[key] = (tf.ones_like(self.norm()),)
+        elif key not in self._normalised and normalization not in ("symmetric", "before"):  # no normalisation
+            self._normalised[key] = (self.norm(),)
         if key not in self._normalised:
             splat_w, slice_w = self.normalised(normalization)
             tables = [tf.concat([t, tf.fill([2, 1], self.m)], 1) for t in self.tables(range(self.dim + 1))]

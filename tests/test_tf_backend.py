@@ -61,7 +61,7 @@ def test_spatial_lattice_is_built_once_as_constants_for_fixed_sizes_and_widths()
         fixed = tf_lattice.spatial_lattice(20, 30, 3.0, "symmetric", tf.float32)
         learned = tf_lattice.spatial_lattice(20, 30, theta_gamma, "symmetric", tf.float32)
         for name, lattice in (("fixed", fixed), ("learned", learned)):
-            splat_w, slice_w = lattice.normalised("symmetric")
+            _, slice_w = lattice.normalised("symmetric")
             ones = lattice.normalised_ones("symmetric")
             seen[name] = {t.op.type for t in (lattice.offsets, lattice.weights, lattice.neighbours, slice_w, ones)}
         return [fixed.offsets, fixed.weights, fixed.normalised_ones("symmetric")], [

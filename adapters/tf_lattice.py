@@ -369,7 +369,8 @@ def _bilateral_features(image, theta_alpha, theta_beta, dtype=tf.float64):
     """The bilateral kernel's features of one ``(H, W, C)`` image: positions over theta_alpha, colours over
     theta_beta."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    colour = tf.reshape(tf.cast(image, dtype), [h * w, -1])
+    n_ch = image.shape[-1] if image.shape[-1] is not None else -1  # static where known: the lattice's dimension
+    colour = tf.reshape(tf.cast(image, dtype), [h * w, n_ch])
     ta, tb = (tf.cast(t, dtype) for t in (theta_alpha, theta_beta))  # floats or tensors
     return tf.concat([_positions(h, w, dtype) / ta, colour / tb], 1)
 

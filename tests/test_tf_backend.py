@@ -150,6 +150,18 @@ def test_dynamic_batch_with_tf_backend(rng):
         assert out.shape == (batch, 10, 12, 2)
 
 
+def test_dynamic_image_size_with_tf_backend(rng):
+    # images of any size through one traced function: the spatial lattice is then built in the graph, per batch
+    spec = [tf.TensorSpec([None, None, None, 2]), tf.TensorSpec([None, None, None, 3])]
+    a, b = pair(2, "symmetric", n_iter=3)
+    set_same_random_weights(rng, a, b, [(1, 8, 8, 2), (1, 8, 8, 3)])
+    ours, theirs = (tf.function(lambda x, y, layer=layer: layer([x, y]), input_signature=spec) for layer in (a, b))
+    for h, w in ((12, 10), (7, 9)):
+        logits = rng.normal(scale=2, size=(2, h, w, 2)).astype(np.float32)
+        image = rng.uniform(0, 255, size=(2, h, w, 3)).astype(np.float32)
+        np.testing.assert_allclose(theirs(logits, image).numpy(), ours(logits, image).numpy(), atol=1e-4, rtol=1e-5)
+
+
 def tiny_model(rng):
     img_in = keras.Input((24, 24, 3))
     logits = keras.layers.Conv2D(2, 3, padding="same", name="logits")(img_in)

@@ -251,8 +251,7 @@ class TfLattice:
             self._normalised[key] = (self.norm(),)
         if key not in self._normalised:
             splat_w, slice_w = self.normalised(normalization)
-            tables = [tf.concat([t, tf.fill([2, 1], self.m)], 1) for t in self.tables(range(self.dim + 1))]
-            lat = _blur(_splat(splat_w[:, :, None], self.offsets, self.m), tables)
+            lat = _blur(_splat(splat_w[:, :, None], self.offsets, self.m), self._own_tables())
             self._normalised[key] = (_slice(lat, self.offsets, slice_w)[:, 0],)
         return self._normalised[key][0]
 
@@ -283,12 +282,14 @@ class TfLattice:
             out.append(nb)
         return out
 
+    def _own_tables(self, transpose=False):
+        """The blur's tables of this lattice alone, with the zero row ``M`` reading itself."""
+        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
+        return [tf.concat([t, tf.fill([2, 1], self.m)], 1) for t in self.tables(order)]
+
     def apply(self, values, transpose=False):
         """``K @ values`` (or ``K^T @ values``): splat, blur along each direction, slice. ``values``: (N, C)."""
-        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
-        pad = tf.fill([2, 1], self.m)
-        tables = [tf.concat([t, pad], 1) for t in self.tables(order)]
-        lat = _blur(_splat(self.weights[:, :, None] * values[None], self.offsets, self.m), tables)
+        lat = _blur(_splat(self.weights[:, :, None] * values[None], self.offsets, self.m), self._own_tables(transpose))
         return self.alpha * _slice(lat, self.offsets, self.weights)
 
 
@@ -316,6 +317,7 @@ class TfKernelPair:
             self.tables.append(tf.concat(parts + [tf.fill([2, 1], total)], 1))
         splat_w, slice_w = zip(*(lat.normalised(normalization) for lat in lats))
         self.splat_w = list(splat_w)
+        self.splat_all = tf.concat(splat_w, 0)
         self.slice_w = tf.concat(slice_w, 0)
         self._lattices, self._normalization = lats, normalization
 
@@ -327,9 +329,7 @@ class TfKernelPair:
     def terms(self, x, slice_w=None):
         """The slice's terms ``(D, N)`` of both kernels applied to one channel ``x`` (N,): the first
         ``splits[0]`` rows sum to ``K_s x``, the others to ``K_b x`` (``slice_w`` may scale the rows)."""
-        if not hasattr(self, "_splat_all"):
-            self._splat_all = tf.concat(self.splat_w, 0)
-        lat = _blur(_splat((self._splat_all * x[None])[:, :, None], self.offsets, self.m), self.tables)[:, 0]
+        lat = _blur(_splat((self.splat_all * x[None])[:, :, None], self.offsets, self.m), self.tables)[:, 0]
         return (self.slice_w if slice_w is None else slice_w) * tf.gather(lat, self.offsets)
 
     def split_sums(self, terms):

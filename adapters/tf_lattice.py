@@ -352,9 +352,10 @@ def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     """The spatial kernel's lattice of an ``h x w`` image, shared by every image of that size.
 
     Where ``h``, ``w`` and ``theta_gamma`` are plain numbers (a fixed width and a fixed image size, as in an
-    exported model), it is built once, eagerly, and enters the graph as constants: a TensorFlow Lite model then
-    does not rebuild it for every image (the converter does not fold it by itself: its outputs are much larger than its
-    inputs). Otherwise (a trained width, a dynamic size) it is built in the graph, once per batch.
+    exported model), it is built once, eagerly, and enters the graph as constants: neither a SavedModel nor a
+    TensorFlow Lite model rebuilds it for every image (the TFLite converter folds it by itself from a Keras model,
+    not from a concrete function). Otherwise (a trained width, a dynamic size) it is built in the graph, once per
+    batch.
     """
     known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and not tf.is_tensor(theta_gamma)
     if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)

@@ -39,7 +39,7 @@ def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd):
     # queries for them, for absent keys of that slot and for other keys, present and absent, must all be answered
     m = 200
     p = 8 * m + 7
-    others = rng.choice(np.arange(1, 10**12, p - 1), size=m - crowd, replace=False)  # spread over the slots
+    others = rng.integers(1, 10**12, size=m - crowd)  # spread over the slots (distinct: checked below)
     uniq = np.unique(np.concatenate([np.arange(crowd) * p * 1000, others]))[:m]
     rng.shuffle(uniq)
     m = len(uniq)

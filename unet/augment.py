@@ -1,4 +1,4 @@
-"""Training-time augmentation for the U-Net: flips, small rotations, scale, colour jitter (a fresh draw each epoch).
+"""Training-time augmentation: flips, small rotations, scale, colour jitter, sensor noise (a fresh draw each epoch).
 
 Geometry moves image and mask together (bilinear for the image, nearest for the mask, borders reflected); colour
 changes the image alone. For a small real data set these make the difference between memorising and learning.
@@ -10,9 +10,10 @@ import numpy as np
 from scipy import ndimage
 
 #: The default strengths: rotations up to 10 degrees, scale 0.85-1.15, brightness +-0.12, contrast 0.8-1.25,
-#: saturation 0.7-1.3, per-channel gains +-6 %.
+#: saturation 0.7-1.3, per-channel gains +-6 %, no noise (``noise``: the largest standard deviation of the Gaussian
+#: pixel noise, drawn uniformly up to it per image).
 DEFAULTS = dict(rotation=10.0, scale=(0.85, 1.15), brightness=0.12, contrast=(0.8, 1.25), saturation=(0.7, 1.3),
-                channel_gain=0.06)
+                channel_gain=0.06, noise=0.0)
 
 
 def _geometry(image, mask, angle, zoom, flip_h, flip_v):
@@ -40,6 +41,8 @@ def _colour(image, rng, s):
     img = grey + (image - grey) * rng.uniform(*s["saturation"])
     img = (img - 0.5) * rng.uniform(*s["contrast"]) + 0.5 + rng.uniform(-s["brightness"], s["brightness"])
     img = img * (1.0 + rng.uniform(-s["channel_gain"], s["channel_gain"], size=3))
+    if s["noise"] > 0:
+        img = img + rng.normal(0.0, rng.uniform(0.0, s["noise"]), size=img.shape)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 

@@ -87,7 +87,8 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
                              f"{size}x{size}; pass --size {base.inputs[0].shape[1]}")
         model = keras.models.clone_model(base)
         model.set_weights(base.get_weights())
-        model.trainable = True
+        for layer in [model, *model.layers]:  # a U-Net + CRF model's U-Net is frozen, and its clone's layers too
+            layer.trainable = True
     else:
         model = build_unet(size=size)
     steps = max(1, epochs * -(-len(train) // batch_size))
@@ -182,7 +183,7 @@ def far_from_boundary(masks, margin):
 
 
 def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.003, widths_learning_rate=0.05,
-              boundary_weight=60.0, boundary_margin=3.0, seed=0, verbose=1, keep_best=True):
+              boundary_weight=60.0, boundary_margin=3.0, seed=0, verbose=1, keep_best=True, augmentation=None):
     """Step 4: retrain the model from :func:`attach_crf`; only the CRF layer learns.
 
     The three matrices and the widths get Adam optimisers of their own: widths are logs and must travel far
@@ -193,6 +194,9 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     2-3x more islands than the U-Net), while every spurious island or hole adds boundary. ``boundary_margin``
     (pixels) counts that boundary only away from the true mask's edge (:func:`far_from_boundary`), so the term
     does not pull on the document's own outline.
+
+    ``augmentation`` (a dict of :data:`unet.augment.DEFAULTS`' strengths, True for those defaults, None or False
+    for none) draws fresh augmented copies of ``train`` each epoch; the frozen U-Net sees them too.
 
     Returns
     -------
@@ -232,6 +236,11 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     start_loss = _dev_loss(crf_model, dev, batch_size, boundary_weight, dev_far) if keep_best else None
     best = (np.inf if start_loss is None else start_loss, layer.get_weights())
     for epoch in range(epochs):
+        images, masks = train.images, train.masks
+        if augmentation:
+            images, masks = augment(images, masks, seed=[seed, 1, epoch],
+                                    strength=augmentation if isinstance(augmentation, dict) else None)
+            far = far_from_boundary(masks, margin)
         order = rng.permutation(n)
         bar = keras.utils.Progbar(-(-n // batch_size), verbose=verbose, stateful_metrics=["loss"])
         losses = []
@@ -239,7 +248,7 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
             print(f"CRF-RNN epoch {epoch + 1}/{epochs}")
         for k, b0 in enumerate(range(0, n, batch_size)):
             idx = np.sort(order[b0:b0 + batch_size])
-            losses.append(float(step(tf.constant(train.images[idx]), tf.constant(train.masks[idx]),
+            losses.append(float(step(tf.constant(images[idx]), tf.constant(masks[idx]),
                                      tf.constant(far[idx]))))
             bar.update(k + 1, values=[("loss", np.mean(losses))])
         history["loss"].append(float(np.mean(losses)))

@@ -1,0 +1,155 @@
+"""The pipeline's training helpers: augmentation, fine-tuning from a model, keeping the best dev epoch, the CRF
+stage on augmented copies."""
+
+import numpy as np
+import pytest
+
+from unet.augment import augment
+
+#: colour and noise off: geometry alone
+GEOMETRY = dict(brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), channel_gain=0.0, noise=0.0)
+#: geometry off but the flips (which are always drawn)
+NO_GEOMETRY = dict(rotation=0.0, scale=(1.0, 1.0))
+
+
+def _squares(n=6, size=40, seed=0):
+    """Bright rectangles on a dark ground; the mask is the rectangle."""
+    rng = np.random.default_rng(seed)
+    images = np.full((n, size, size, 3), 0.1, np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        y0, x0 = rng.integers(4, size // 2, 2)
+        y1, x1 = y0 + rng.integers(8, size // 2), x0 + rng.integers(8, size // 2)
+        masks[i, y0:y1, x0:x1] = 1
+        images[i, y0:y1, x0:x1] = 0.9
+    return images, masks
+
+
+def _flipped_to(aug_mask, mask):
+    """``mask`` flipped the way that makes it ``aug_mask``, or None."""
+    for m in (mask, mask[:, ::-1], mask[::-1], mask[::-1, ::-1]):
+        if np.array_equal(m, aug_mask):
+            return m
+    return None
+
+
+def test_geometry_moves_image_and_mask_together():
+    images, masks = _squares()
+    x, y = augment(images, masks, seed=3, strength=dict(GEOMETRY, rotation=15.0, scale=(0.8, 1.2)))
+    assert x.shape == images.shape and x.dtype == np.float32 and y.shape == masks.shape and y.dtype == np.uint8
+    assert set(np.unique(y)) <= {0, 1}
+    moved = 0
+    for xi, yi, mi in zip(x, y, masks):
+        moved += _flipped_to(yi, mi) is None
+        # the image's bright part is the mask, but for the bilinear image's edge pixels
+        assert np.mean((xi[..., 0] > 0.5) == (yi == 1)) > 0.97
+    assert moved >= len(masks) // 2  # rotations and scales changed most masks
+
+
+def test_colour_and_noise_change_the_image_alone():
+    images, masks = _squares()
+    x, y = augment(images, masks, seed=1, strength=NO_GEOMETRY)
+    for xi, yi, mi in zip(x, y, masks):
+        assert _flipped_to(yi, mi) is not None  # only flips moved the mask
+        assert 0.0 <= xi.min() and xi.max() <= 1.0
+    assert not np.allclose(x, augment(images, masks, seed=1, strength=dict(NO_GEOMETRY, **GEOMETRY))[0])
+    # noise: the default strengths add none; with `noise`, pixels of one flat region differ
+    quiet, _ = augment(images, masks, seed=2, strength=dict(NO_GEOMETRY, **GEOMETRY))
+    noisy, _ = augment(images, masks, seed=2, strength=dict(NO_GEOMETRY, **dict(GEOMETRY, noise=0.1)))
+    spread = []
+    for q, z in zip(quiet, noisy):
+        ground = q[..., 0] < 0.5  # the flat dark ground (the same flips: the same seed)
+        assert q[ground].std() < 1e-6
+        spread.append(z[ground].std())
+        assert 0.0 <= z.min() and z.max() <= 1.0
+    assert min(spread) > 0.0 and np.mean(spread) > 0.01  # each image draws its own deviation up to 0.1
+
+
+def test_augmentation_is_seeded_per_sample():
+    images, masks = _squares()
+    a = augment(images, masks, seed=[5, 0])
+    b = augment(images, masks, seed=[5, 0], workers=1)
+    head = augment(images[:3], masks[:3], seed=[5, 0])
+    other = augment(images, masks, seed=[5, 1])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0][:3], head[0])  # sample i depends on (seed, i) only
+    assert not np.array_equal(a[0], other[0])
+    np.testing.assert_array_equal(images, _squares()[0])  # the inputs are untouched
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pytest.importorskip("tensorflow")
+    from unet import data
+
+    return data.synthetic_splits(8, 4, 0, seed=0, size=48)
+
+
+def _dev_loss(model, ds):
+    from unet.pipeline import _dev_loss
+
+    return _dev_loss(model, ds, 4)
+
+
+def _trained(model):
+    """The trainable weights (batch norm's moving statistics move whatever the learning rate)."""
+    out = [w.numpy() for w in model.trainable_weights]
+    assert len(out) > 10
+    return out
+
+
+def test_fine_tuning_starts_from_the_init_model(tiny):
+    from unet.pipeline import attach_crf, train_unet
+
+    first, _ = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, augmentation=False)
+    # a vanishing learning rate: what comes back is where training started
+    tuned, _ = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, augmentation=False,
+                          init=first, learning_rate=1e-12, keep_best=False)
+    scratch, _ = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, augmentation=False,
+                            learning_rate=1e-12, keep_best=False, seed=1)
+    reference = _trained(first)
+    for a, b in zip(reference, _trained(tuned)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(reference, _trained(scratch))) > 1e-2
+    # the U-Net inside a U-Net + CRF model is taken too
+    from_crf, _ = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, augmentation=False,
+                             init=attach_crf(first, learn_widths=False), learning_rate=1e-12, keep_best=False)
+    for a, b in zip(reference, _trained(from_crf)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="takes \\(48, 48\\) images but the data is 32x32"):
+        from unet import data
+
+        small = data.synthetic_splits(2, 1, 0, seed=0, size=32)
+        train_unet(small["train"], small["dev"], epochs=1, verbose=0, init=first)
+
+
+def test_the_best_dev_epoch_is_kept(tiny):
+    from unet.pipeline import train_unet
+
+    # a learning rate high enough that the dev loss does not fall every epoch
+    model, history = train_unet(tiny["train"], tiny["dev"], epochs=4, batch_size=4, verbose=0, augmentation=False,
+                                learning_rate=0.05)
+    val = history["val_loss"]
+    assert len(val) == 4 and history["best_epoch"] == int(np.argmin(val)) + 1
+    assert _dev_loss(model, tiny["dev"]) == pytest.approx(min(val), rel=1e-3, abs=1e-4)
+    last, h_last = train_unet(tiny["train"], tiny["dev"], epochs=4, batch_size=4, verbose=0, augmentation=False,
+                              learning_rate=0.05, keep_best=False)
+    assert h_last["best_epoch"] == 4
+    assert _dev_loss(last, tiny["dev"]) == pytest.approx(h_last["val_loss"][-1], rel=1e-3, abs=1e-4)
+
+
+def test_crf_stage_trains_on_augmented_copies(tiny):
+    from unet.pipeline import attach_crf, train_crf, train_unet
+
+    unet, _ = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, augmentation=False)
+    runs = {}
+    for aug in (None, dict(noise=0.05)):
+        model = attach_crf(unet)
+        _, history = train_crf(model, tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0,
+                               keep_best=False, augmentation=aug)
+        runs[str(aug)] = history
+        assert np.isfinite(history["loss"][0])
+    # the same seed and batch order: only the images differ
+    assert runs["None"]["loss"][0] != runs[str(dict(noise=0.05))]["loss"][0]
+    assert runs["None"]["widths"][0] != runs[str(dict(noise=0.05))]["widths"][0]

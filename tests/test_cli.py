@@ -29,6 +29,7 @@ from unet.pipeline import attach_crf  # noqa: E402
      "--crf-boundary-weight: must be a finite number >= 0"),
     (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-boundary-margin", "inf"],
      "--crf-boundary-margin: must be a finite number >= 0"),
+    (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-noise", "-0.1"], "--crf-noise: must be a finite number >= 0"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, match, capsys, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,3 +109,14 @@ def test_which_widths_add_crf_learns(flags, learned):
     expected = {True: ["log_theta_alpha", "log_theta_beta", "log_theta_gamma"], False: []}.get(
         learned, ["log_theta_alpha", "log_theta_beta"])
     assert [w.name for w in layer.trainable_weights if w.name.startswith("log_")] == expected
+
+
+@pytest.mark.parametrize("flags, augmentation", [
+    ([], None),
+    (["--crf-augment"], {"noise": 0.0}),
+    (["--crf-noise", "0.05"], {"noise": 0.05}),
+    (["--crf-augment", "--crf-noise", "0.05"], {"noise": 0.05}),
+])
+def test_crf_stage_augmentation_flags(flags, augmentation):
+    args = cli.parser().parse_args(["add-crf", "--out", "x", "--unet", "u.keras", *flags])
+    assert cli._crf_augmentation(args) == augmentation

@@ -51,6 +51,25 @@ def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd):
     np.testing.assert_array_equal(found, [where.get(q, m) for q in queries])
 
 
+@pytest.mark.parametrize("crowd", [0, 1, 30])
+def test_vertex_numbering_is_exact_whatever_the_collisions(rng, crowd):
+    # the lattice numbers its (point, vertex) keys by hashing them into slots `key mod P` (P = Q + 7 for Q keys):
+    # `crowd` distinct keys share slot 0, each repeated, among repeated keys spread over the other slots
+    q = 600
+    p = q + 7
+    others = rng.integers(1, 10**12, size=120)
+    crowded = np.arange(1, crowd + 1) * p * 1000
+    pool = np.concatenate([others, crowded])
+    keys = np.concatenate([pool, rng.choice(pool, size=q - len(pool))])  # every key at least once, most repeated
+    rng.shuffle(keys)
+    assert len(keys) == q
+    for fn in (tf_lattice._number, tf.function(tf_lattice._number)):
+        uniq, idx = (t.numpy() for t in fn(tf.constant(keys, tf.int64)))
+        assert len(uniq) == len(np.unique(keys)) and sorted(uniq) == sorted(np.unique(keys))
+        np.testing.assert_array_equal(uniq[idx], keys)
+        assert idx.dtype == np.int32
+
+
 def test_spatial_lattice_is_built_once_as_constants_for_fixed_sizes_and_widths():
     # what an exported model (fixed image size, fixed theta_gamma) needs: the spatial lattice as constants of the
     # graph, not rebuilt per image; a trained (tensor) width keeps it in the graph, where gradients reach it

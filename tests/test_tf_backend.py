@@ -144,6 +144,7 @@ def test_forward_and_gradients_match_numba_on_a_real_photo(rng):
 
 
 def test_with_backend_keeps_weights_and_config(rng):
+    keras.utils.set_random_seed(0)  # the convolution's initial weights: not the previous tests' draws
     img_in = keras.Input((16, 16, 3))
     logits = keras.layers.Conv2D(2, 3, padding="same")(img_in)
     model = keras.Model(img_in, CrfRnnLayer(theta_alpha=5.0, theta_beta=0.2, name="crfrnn")([logits, img_in]))
@@ -154,7 +155,8 @@ def test_with_backend_keeps_weights_and_config(rng):
     assert config == model.get_layer("crfrnn").get_config()
     for wa, wb in zip(model.get_weights(), copy.get_weights()):
         np.testing.assert_array_equal(wa, wb)
-    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+    # float32 sums in another order, over 5 iterations: relative 2.6e-5 seen on logits of ~8
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
     back = with_backend(copy, "numba")
     np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match="backend"):

@@ -3,10 +3,11 @@
 The same function as crfcore's Numba core (Adams et al. 2010; Krähenbühl's densecrf conventions), written with
 ops that SavedModel, TensorFlow Lite and GPUs handle, and shaped for TensorFlow Lite's speed: the embedding as
 elementwise float arithmetic on ``(N,)`` rows (:func:`embed`), keys packed into int64 and numbered by ``tf.unique``
-(in TensorFlow Lite by a hash table of segment ops, :func:`_number`), a hash table of segment ops for the blur's neighbours (:func:`blur_neighbours`), ``(d + 1, N)``
-vertex-major layouts, ``unsorted_segment_sum`` for the splat, gathers for blur and slice, both kernels in one
-vertex table (:class:`TfKernelPair`), the spatial lattice built once as constants where its size and width are
-fixed (:func:`spatial_lattice`), and one filtered channel per step for two labels. Gradients come from TensorFlow's
+(for TensorFlow Lite by a hash table of segment ops, :func:`_number`), a hash table of segment ops for the blur's
+neighbours (:func:`blur_neighbours`), ``(d + 1, N)`` vertex-major layouts, ``unsorted_segment_sum`` for the splat,
+gathers for blur and slice, both kernels in one vertex table (:class:`TfKernelPair`), the spatial lattice built once
+as constants where its size and width are fixed (:func:`spatial_lattice`), and one filtered channel per step for
+two labels. Gradients come from TensorFlow's
 autodiff. ``tf.unique`` has a data-dependent output size: XLA (``jit_compile=True``) compiles it but pads its outputs,
 which would corrupt the lattice, so building one under XLA raises ``NotImplementedError``.
 """

@@ -29,7 +29,8 @@ from unet.pipeline import attach_crf  # noqa: E402
      "--crf-boundary-weight: must be a finite number >= 0"),
     (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-boundary-margin", "inf"],
      "--crf-boundary-margin: must be a finite number >= 0"),
-    (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-noise", "-0.1"], "--crf-noise: must be a finite number >= 0"),
+    (["add-crf", "--out", "x", "--unet", "u.keras", "--crf-noise", "-0.1"],
+     "--crf-noise: must be a finite number >= 0"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, match, capsys, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -232,7 +232,8 @@ def cmd_demo(args):
                          f"{args.crf_bilateral_weight}"
                          f"{', guide' if args.crf_guide else ''}"
                          f"{', augmented' if _crf_augmentation(args) else ''}"
-                         f"{f' with noise up to {args.crf_noise}' if args.crf_noise else ''}; the hand-tuned comparison: 2 epochs, widths fixed",
+                         f"{f' with noise up to {args.crf_noise}' if args.crf_noise else ''}"
+                         "; the hand-tuned comparison: 2 epochs, widths fixed",
         "time": f"data {t_data:.0f} s, U-Net {t_unet:.0f} s, CRF-RNN {t_crf:.0f} s (+ {t_tuned:.0f} s for the "
                 f"hand-tuned comparison)",
     }

@@ -214,7 +214,7 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     loss_fn = _loss()
 
     margin = boundary_margin if boundary_weight else 0  # no boundary term: no distance transforms
-    far = far_from_boundary(train.masks, margin)
+    far = None if augmentation else far_from_boundary(train.masks, margin)  # augmented: per epoch
     dev_far = far_from_boundary(dev.masks, margin) if len(dev) else None
 
     @tf.function

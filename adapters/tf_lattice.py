@@ -249,7 +249,7 @@ class TfLattice:
     def norm(self):
         """``K 1`` (N,), the normalisations' denominator; computed once (eagerly too, where the lattice is)."""
         if self._norm is None:
-            self._norm = self.apply(tf.ones([tf.shape(self.weights)[1], 1]))[:, 0]
+            self._norm = self.alpha * self._filter1(self.weights, self.weights)
         return self._norm
 
     def normalised(self, normalization):
@@ -279,9 +279,7 @@ class TfLattice:
         elif key not in self._normalised and normalization not in ("symmetric", "before"):  # no normalisation
             self._normalised[key] = (self.norm(),)
         if key not in self._normalised:
-            splat_w, slice_w = self.normalised(normalization)
-            lat = _blur(_splat(splat_w[:, :, None], self.offsets, self.m), self._own_tables())
-            self._normalised[key] = (_slice(lat, self.offsets, slice_w)[:, 0],)
+            self._normalised[key] = (self._filter1(*self.normalised(normalization)),)
         return self._normalised[key][0]
 
     def as_constants(self):
@@ -310,6 +308,13 @@ class TfLattice:
                 nb = tf.where(nb < self.m, nb + shift, pad)
             out.append(nb)
         return out
+
+    def _filter1(self, splat_w, slice_w):
+        """Ones filtered with the given ``(d1, N)`` splat and slice weights, ``(N,)``: a pass on one channel in 1-D
+        (TensorFlow Lite's segment sum, broadcasts and gathers on ``(., 1)`` rows are slower)."""
+        lat = tf.math.unsorted_segment_sum(tf.reshape(splat_w, [-1]), tf.reshape(self.offsets, [-1]), self.m + 1)
+        lat = _blur(lat, self._own_tables())
+        return tf.add_n(tf.unstack(slice_w * tf.gather(lat, self.offsets), axis=0))
 
     def _own_tables(self, transpose=False):
         """The blur's tables of this lattice alone, with the zero row ``M`` reading itself."""

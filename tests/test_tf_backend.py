@@ -89,8 +89,10 @@ def test_spatial_lattice_is_built_once_as_constants_for_fixed_sizes_and_widths()
     fixed, learned = trace(tf.constant(3.0))
     assert seen["fixed"] == {"Const"}
     assert "Const" not in seen["learned"]
-    for a, b in zip(fixed, learned):
+    for a, b in zip(fixed[:2], learned[:2]):  # the same lattice
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # the same filter, but eager and graph (grappler) may round a sum differently
+    np.testing.assert_allclose(fixed[2].numpy(), learned[2].numpy(), rtol=1e-6)
 
 
 def pair(n_lab, norm="after", n_iter=4, **kw):

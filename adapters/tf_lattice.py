@@ -46,9 +46,10 @@ def _step(x, dtype):
 
 
 def embed(features, embed_dtype=tf.float64):
-    """Each point's barycentric ``weights`` (d + 1, N) float32 and the packed int64 keys (d + 1, N) of its
-    simplex's vertices (vertex-major), with the radix ``powers`` (d,) of the packing (which leaves room for the
-    blur neighbours).
+    """Each point's barycentric ``weights`` (d + 1, N) float32 and its simplex: vertex 0's packed int64 key
+    ``key0`` (N,) and the ``climbers``, d rows (N,) of coordinate indices (float) in the order in which the
+    vertices leave vertex 0 (:func:`vertex_keys` makes the vertices' keys), with the radix ``powers`` (d,) of the
+    packing (which leaves room for the blur neighbours).
 
     The arithmetic of the Numba kernel, written for TensorFlow Lite: elementwise float arithmetic on ``(N,)``
     rows with scalar constants (what XNNPACK runs fast; broadcasting, comparisons, selects, sorts, gathers and
@@ -103,20 +104,29 @@ def embed(features, embed_dtype=tf.float64):
     powers = [tf.ones([], tf.int64)]
     for _ in range(d - 1):
         powers.append(powers[-1] * radix64)
-    # vertex 0's key by Horner's rule, then vertex k = vertex 0 + k (1, ..., 1) - (d + 1) (the powers of the k
-    # coordinates ranked highest), each power fetched by its coordinate's index (exact small integers in float)
+    # vertex 0's key by Horner's rule (exact small integers in float)
     key0 = None
     for i in range(d - 1, -1, -1):
         digit = tf.cast(rem0[i] - lo, tf.int64)
         key0 = digit if key0 is None else key0 * radix64 + digit
-    step = tf.add_n(powers)
-    table = tf.concat([tf.stack(powers), tf.zeros([1], tf.int64)], 0)  # coordinate d: no power
+    # vertex k's coordinates gain -d1 on the coordinate of rank d + 1 - k, and on those of vertex k - 1
+    climbers = [tf.add_n([float(i) * onehot[i][d1 - k] for i in range(1, d1)]) for k in range(1, d1)]
+    return weights, key0, climbers, tf.stack(powers)
+
+
+def vertex_keys(key0, climbers, powers):
+    """The packed keys ``(d + 1, S)`` of the simplices named by :func:`embed`'s ``key0`` and ``climbers`` (one
+    simplex per column; any subset of the points): vertex k is vertex 0 + k (1, ..., 1) - (d + 1) (the unit
+    vectors of climbers 1, ..., k), each climber's power fetched by its index."""
+    d1 = len(climbers) + 1
+    step = tf.reduce_sum(powers)
+    table = tf.concat([powers, tf.zeros([1], tf.int64)], 0)  # coordinate d: no power
     keys, top = [key0], None
-    for k in range(1, d1):  # the coordinate of rank d + 1 - k joins the top
-        coord = tf.cast(tf.add_n([float(i) * onehot[i][d1 - k] for i in range(1, d1)]), tf.int32)
-        top = tf.gather(table, coord) if top is None else top + tf.gather(table, coord)
+    for k in range(1, d1):
+        power = tf.gather(table, tf.cast(climbers[k - 1], tf.int32))
+        top = power if top is None else top + power
         keys.append(key0 + (k * step - d1 * top))
-    return weights, tf.stack(keys, axis=0), tf.stack(powers)
+    return tf.stack(keys, axis=0)
 
 
 def _lookup(uniq, queries):
@@ -174,6 +184,40 @@ def _number(keys):
     return tf.concat([tf.gather(keys, tf.reshape(tf.where(is_owner), [-1])), rest], 0), idx
 
 
+def _simplices(key0, climbers, powers, number):
+    """The lattice's distinct vertex keys ``(M,)``, its simplices' vertex numbers ``(S, d + 1)`` and each point's
+    simplex ``(N,)``, from :func:`embed`'s outputs, the vertices numbered by ``number`` (``tf.unique`` or
+    :func:`_number`).
+
+    Neighbouring points share simplices (S is about N / 2 on a photo), so only the simplices' vertex keys are made
+    and numbered, not every point's ``d + 1``, and a slice gathers whole rows of the simplex table. A simplex is
+    named by ``key0`` and its climbers' code and found with a hash table of segment ops (slot owners, as in
+    :func:`_number`); a point whose slot's owner names another simplex keeps a simplex row of its own, so that a
+    collision only repeats a row (its vertices are numbered exactly all the same). Above ``d = 8`` every point
+    has its own row.
+    """
+    d = len(climbers)
+    d1 = d + 1
+    n = tf.shape(key0)[0]
+    ids = tf.range(n)
+    if d1 ** d <= 2 ** 30:
+        code = tf.cast(tf.add_n([c * float(d1 ** k) for k, c in enumerate(climbers)]), tf.int64) \
+            if d1 ** d <= 2 ** 24 else tf.add_n([tf.cast(c, tf.int64) * d1 ** k for k, c in enumerate(climbers)])
+        p = tf.cast(4 * n + 7, tf.int64)  # a quarter full at most: few collisions
+        slot = tf.cast(tf.math.floormod(tf.math.floormod(key0, p) * (d1 ** d) + code, p), tf.int32)
+        owner = tf.gather(tf.math.unsorted_segment_max(ids, slot, 4 * n + 7), slot)
+        same = tf.logical_and(tf.equal(tf.gather(key0, owner), key0), tf.equal(tf.gather(code, owner), code))
+        rep = tf.where(same, owner, ids)
+        is_rep = tf.equal(rep, ids)
+        simplex = tf.gather(tf.math.cumsum(tf.cast(is_rep, tf.int32)) - 1, rep)
+        first = tf.cast(tf.reshape(tf.where(is_rep), [-1]), tf.int32)
+        key0, climbers = tf.gather(key0, first), [tf.gather(c, first) for c in climbers]
+    else:
+        simplex = ids
+    uniq, idx = number(tf.reshape(vertex_keys(key0, climbers, powers), [-1]))
+    return uniq, tf.transpose(tf.reshape(idx, [d1, -1])), simplex
+
+
 def blur_neighbours(uniq, powers):
     """``(d + 1, 2, M)``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along each direction (all ``+-1`` for
     the last), ``M`` where absent.
@@ -212,6 +256,13 @@ def _blur(lat, tables):
     return lat
 
 
+def _slice_rows(lat, simplices, simplex, weights):
+    """``(N,)``: each point's weighted sum of its simplex's vertices in the 1-D ``lat``, with ``weights (N, d1)``;
+    the vertices' values gathered per simplex ``(S, d1)``, then whole rows per point (``simplex (N,)``): fewer and
+    wider gathers than one per point and vertex."""
+    return tf.reduce_sum(tf.gather(tf.gather(lat, simplices), simplex) * weights, 1)
+
+
 def _slice(lat, offsets, weights):
     """``sum_k weights[k] * lat[offsets[k]]``, ``(N, C)``: the ``D`` terms are leading slices added one by one
     (TensorFlow Lite sums over a middle axis several times slower)."""
@@ -233,14 +284,13 @@ class TfLattice:
         check_not_xla()
         d = int(features.shape[-1])
         self.dim = d
-        weights, packed, powers = embed(features, embed_dtype)
+        weights, key0, climbers, powers = embed(features, embed_dtype)
         # the float32 embedding is TensorFlow Lite's, whose UNIQUE is slow; TensorFlow's is a fast hash map
         number = _number if embed_dtype == tf.float32 else partial(tf.unique, out_idx=tf.int32)
-        uniq, offsets = number(tf.reshape(packed, [-1]))
-        m = tf.shape(uniq)[0]
-        self.m = m
+        uniq, self.simplices, self.simplex = _simplices(key0, climbers, powers, number)
+        self.m = tf.shape(uniq)[0]
         self.neighbours = blur_neighbours(uniq, powers)  # (d1, 2, M)
-        self.offsets = tf.reshape(offsets, [d + 1, -1])  # (d1, N)
+        self.offsets = tf.transpose(tf.gather(self.simplices, self.simplex))  # (d1, N)
         self.weights = weights  # (d1, N)
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self._norm = None
@@ -249,7 +299,7 @@ class TfLattice:
     def norm(self):
         """``K 1`` (N,), the normalisations' denominator; computed once (eagerly too, where the lattice is)."""
         if self._norm is None:
-            self._norm = self.alpha * self._filter1(self.weights, self.weights)
+            self._norm = self.alpha * self._filter1(self.weights, tf.transpose(self.weights))
         return self._norm
 
     def normalised(self, normalization):
@@ -270,6 +320,13 @@ class TfLattice:
             self._normalised[normalization] = (splat_w, slice_w)
         return self._normalised[normalization]
 
+    def slice_rows(self, normalization):
+        """The slice weights of :meth:`normalised` point-major, ``(N, d1)``, for :func:`_slice_rows`."""
+        key = ("rows", normalization)
+        if key not in self._normalised:
+            self._normalised[key] = (tf.transpose(self.normalised(normalization)[1]),)
+        return self._normalised[key][0]
+
     def normalised_ones(self, normalization):
         """The normalised kernel applied to ones, ``(N,)``: 1 for ``"after"``, ``K 1`` without normalisation,
         filtered once for the others."""
@@ -279,7 +336,7 @@ class TfLattice:
         elif key not in self._normalised and normalization not in ("symmetric", "before"):  # no normalisation
             self._normalised[key] = (self.norm(),)
         if key not in self._normalised:
-            self._normalised[key] = (self._filter1(*self.normalised(normalization)),)
+            self._normalised[key] = (self._filter1(self.normalised(normalization)[0], self.slice_rows(normalization)),)
         return self._normalised[key][0]
 
     def as_constants(self):
@@ -290,8 +347,8 @@ class TfLattice:
 
         out = object.__new__(TfLattice)
         out.__dict__.update(self.__dict__)
-        out.m, out.neighbours, out.offsets, out.weights = (const(t) for t in (self.m, self.neighbours, self.offsets,
-                                                                               self.weights))
+        for name in ("m", "neighbours", "offsets", "weights", "simplices", "simplex"):
+            setattr(out, name, const(getattr(self, name)))
         out._norm = None if self._norm is None else const(self._norm)
         out._normalised = {k: tuple(const(t) for t in v) for k, v in self._normalised.items()}
         return out
@@ -309,12 +366,11 @@ class TfLattice:
             out.append(nb)
         return out
 
-    def _filter1(self, splat_w, slice_w):
-        """Ones filtered with the given ``(d1, N)`` splat and slice weights, ``(N,)``: a pass on one channel in 1-D
-        (TensorFlow Lite's segment sum, broadcasts and gathers on ``(., 1)`` rows are slower)."""
+    def _filter1(self, splat_w, slice_rows):
+        """Ones filtered with the given splat weights ``(d1, N)`` and slice weights ``(N, d1)``, ``(N,)``: a pass on
+        one channel in 1-D (TensorFlow Lite's segment sum, broadcasts and gathers on ``(., 1)`` rows are slower)."""
         lat = tf.math.unsorted_segment_sum(tf.reshape(splat_w, [-1]), tf.reshape(self.offsets, [-1]), self.m + 1)
-        lat = _blur(lat, self._own_tables())
-        return tf.add_n(tf.unstack(slice_w * tf.gather(lat, self.offsets), axis=0))
+        return _slice_rows(_blur(lat, self._own_tables()), self.simplices, self.simplex, slice_rows)
 
     def _own_tables(self, transpose=False):
         """The blur's tables of this lattice alone, with the zero row ``M`` reading itself."""
@@ -353,6 +409,9 @@ class TfKernelPair:
         self.splat_w = list(splat_w)
         self.splat_all = tf.concat(splat_w, 0)
         self.slice_w = tf.concat(slice_w, 0)
+        self.simplices = [lats[0].simplices, lats[1].simplices + starts[1]]
+        self.simplex = [lat.simplex for lat in lats]
+        self.slice_rows = [lat.slice_rows(normalization) for lat in lats]
         self._lattices, self._normalization = lats, normalization
 
     @property
@@ -360,18 +419,12 @@ class TfKernelPair:
         """``(K_s 1, K_b 1)``, normalised (computed on first use)."""
         return tuple(lat.normalised_ones(self._normalization) for lat in self._lattices)
 
-    def terms(self, x, slice_w=None):
-        """The slice's terms ``(D, N)`` of both kernels applied to one channel ``x`` (N,): the first
-        ``splits[0]`` rows sum to ``K_s x``, the others to ``K_b x`` (``slice_w`` may scale the rows)."""
-        # one channel: a 1-D splat (TensorFlow Lite's segment sum over (Q, 1) rows is ~25 % slower)
+    def sums(self, x):
+        """``(K_s x, K_b x)`` for one channel ``x (N,)``: one splat (1-D: TensorFlow Lite's segment sum over
+        ``(Q, 1)`` rows is ~25 % slower), one blur, a slice per kernel through its simplices."""
         lat = _blur(tf.math.unsorted_segment_sum(tf.reshape(self.splat_all * x[None], [-1]),
                                                  tf.reshape(self.offsets, [-1]), self.m + 1), self.tables)
-        return (self.slice_w if slice_w is None else slice_w) * tf.gather(lat, self.offsets)
-
-    def split_sums(self, terms):
-        """``(K_s x, K_b x)`` from :meth:`terms`."""
-        rows = tf.unstack(terms, axis=0)
-        return tf.add_n(rows[:self.splits[0]]), tf.add_n(rows[self.splits[0]:])
+        return tuple(_slice_rows(lat, *a) for a in zip(self.simplices, self.simplex, self.slice_rows))
 
     def apply(self, vs, vb):
         contrib = tf.concat([self.splat_w[0][:, :, None] * vs[None], self.splat_w[1][:, :, None] * vb[None]], 0)
@@ -435,20 +488,17 @@ def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, th
 def _binary_iterations(u, kernels, a_s, a_b, n_iter):
     """The iterations for two labels, filtering one channel instead of two: with ``q = (q0, 1 - q0)``,
     ``K (q A) = K 1 (x) A[1] + K q0 (x) (A[0] - A[1])``; ``K 1`` is filtered once, and until the last step only
-    ``z0 - z1`` is kept (``q0 = sigmoid(z0 - z1)``), the kernels' two label differences folded into the slice
-    weights so that one sum gives it."""
+    ``z0 - z1`` is kept (``q0 = sigmoid(z0 - z1)``)."""
     ks1, kb1 = kernels.ones
     # per label, as (N,) rows times scalars (TensorFlow Lite broadcasts (N, 1) x (1, 2) slowly)
     base = [u[:, c] - ks1 * a_s[1, c] - kb1 * a_b[1, c] for c in range(2)]
     da_s, da_b = a_s[0] - a_s[1], a_b[0] - a_b[1]  # (2,)
-    rows = tf.concat([tf.fill([kernels.splits[0], 1], da_s[0] - da_s[1]),
-                      tf.fill([kernels.splits[1], 1], da_b[0] - da_b[1])], 0)
-    delta_w = kernels.slice_w * rows
     base_delta = base[0] - base[1]
     delta = u[:, 0] - u[:, 1]
     for _ in range(n_iter - 1):
-        delta = base_delta - tf.add_n(tf.unstack(kernels.terms(tf.sigmoid(delta), delta_w), axis=0))
-    out_s, out_b = kernels.split_sums(kernels.terms(tf.sigmoid(delta)))
+        ks, kb = kernels.sums(tf.sigmoid(delta))
+        delta = base_delta - (ks * (da_s[0] - da_s[1]) + kb * (da_b[0] - da_b[1]))
+    out_s, out_b = kernels.sums(tf.sigmoid(delta))
     return tf.stack([base[c] - out_s * da_s[c] - out_b * da_b[c] for c in range(2)], axis=1)
 
 

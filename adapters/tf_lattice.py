@@ -59,17 +59,19 @@ def embed(features, embed_dtype=tf.float64):
     (for the weights) are one-hot sums, exact since one term is non-zero; the vertices' coordinates are small
     integers, exact in float, packed into int64 keys by Horner's rule.
     """
-    d = int(features.shape[-1])
+    d = len(features) if isinstance(features, (list, tuple)) else int(features.shape[-1])
     d1 = d + 1
     fdt = embed_dtype
-    f = tf.cast(features, fdt)
+    # the coordinates as rows: TensorFlow Lite slices a column of (N, d) 20x slower than it transposes
+    f = [tf.cast(r, fdt) for r in features] if isinstance(features, (list, tuple)) else tf.unstack(
+        tf.transpose(tf.cast(features, fdt)), num=d, axis=0)
     scale = np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
-    sm = tf.zeros_like(f[:, 0])
+    sm = None
     elevated = [None] * d1
     for j in range(d, 0, -1):
-        cf = f[:, j - 1] * tf.constant(scale[j - 1], fdt)
-        elevated[j] = sm - tf.constant(float(j), fdt) * cf
-        sm = sm + cf
+        cf = f[j - 1] * tf.constant(scale[j - 1], fdt)
+        elevated[j] = -tf.constant(float(j), fdt) * cf if sm is None else sm - tf.constant(float(j), fdt) * cf
+        sm = cf if sm is None else sm + cf
     elevated[0] = sm
     inv_d1 = tf.constant(1.0 / d1, fdt)
     rem0 = []
@@ -270,7 +272,7 @@ def _slice(lat, offsets, weights):
 
 
 class TfLattice:
-    """A lattice built from ``(N, d)`` features with TensorFlow ops; ``apply`` filters ``(N, C)`` float32.
+    """A lattice built from ``(N, d)`` features (or d rows ``(N,)``) with TensorFlow ops; ``apply`` filters ``(N, C)`` float32.
 
     The embedding (elevation, rounding, rank, barycentric weights) runs in ``embed_dtype``: float64 (default)
     like the Numba core, so both make the same choice for points that lie exactly on a simplex boundary (pixel
@@ -282,7 +284,7 @@ class TfLattice:
 
     def __init__(self, features, embed_dtype=tf.float64):
         check_not_xla()
-        d = int(features.shape[-1])
+        d = len(features) if isinstance(features, (list, tuple)) else int(features.shape[-1])
         self.dim = d
         weights, key0, climbers, powers = embed(features, embed_dtype)
         # the float32 embedding is TensorFlow Lite's, whose UNIQUE is slow; TensorFlow's is a fast hash map
@@ -431,10 +433,15 @@ class TfKernelPair:
         return _slice(_blur(_splat(contrib, self.offsets, self.m), self.tables), self.offsets, self.slice_w)
 
 
-def _positions(h, w, dtype):
-    """``(H W, 2)`` pixel positions as (x, y), like densecrf."""
+def _position_rows(h, w, dtype):
+    """Pixel positions x and y, like densecrf, as two rows ``(H W,)``."""
     ys, xs = tf.meshgrid(tf.range(h), tf.range(w), indexing="ij")
-    return tf.cast(tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], 1), dtype)
+    return [tf.cast(tf.reshape(t, [-1]), dtype) for t in (xs, ys)]
+
+
+def _positions(h, w, dtype):
+    """``(H W, 2)`` pixel positions as (x, y)."""
+    return tf.stack(_position_rows(h, w, dtype), 1)
 
 
 def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
@@ -456,13 +463,16 @@ def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
 
 
 def _bilateral_features(image, theta_alpha, theta_beta, dtype=tf.float64):
-    """The bilateral kernel's features of one ``(H, W, C)`` image: positions over theta_alpha, colours over
-    theta_beta."""
+    """The bilateral kernel's features of one ``(H, W, C)`` image as ``2 + C`` rows ``(H W,)``: positions over
+    theta_alpha, colours over theta_beta."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    n_ch = image.shape[-1] if image.shape[-1] is not None else -1  # static where known: the lattice's dimension
-    colour = tf.reshape(tf.cast(image, dtype), [h * w, n_ch])
+    n_ch = image.shape[-1]  # static: the lattice's dimension
+    if n_ch is None:
+        raise ValueError("the CRF's TensorFlow lattice needs the image's number of channels to be known")
+    # rows, not (N, d) columns: TensorFlow Lite slices a column 20x slower than it transposes
+    colour = tf.unstack(tf.transpose(tf.reshape(tf.cast(image, dtype), [h * w, n_ch])), num=n_ch, axis=0)
     ta, tb = (tf.cast(t, dtype) for t in (theta_alpha, theta_beta))  # floats or tensors
-    return tf.concat([_positions(h, w, dtype) / ta, colour / tb], 1)
+    return [p / ta for p in _position_rows(h, w, dtype)] + [c / tb for c in colour]
 
 
 def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, normalization,
@@ -490,16 +500,18 @@ def _binary_iterations(u, kernels, a_s, a_b, n_iter):
     ``K (q A) = K 1 (x) A[1] + K q0 (x) (A[0] - A[1])``; ``K 1`` is filtered once, and until the last step only
     ``z0 - z1`` is kept (``q0 = sigmoid(z0 - z1)``)."""
     ks1, kb1 = kernels.ones
-    # per label, as (N,) rows times scalars (TensorFlow Lite broadcasts (N, 1) x (1, 2) slowly)
-    base = [u[:, c] - ks1 * a_s[1, c] - kb1 * a_b[1, c] for c in range(2)]
+    # per label, as (N,) rows times scalars (TensorFlow Lite broadcasts (N, 1) x (1, 2) slowly, and slices a
+    # column of (N, 2) 10x slower than it transposes)
+    u = tf.unstack(tf.transpose(u), num=2, axis=0)
+    base = [u[c] - ks1 * a_s[1, c] - kb1 * a_b[1, c] for c in range(2)]
     da_s, da_b = a_s[0] - a_s[1], a_b[0] - a_b[1]  # (2,)
     base_delta = base[0] - base[1]
-    delta = u[:, 0] - u[:, 1]
+    delta = u[0] - u[1]
     for _ in range(n_iter - 1):
         ks, kb = kernels.sums(tf.sigmoid(delta))
         delta = base_delta - (ks * (da_s[0] - da_s[1]) + kb * (da_b[0] - da_b[1]))
     out_s, out_b = kernels.sums(tf.sigmoid(delta))
-    return tf.stack([base[c] - out_s * da_s[c] - out_b * da_b[c] for c in range(2)], axis=1)
+    return tf.transpose(tf.stack([base[c] - out_s * da_s[c] - out_b * da_b[c] for c in range(2)], axis=0))
 
 
 def meanfield(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, theta_gamma, normalization,

@@ -221,11 +221,13 @@ def _simplices(key0, climbers, powers, number):
 
 
 def blur_neighbours(uniq, powers):
-    """``(d + 1, 2, M)``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along each direction (all ``+-1`` for
-    the last), ``M`` where absent.
+    """``(d + 1, 2, M + 1)``: the vertex at ``v -/+ (1, ..., 1, -d, 1, ..., 1)`` along each direction (all ``+-1``
+    for the last), ``M`` where absent; column ``M`` (the zero row's) reads ``M``.
 
     Only the ``+`` neighbours are looked up (:func:`_lookup`); the ``-`` table is their inverse (``u = v + e``
-    exactly when ``v = u - e``), written with one scatter. Half the lookups of searching both directions.
+    exactly when ``v = u - e``), written with one scatter. Half the lookups of searching both directions. The
+    zero row's column comes from a probe key beyond the largest, whose neighbours are all absent (no
+    concatenation per table: TensorFlow Lite is slow at those).
     """
     d = int(powers.shape[0])
     d1 = d + 1
@@ -234,12 +236,14 @@ def blur_neighbours(uniq, powers):
     for j in range(d):
         dirs[j, j] = -d
     deltas = tf.reduce_sum(tf.constant(dirs) * powers[None, :], -1)  # (d1,)
-    plus = tf.reshape(_lookup(uniq, tf.reshape(uniq[None, :] + deltas[:, None], [-1])), [d1, m])
+    # |delta| < (d + 1) sum(powers): the probe's neighbours are beyond every key
+    probe = tf.concat([uniq, [tf.reduce_max(uniq) + 2 * d1 * tf.reduce_sum(powers)]], 0)  # (M + 1,)
+    plus = tf.reshape(_lookup(uniq, tf.reshape(probe[None, :] + deltas[:, None], [-1])), [d1, m + 1])
     found = plus < m
-    # minus[j, plus[j, v]] = v: one scatter into (d1, M + 1) slots; absent entries add 0 to slot M, dropped
+    # minus[j, plus[j, v]] = v: one scatter into (d1, M + 1) slots; absent entries add 0 to slot M (the zero row's)
     slots = tf.reshape(plus + tf.range(d1)[:, None] * (m + 1), [-1, 1])
-    marks = tf.reshape(tf.where(found, tf.range(m)[None, :] + 1, 0), [-1])
-    minus = tf.reshape(tf.scatter_nd(slots, marks, [d1 * (m + 1)]), [d1, m + 1])[:, :m] - 1
+    marks = tf.reshape(tf.where(found, tf.range(m + 1)[None, :] + 1, 0), [-1])
+    minus = tf.reshape(tf.scatter_nd(slots, marks, [d1 * (m + 1)]), [d1, m + 1]) - 1
     minus = tf.where(minus >= 0, minus, m)
     return tf.stack([minus, plus], axis=1)
 
@@ -291,7 +295,7 @@ class TfLattice:
         number = _number if embed_dtype == tf.float32 else partial(tf.unique, out_idx=tf.int32)
         uniq, self.simplices, self.simplex = _simplices(key0, climbers, powers, number)
         self.m = tf.shape(uniq)[0]
-        self.neighbours = blur_neighbours(uniq, powers)  # (d1, 2, M)
+        self.neighbours = blur_neighbours(uniq, powers)  # (d1, 2, M + 1)
         self.offsets = tf.transpose(tf.gather(self.simplices, self.simplex))  # (d1, N)
         self.weights = weights  # (d1, N)
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
@@ -358,7 +362,7 @@ class TfLattice:
     def tables(self, order, pad_to=None, shift=0):
         """The blur's ``(minus, plus)`` tables along the directions in ``order``, each ``(2, M + 1)`` with the
         zero row ``M`` reading itself; with ``pad_to``, indices are shifted by ``shift`` and absent neighbours
-        point to row ``pad_to`` instead (for a table shared with another lattice)."""
+        (and the zero row) point to row ``pad_to`` instead (for a table shared with another lattice)."""
         pad = self.m if pad_to is None else pad_to
         out = []
         for j in order:
@@ -376,8 +380,7 @@ class TfLattice:
 
     def _own_tables(self, transpose=False):
         """The blur's tables of this lattice alone, with the zero row ``M`` reading itself."""
-        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
-        return [tf.concat([t, tf.fill([2, 1], self.m)], 1) for t in self.tables(order)]
+        return self.tables(range(self.dim, -1, -1) if transpose else range(self.dim + 1))
 
     def apply(self, values, transpose=False):
         """``K @ values`` (or ``K^T @ values``): splat, blur along each direction, slice. ``values``: (N, C)."""
@@ -399,14 +402,15 @@ class TfKernelPair:
     def __init__(self, spatial, bilateral, normalization):
         lats = [spatial, bilateral]
         self.splits = [lat.dim + 1 for lat in lats]
-        starts = [0, lats[0].m]
-        self.m = total = lats[0].m + lats[1].m  # row `total`: the shared zero row
+        # rows: the spatial lattice's and its zero row, the bilateral's and its zero row (`total`, shared)
+        starts = [0, lats[0].m + 1]
+        self.m = total = lats[0].m + lats[1].m + 1
         self.offsets = tf.concat([lats[0].offsets, lats[1].offsets + starts[1]], 0)  # (D, N)
         per_lattice = [lat.tables(range(lat.dim + 1), pad_to=total, shift=s) for lat, s in zip(lats, starts)]
         self.tables = []
         for j in range(max(self.splits)):  # a lattice without direction j: its vertices read the zero row
-            parts = [t[j] if j < len(t) else tf.fill([2, lat.m], total) for t, lat in zip(per_lattice, lats)]
-            self.tables.append(tf.concat(parts + [tf.fill([2, 1], total)], 1))
+            parts = [t[j] if j < len(t) else tf.fill([2, lat.m + 1], total) for t, lat in zip(per_lattice, lats)]
+            self.tables.append(tf.concat(parts, 1))
         splat_w, slice_w = zip(*(lat.normalised(normalization) for lat in lats))
         self.splat_w = list(splat_w)
         self.splat_all = tf.concat(splat_w, 0)

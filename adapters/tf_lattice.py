@@ -2,12 +2,13 @@
 
 The same function as crfcore's Numba core (Adams et al. 2010; Krähenbühl's densecrf conventions), written with
 ops that SavedModel, TensorFlow Lite and GPUs handle, and shaped for TensorFlow Lite's speed: the embedding as
-elementwise float arithmetic on ``(N,)`` rows (:func:`embed`), keys packed into int64 and numbered by ``tf.unique``
-(for TensorFlow Lite by a hash table of segment ops, :func:`_number`), a hash table of segment ops for the blur's
-neighbours (:func:`blur_neighbours`), ``(d + 1, N)`` vertex-major layouts, ``unsorted_segment_sum`` for the splat,
-gathers for blur and slice, both kernels in one vertex table (:class:`TfKernelPair`), the spatial lattice built once
-as constants where its size and width are fixed (:func:`spatial_lattice`), and one filtered channel per step for
-two labels. Gradients come from TensorFlow's
+elementwise float arithmetic on ``(N,)`` rows (:func:`embed`); the points that share a simplex found by a hash
+table of segment ops and only the distinct simplices' vertex keys packed into int64 (:func:`_simplices`) and
+numbered by ``tf.unique`` (for TensorFlow Lite by a hash table of segment ops, :func:`_number`); a hash table of
+segment ops for the blur's neighbours (:func:`blur_neighbours`); ``unsorted_segment_sum`` for the splat, gathers
+for the blur, and a slice that gathers whole rows of the simplex table; both kernels in one vertex table
+(:class:`TfKernelPair`), the spatial lattice built once as constants where its size and width are fixed
+(:func:`spatial_lattice`), and one filtered channel per step for two labels. Gradients come from TensorFlow's
 autodiff. ``tf.unique`` has a data-dependent output size: XLA (``jit_compile=True``) compiles it but pads its outputs,
 which would corrupt the lattice, so building one under XLA raises ``NotImplementedError``.
 """
@@ -186,6 +187,9 @@ def _number(keys):
     return tf.concat([tf.gather(keys, tf.reshape(tf.where(is_owner), [-1])), rest], 0), idx
 
 
+SIMPLEX_SLOTS = 4  # slots per point of the simplices' hash table: a quarter full at most, few collisions
+
+
 def _simplices(key0, climbers, powers, number):
     """The lattice's distinct vertex keys ``(M,)``, its simplices' vertex numbers ``(S, d + 1)`` and each point's
     simplex ``(N,)``, from :func:`embed`'s outputs, the vertices numbered by ``number`` (``tf.unique`` or
@@ -205,9 +209,10 @@ def _simplices(key0, climbers, powers, number):
     if d1 ** d <= 2 ** 30:
         code = tf.cast(tf.add_n([c * float(d1 ** k) for k, c in enumerate(climbers)]), tf.int64) \
             if d1 ** d <= 2 ** 24 else tf.add_n([tf.cast(c, tf.int64) * d1 ** k for k, c in enumerate(climbers)])
-        p = tf.cast(4 * n + 7, tf.int64)  # a quarter full at most: few collisions
+        n_slots = SIMPLEX_SLOTS * n + 7
+        p = tf.cast(n_slots, tf.int64)
         slot = tf.cast(tf.math.floormod(tf.math.floormod(key0, p) * (d1 ** d) + code, p), tf.int32)
-        owner = tf.gather(tf.math.unsorted_segment_max(ids, slot, 4 * n + 7), slot)
+        owner = tf.gather(tf.math.unsorted_segment_max(ids, slot, n_slots), slot)
         same = tf.logical_and(tf.equal(tf.gather(key0, owner), key0), tf.equal(tf.gather(code, owner), code))
         rep = tf.where(same, owner, ids)
         is_rep = tf.equal(rep, ids)
@@ -276,14 +281,16 @@ def _slice(lat, offsets, weights):
 
 
 class TfLattice:
-    """A lattice built from ``(N, d)`` features (or d rows ``(N,)``) with TensorFlow ops; ``apply`` filters ``(N, C)`` float32.
+    """A lattice built from ``(N, d)`` features (or d rows ``(N,)``) with TensorFlow ops; ``apply`` filters
+    ``(N, C)`` float32.
 
     The embedding (elevation, rounding, rank, barycentric weights) runs in ``embed_dtype``: float64 (default)
     like the Numba core, so both make the same choice for points that lie exactly on a simplex boundary (pixel
     grids do) and build the same lattice; float32 for TensorFlow Lite, whose built-in ops have no float64
     arithmetic (it then differs from the core where a tie rounds the other way). Filtering runs in float32.
-    A point's ``d + 1`` vertices and weights are stored vertex-major, ``(d + 1, N)``: splat and slice then work on
-    contiguous slices.
+    A point's ``d + 1`` vertices (``offsets``) and weights are stored vertex-major, ``(d + 1, N)``, for the splat;
+    the one-channel slices go through ``simplices`` ``(S, d + 1)`` (each distinct simplex's vertices) and
+    ``simplex`` ``(N,)`` (each point's row) with point-major weights (:meth:`slice_rows`).
     """
 
     def __init__(self, features, embed_dtype=tf.float64):

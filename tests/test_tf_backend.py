@@ -21,7 +21,7 @@ def real_photo(size):
 
 
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("d", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 10])  # 10: every point its own simplex row (the hash would overflow)
 def test_lattice_filter_matches_numba(rng, d, ties):
     f = rng.normal(scale=2.0, size=(400, d))
     if ties:  # integer features (pixel grids): residuals tie, and the rank's tie rule decides the simplex
@@ -31,6 +31,30 @@ def test_lattice_filter_matches_numba(rng, d, ties):
         ours = Lattice(f).filter(v, transpose=transpose)
         theirs = tf_lattice.lattice_filter(f, v, transpose=transpose).numpy()
         np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())
+
+
+@pytest.mark.parametrize("slots", [4, 0])  # 0: a table of 7 slots, collisions everywhere
+@pytest.mark.parametrize("embed_dtype", ["float64", "float32"])
+@pytest.mark.parametrize("d", [2, 5, 9])
+def test_simplex_table_gives_every_point_its_own_vertices(rng, monkeypatch, d, embed_dtype, slots):
+    # the lattice finds the points that share a simplex with a hash table (4 N + 7 slots): a point whose slot is
+    # owned by another simplex keeps a row of its own. Whatever the collisions, table[simplex[p]] must be point p's
+    # d + 1 vertices, the vertices numbered exactly (distinct keys, distinct numbers)
+    monkeypatch.setattr(tf_lattice, "SIMPLEX_SLOTS", slots)
+    dtype = getattr(tf, embed_dtype)
+    n = 3000
+    f = rng.normal(scale=3.0, size=(n, d)) if d < 9 else rng.normal(scale=1.0, size=(n, d))
+    f[n // 2:] = f[:n - n // 2] + rng.normal(scale=0.05, size=(n - n // 2, d))  # many points share simplices
+    weights, key0, climbers, powers = tf_lattice.embed(tf.constant(f, dtype), dtype)
+    own = tf_lattice.vertex_keys(key0, climbers, powers).numpy().T  # (N, d + 1): each point's vertex keys
+    number = tf_lattice._number if embed_dtype == "float32" else (lambda k: tf.unique(k, out_idx=tf.int32))
+    uniq, table, simplex = (t.numpy() for t in tf_lattice._simplices(key0, climbers, powers, number))
+    np.testing.assert_array_equal(uniq[table[simplex]], own)
+    assert len(np.unique(uniq)) == len(uniq) == len(np.unique(own))
+    named = len({(k, tuple(r)) for k, r in zip(key0.numpy(), np.stack([c.numpy() for c in climbers], 1))})
+    assert named <= len(table) < n  # simplices shared
+    assert slots or named < len(table)  # collided slots repeat rows
+    assert np.allclose(weights.numpy().sum(0), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("crowd", [0, 1, 40])

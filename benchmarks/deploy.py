@@ -1,7 +1,7 @@
 """Deployment latency: one 224x224 photo through the pipeline's U-Net alone and with its CRF-RNN layer (L=2,
 5 iterations), in Keras (numba backend), as a SavedModel (tf backend) and in the TensorFlow Lite interpreter
-(tf-lite backend, LiteRT's interpreter where installed), against ``crfcore.meanfield`` doing the same CRF; all
-timed in turn in one run. The TFLite CRF is also timed with 1 iteration, which splits it into the lattice
+(tf-lite backend, LiteRT's interpreter where installed), against ``crfcore.meanfield`` doing the same CRF, which is
+also timed alone as a SavedModel and in TFLite; all timed in turn in one run. The TFLite CRF is also timed with 1 iteration, which splits it into the lattice
 construction (with the unaries' softmax; with 0 iterations the converter drops the unused lattice) and the cost
 of one iteration.
 
@@ -74,6 +74,9 @@ def run(repeats=15, progress=print):
         tf_model = with_backend(model, "tf")
         tf_model.export(os.path.join(tmp, "sm"), verbose=False)
         loaded = tf.saved_model.load(os.path.join(tmp, "sm"))
+        crf_only(model, "tf", N_ITER).export(os.path.join(tmp, "crf_sm"), verbose=False)
+        crf_loaded = tf.saved_model.load(os.path.join(tmp, "crf_sm"))
+        crf_inputs = [tf.constant(logits[None]), tf.constant(image[None])]
         peers = {
             "unet_keras": _keras_call(unet, image),
             "unet_crf_keras_numba": _keras_call(model, image),
@@ -81,6 +84,7 @@ def run(repeats=15, progress=print):
             "unet_tflite": lambda: unet_lite(image),
             "unet_crf_tflite": lambda: full_lite(image),
             "crf_core_numba": core,
+            "crf_savedmodel_tf": lambda: crf_loaded.serve(crf_inputs).numpy(),
             "crf_tflite": lambda: crf_lite[N_ITER](logits, image),
             "crf_tflite_1_iteration": lambda: crf_lite[1](logits, image),
         }
@@ -90,6 +94,7 @@ def run(repeats=15, progress=print):
     row.update(size=SIZE, labels=N_LAB, iterations=N_ITER, interpreter=unet_lite.backend,
                interpreter_threads=os.cpu_count())
     row["crf_tflite_over_core"] = row["crf_tflite_ms"] / row["crf_core_numba_ms"]
+    row["crf_savedmodel_over_core"] = row["crf_savedmodel_tf_ms"] / row["crf_core_numba_ms"]
     row["crf_tflite_per_iteration_ms"] = (row["crf_tflite_ms"] - row["crf_tflite_1_iteration_ms"]) / (N_ITER - 1)
     row["crf_tflite_build_ms"] = row["crf_tflite_1_iteration_ms"] - row["crf_tflite_per_iteration_ms"]
     return row
@@ -102,8 +107,9 @@ def report(r):
         f"  U-Net: Keras {r['unet_keras_ms']:.1f}, TFLite {r['unet_tflite_ms']:.1f}",
         f"  U-Net + CRF: Keras (numba) {r['unet_crf_keras_numba_ms']:.1f}, SavedModel (tf) "
         f"{r['unet_crf_savedmodel_tf_ms']:.1f}, TFLite {r['unet_crf_tflite_ms']:.1f}",
-        f"  CRF alone: crfcore {r['crf_core_numba_ms']:.1f}, TFLite {r['crf_tflite_ms']:.1f} "
-        f"(x{r['crf_tflite_over_core']:.1f} crfcore's; lattice build + softmax {r['crf_tflite_build_ms']:.1f}, "
+        f"  CRF alone: crfcore {r['crf_core_numba_ms']:.1f}, SavedModel (tf) {r['crf_savedmodel_tf_ms']:.1f} "
+        f"(x{r['crf_savedmodel_over_core']:.2f}), TFLite {r['crf_tflite_ms']:.1f} "
+        f"(x{r['crf_tflite_over_core']:.2f} crfcore's; lattice build + softmax {r['crf_tflite_build_ms']:.1f}, "
         f"one iteration {r['crf_tflite_per_iteration_ms']:.1f})",
     ])
 

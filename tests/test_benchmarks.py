@@ -57,8 +57,8 @@ def test_deployment_rows_run_every_way():
 
     row = deploy.run(repeats=1, progress=lambda msg: None)
     for name in ("unet_keras", "unet_crf_keras_numba", "unet_crf_savedmodel_tf", "unet_tflite", "unet_crf_tflite",
-                 "crf_core_numba", "crf_tflite", "crf_tflite_1_iteration"):
+                 "crf_core_numba", "crf_savedmodel_tf", "crf_tflite", "crf_tflite_1_iteration"):
         assert row[f"{name}_ms"] > 0, name
     assert row["interpreter"] in ("ai_edge_litert", "tf.lite")
     assert row["crf_tflite_build_ms"] + 5 * row["crf_tflite_per_iteration_ms"] == pytest.approx(row["crf_tflite_ms"])
-    assert "CRF alone: crfcore" in deploy.report(row)
+    assert "CRF alone: crfcore" in deploy.report(row) and "SavedModel (tf)" in deploy.report(row)

@@ -57,8 +57,9 @@ def embed(features, embed_dtype=tf.float64):
     scatters it does not), one row per coordinate or vertex. The rounding to the remainder-0 point is a
     :func:`_step` of the two distances; a coordinate's rank counts the coordinates whose residual is larger, or
     equal with a smaller index (the kernel's tie rule), one :func:`_step` per pair; the residuals in rank order
-    (for the weights) are one-hot sums, exact since one term is non-zero; the vertices' coordinates are small
-    integers, exact in float, packed into int64 keys by Horner's rule.
+    (for the weights) are one-hot sums, exact since one term is non-zero; vertex 0's coordinates are small
+    integers, exact in float, packed into an int64 key by Horner's rule. ``features``: ``(N, d)`` or d rows
+    ``(N,)``.
     """
     d = len(features) if isinstance(features, (list, tuple)) else int(features.shape[-1])
     d1 = d + 1
@@ -199,8 +200,8 @@ def _simplices(key0, climbers, powers, number):
     and numbered, not every point's ``d + 1``, and a slice gathers whole rows of the simplex table. A simplex is
     named by ``key0`` and its climbers' code and found with a hash table of segment ops (slot owners, as in
     :func:`_number`); a point whose slot's owner names another simplex keeps a simplex row of its own, so that a
-    collision only repeats a row (its vertices are numbered exactly all the same). Above ``d = 8`` every point
-    has its own row.
+    collision only repeats a row (its vertices are numbered exactly all the same). Above ``d = 9``, where the
+    hash's ``slot * (d + 1)^d`` could overflow int64, every point has its own row.
     """
     d = len(climbers)
     d1 = d + 1

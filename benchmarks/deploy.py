@@ -1,9 +1,9 @@
 """Deployment latency: one 224x224 photo through the pipeline's U-Net alone and with its CRF-RNN layer (L=2,
 5 iterations), in Keras (numba backend), as a SavedModel (tf backend) and in the TensorFlow Lite interpreter
 (tf-lite backend, LiteRT's interpreter where installed), against ``crfcore.meanfield`` doing the same CRF, which is
-also timed alone as a SavedModel and in TFLite; all timed in turn in one run. The TFLite CRF is also timed with 1 iteration, which splits it into the lattice
-construction (with the unaries' softmax; with 0 iterations the converter drops the unused lattice) and the cost
-of one iteration.
+also timed alone as a SavedModel and in TFLite; all timed in turn in one run. The TFLite CRF is also timed with 1
+iteration, which splits it into the lattice construction (with the unaries' softmax; with 0 iterations the
+converter drops the unused lattice) and the cost of one iteration.
 
 The U-Net has the demo's architecture with seeded random weights and the CRF the pipeline's hand-tuned
 parameters: latency depends on shapes and the lattice, not on what the weights learned.

@@ -57,8 +57,9 @@ def test_simplex_table_gives_every_point_its_own_vertices(rng, monkeypatch, d, e
     assert np.allclose(weights.numpy().sum(0), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("lite", [True, False])  # the slots' counts by segment sum (TFLite) or bincount (TF)
 @pytest.mark.parametrize("crowd", [0, 1, 40])
-def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd):
+def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd, lite):
     # the blur's neighbour lookup hashes keys into slots `key mod P` (P = 8 M + 7): `crowd` keys share slot 0, and
     # queries for them, for absent keys of that slot and for other keys, present and absent, must all be answered
     m = 200
@@ -70,9 +71,40 @@ def test_vertex_lookup_is_exact_whatever_the_collisions(rng, crowd):
     assert (8 * m + 7) == p
     queries = np.concatenate([uniq, uniq + p, uniq + 1, np.arange(60) * p * 1000 + p, uniq[:5]])
     rng.shuffle(queries)
-    found = tf_lattice._lookup(tf.constant(uniq, tf.int64), tf.constant(queries, tf.int64)).numpy()
+    found = tf_lattice._lookup(tf.constant(uniq, tf.int64), tf.constant(queries, tf.int64), lite).numpy()
     where = {k: i for i, k in enumerate(uniq)}
     np.testing.assert_array_equal(found, [where.get(q, m) for q in queries])
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_bincount_splat_is_the_segment_sum_with_its_gradient(rng, channels):
+    # TensorFlow's (not Lite's) splat is a weighted bincount, which has no gradient of its own: the sum and the
+    # gathering gradient must be unsorted_segment_sum's, 1-D and per channel, with empty rows and repeated ids
+    q, n = 500, 60
+    ids = tf.constant(rng.integers(0, n - 5, size=q), tf.int32)  # the last rows stay empty
+    shape = (q,) if channels is None else (q, channels)
+    values = tf.Variable(rng.normal(size=shape).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(n,) + shape[1:]).astype(np.float32))
+    outs, grads = [], []
+    for fn in (tf.math.unsorted_segment_sum, tf_lattice._bincount_sum):
+        with tf.GradientTape() as tape:
+            out = fn(values, ids, n)
+            loss = tf.reduce_sum(out * upstream)
+        outs.append(out.numpy())
+        grads.append(tape.gradient(loss, values).numpy())
+    assert outs[1].shape == outs[0].shape == (n,) + shape[1:]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grads[1], grads[0], rtol=0, atol=0)
+
+
+def test_neighbour_tables_agree_between_tensorflow_and_lite_ops(rng):
+    # blur_neighbours builds its minus table by scatter (TFLite) or bincount (TF): the same tables
+    f = tf.constant(rng.normal(scale=2.0, size=(2000, 5)))
+    _, key0, climbers, powers = tf_lattice.embed(f)
+    uniq, _, _ = tf_lattice._simplices(key0, climbers, powers, lambda k: tf.unique(k, out_idx=tf.int32))
+    lite, full = (tf_lattice.blur_neighbours(uniq, powers, flag).numpy() for flag in (True, False))
+    np.testing.assert_array_equal(full, lite)
+    assert (lite < len(uniq)).mean() > 0.3  # neighbours were found, not only the zero row
 
 
 @pytest.mark.parametrize("crowd", [0, 1, 30])

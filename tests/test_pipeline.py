@@ -153,3 +153,23 @@ def test_crf_stage_trains_on_augmented_copies(tiny):
     # the same seed and batch order: only the images differ
     assert runs["None"]["loss"][0] != runs[str(dict(noise=0.05))]["loss"][0]
     assert runs["None"]["widths"][0] != runs[str(dict(noise=0.05))]["widths"][0]
+
+
+@pytest.mark.parametrize("island_cost", [0.0, 0.5])
+def test_crf_stage_keeps_the_epoch_with_the_best_dev_dice_and_islands(tiny, island_cost):
+    from unet import metrics
+    from unet.pipeline import attach_crf, train_crf, train_unet
+
+    unet, _ = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, augmentation=False)
+    # large steps, so that the epochs differ on dev
+    model, history = train_crf(attach_crf(unet), tiny["train"], tiny["dev"], epochs=3, batch_size=4, verbose=0,
+                               learning_rate=0.05, widths_learning_rate=0.3, island_cost=island_cost)
+    dice, islands = np.array(history["val_dice"]), np.array(history["val_islands"])
+    assert len(dice) == len(islands) == len(history["val_loss"]) == 3
+    start = attach_crf(unet).predict(tiny["dev"].images, verbose=0).argmax(-1).astype(np.uint8)
+    s0 = metrics.summarise(start, tiny["dev"].masks)
+    scores = np.concatenate([[s0["dice"] - island_cost * s0["islands_per_image"]], dice - island_cost * islands])
+    assert history["best_epoch"] == int(np.argmax(scores))  # 0: the untrained start
+    kept = metrics.summarise(model.predict(tiny["dev"].images, verbose=0).argmax(-1).astype(np.uint8),
+                             tiny["dev"].masks)
+    assert kept["dice"] - island_cost * kept["islands_per_image"] == pytest.approx(scores.max(), abs=1e-6)

@@ -152,7 +152,7 @@ def test_tiny_end_to_end_cli(tmp_path):
     from unet.pipeline import DENSECRF_DEFAULTS as start
 
     initial = {"spatial_ker_weights": start["spatial_weight"] * np.eye(2),
-               "bilateral_ker_weights": start["bilateral_weight"] * np.eye(2),
+               "bilateral_ker_weights": 5.0 * np.eye(2),  # add-crf's --crf-bilateral-weight default, not densecrf's 10
                "compatibility_matrix": 1 - np.eye(2)}
     initial.update({k: start[k] for k in ("theta_alpha", "theta_beta", "theta_gamma")})
     assert set(trained) == set(initial)

@@ -47,6 +47,31 @@ def _step(x, dtype):
     return tf.math.ceil(tf.clip_by_value(x * tf.constant(big, dtype), 0.0, 1.0))
 
 
+def sorting_network(n):
+    """Batcher's odd-even merge sort for ``n`` inputs: comparators ``(i, j)``, ``i < j``, in order (12 for 6)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+def _sorted(rows):
+    """Same-shape rows sorted elementwise, ascending: a :func:`sorting_network` of minima and maxima (XNNPACK
+    ops; exact)."""
+    rows = list(rows)
+    for i, j in sorting_network(len(rows)):
+        rows[i], rows[j] = tf.minimum(rows[i], rows[j]), tf.maximum(rows[i], rows[j])
+    return rows
+
+
 def embed(features, embed_dtype=tf.float64):
     """Each point's barycentric ``weights`` (d + 1, N) float32 and its simplex: vertex 0's packed int64 key
     ``key0`` (N,) and the ``climbers``, d rows (N,) of coordinate indices (float) in the order in which the
@@ -97,9 +122,8 @@ def embed(features, embed_dtype=tf.float64):
         rem0[i] = rem0[i] + d1 * wrap
         rank[i] = rank[i] + d1 * wrap
     res = [(e - r) * inv_d1 for e, r in zip(elevated, rem0)]
-    # residuals in rank order: srt[k] = res of the coordinate of rank k (one-hot sum: one non-zero term)
-    onehot = [[tf.nn.relu(1.0 - tf.abs(rank[i] - float(k))) for k in range(d1)] for i in range(d1)]  # [i][k]
-    srt = [tf.add_n([onehot[i][k] * res[i] for i in range(d1)]) for k in range(d1)]
+    # residuals in rank order: the residuals fall as the rank rises, so srt[k] (that of rank k) is the k-th largest
+    srt = _sorted(res)[::-1]
     w = [(srt[d] + 1.0) - srt[0]] + [srt[d - k] - srt[d - k + 1] for k in range(1, d1)]
     weights = tf.cast(tf.stack(w, axis=0), tf.float32)
     # keys: vertex k is rem0 + k on every coordinate, -d1 more on the coordinates ranked above d - k
@@ -114,8 +138,10 @@ def embed(features, embed_dtype=tf.float64):
     for i in range(d - 1, -1, -1):
         digit = tf.cast(rem0[i] - lo, tf.int64)
         key0 = digit if key0 is None else key0 * radix64 + digit
-    # vertex k's coordinates gain -d1 on the coordinate of rank d + 1 - k, and on those of vertex k - 1
-    climbers = [tf.add_n([float(i) * onehot[i][d1 - k] for i in range(1, d1)]) for k in range(1, d1)]
+    # vertex k's coordinates gain -d1 on the coordinate of rank d + 1 - k, and on those of vertex k - 1: the
+    # coordinates in rank order, from rank * (d + 1) + index sorted (distinct small integers, exact in float)
+    by_rank = _sorted([r * float(d1) + float(i) for i, r in enumerate(rank)])
+    climbers = [by_rank[d1 - k] - float((d1 - k) * d1) for k in range(1, d1)]
     return weights, key0, climbers, tf.stack(powers)
 
 
@@ -161,10 +187,10 @@ def _lookup(uniq, queries, lite=True):
     crowded = tf.reshape(tf.where(tf.gather(count, slot_k) > 1), [-1])
     n_crowded = tf.shape(crowded)[0]
     _, idx = tf.unique(tf.concat([tf.gather(uniq, crowded), tf.gather(queries, open_q)], 0), out_idx=tf.int32)
-    idx = idx[n_crowded:]  # < n_crowded: the crowded key of that number
+    idx = tf.slice(idx, [n_crowded], [-1])  # < n_crowded: the crowded key of that number
     late = tf.where(idx < n_crowded, tf.gather(tf.concat([tf.cast(crowded, tf.int32), [m]], 0),
                                                tf.minimum(idx, n_crowded)), m)
-    return tf.tensor_scatter_nd_update(found, open_q[:, None], late)
+    return tf.tensor_scatter_nd_update(found, tf.reshape(open_q, [-1, 1]), late)
 
 
 def _number(keys):
@@ -187,7 +213,7 @@ def _number(keys):
     n_owners = tf.reduce_sum(tf.cast(is_owner, tf.int32))
     missed = tf.reshape(tf.where(tf.logical_not(hit)), [-1])
     rest, rest_idx = tf.unique(tf.gather(keys, missed), out_idx=tf.int32)
-    idx = tf.tensor_scatter_nd_update(tf.gather(rank, owner), missed[:, None], rest_idx + n_owners)
+    idx = tf.tensor_scatter_nd_update(tf.gather(rank, owner), tf.reshape(missed, [-1, 1]), rest_idx + n_owners)
     return tf.concat([tf.gather(keys, tf.reshape(tf.where(is_owner), [-1])), rest], 0), idx
 
 
@@ -248,13 +274,14 @@ def blur_neighbours(uniq, powers, lite=True):
     deltas = tf.reduce_sum(tf.constant(dirs) * powers[None, :], -1)  # (d1,)
     # |delta| < (d + 1) sum(powers): the probe's neighbours are beyond every key
     probe = tf.concat([uniq, [tf.reduce_max(uniq) + 2 * d1 * tf.reduce_sum(powers)]], 0)  # (M + 1,)
-    plus = tf.reshape(_lookup(uniq, tf.reshape(probe[None, :] + deltas[:, None], [-1]), lite), [d1, m + 1])
+    plus = tf.reshape(_lookup(uniq, tf.reshape(tf.reshape(probe, [1, -1]) + tf.reshape(deltas, [-1, 1]), [-1]), lite),
+                      [d1, m + 1])
     found = plus < m
     # minus[j, plus[j, v]] = v: one scatter into (d1, M + 1) slots; absent entries add 0 to slot M (the zero row's)
-    slots = tf.reshape(plus + tf.range(d1)[:, None] * (m + 1), [-1])
-    marks = tf.reshape(tf.where(found, tf.range(m + 1)[None, :] + 1, 0), [-1])
+    slots = tf.reshape(plus + tf.reshape(tf.range(d1) * (m + 1), [-1, 1]), [-1])
+    marks = tf.reshape(tf.where(found, tf.reshape(tf.range(m + 1) + 1, [1, -1]), 0), [-1])
     n = d1 * (m + 1)
-    minus = tf.scatter_nd(slots[:, None], marks, [n]) if lite else tf.math.bincount(slots, weights=marks, minlength=n,
+    minus = tf.scatter_nd(tf.reshape(slots, [-1, 1]), marks, [n]) if lite else tf.math.bincount(slots, weights=marks, minlength=n,
                                                                                       maxlength=n)
     minus = tf.reshape(minus, [d1, m + 1]) - 1
     minus = tf.where(minus >= 0, minus, m)
@@ -286,10 +313,10 @@ def _splat(contrib, offsets, m, segment_sum=tf.math.unsorted_segment_sum):
 
 
 def _blur(lat, tables):
-    """One ``[1/2, 1, 1/2]`` pass per ``(2, M + 1)`` (minus, plus) neighbour table, in order; absent neighbours
-    read row ``M``."""
-    for table in tables:  # (2, M + 1)
-        lat = lat + 0.5 * (tf.gather(lat, table[0]) + tf.gather(lat, table[1]))
+    """One ``[1/2, 1, 1/2]`` pass per ``(minus, plus)`` pair of neighbour rows ``(M + 1,)``, in order; absent
+    neighbours read row ``M``."""
+    for minus, plus in tables:
+        lat = lat + 0.5 * (tf.gather(lat, minus) + tf.gather(lat, plus))
     return lat
 
 
@@ -303,7 +330,7 @@ def _slice_rows(lat, simplices, simplex, weights):
 def _slice(lat, offsets, weights):
     """``sum_k weights[k] * lat[offsets[k]]``, ``(N, C)``: the ``D`` terms are leading slices added one by one
     (TensorFlow Lite sums over a middle axis several times slower)."""
-    return tf.add_n(tf.unstack(weights[:, :, None] * tf.gather(lat, offsets), axis=0))
+    return tf.add_n(tf.unstack(tf.expand_dims(weights, -1) * tf.gather(lat, offsets), axis=0))
 
 
 class TfLattice:
@@ -337,6 +364,7 @@ class TfLattice:
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self._norm = None
         self._normalised = {}
+        self._neighbour_rows = None
 
     def norm(self):
         """``K 1`` (N,), the normalisations' denominator; computed once (eagerly too, where the lattice is)."""
@@ -392,20 +420,25 @@ class TfLattice:
         for name in ("m", "neighbours", "offsets", "weights", "simplices", "simplex"):
             setattr(out, name, const(getattr(self, name)))
         out._norm = None if self._norm is None else const(self._norm)
+        out._neighbour_rows = None
         out._normalised = {k: tuple(const(t) for t in v) for k, v in self._normalised.items()}
         return out
 
-    def tables(self, order, pad_to=None, shift=0):
-        """The blur's ``(minus, plus)`` tables along the directions in ``order``, each ``(2, M + 1)`` with the
-        zero row ``M`` reading itself; with ``pad_to``, indices are shifted by ``shift`` and absent neighbours
-        (and the zero row) point to row ``pad_to`` instead (for a table shared with another lattice)."""
-        pad = self.m if pad_to is None else pad_to
+    def tables(self, order, shift=0):
+        """The blur's ``(minus, plus)`` neighbour rows ``(M + 1,)`` along the directions in ``order``; absent
+        neighbours and the zero row ``M`` read row ``M``; all indices plus ``shift`` (for a table shared with
+        another lattice). Beyond this lattice's ``d + 1`` directions, both rows read the zero row: the pass leaves
+        the rows alone. Rows come from ``tf.unstack`` (TensorFlow Lite's strided slice of one row is ~20x slower).
+        """
+        if self._neighbour_rows is None:
+            self._neighbour_rows = [tf.unstack(t, num=self.dim + 1) for t in tf.unstack(self.neighbours, num=2, axis=1)]
         out = []
         for j in order:
-            nb = self.neighbours[j]
-            if pad_to is not None:
-                nb = tf.where(nb < self.m, nb + shift, pad)
-            out.append(nb)
+            if j > self.dim:
+                out.append((tf.fill([self.m + 1], self.m + shift),) * 2)
+                continue
+            pair = (self._neighbour_rows[0][j], self._neighbour_rows[1][j])
+            out.append(pair if isinstance(shift, int) and shift == 0 else tuple(nb + shift for nb in pair))
         return out
 
     def _filter1(self, splat_w, slice_rows):
@@ -420,7 +453,7 @@ class TfLattice:
 
     def apply(self, values, transpose=False):
         """``K @ values`` (or ``K^T @ values``): splat, blur along each direction, slice. ``values``: (N, C)."""
-        lat = _blur(_splat(self.weights[:, :, None] * values[None], self.offsets, self.m, self.segment_sum),
+        lat = _blur(_splat(tf.expand_dims(self.weights, -1) * tf.expand_dims(values, 0), self.offsets, self.m, self.segment_sum),
                     self._own_tables(transpose))
         return self.alpha * _slice(lat, self.offsets, self.weights)
 
@@ -439,15 +472,14 @@ class TfKernelPair:
     def __init__(self, spatial, bilateral, normalization):
         lats = [spatial, bilateral]
         self.splits = [lat.dim + 1 for lat in lats]
-        # rows: the spatial lattice's and its zero row, the bilateral's and its zero row (`total`, shared)
+        # rows: the spatial lattice's and its zero row, the bilateral's and its zero row (the last): each
+        # lattice's absent neighbours read its own zero row, which stays zero
         starts = [0, lats[0].m + 1]
-        self.m = total = lats[0].m + lats[1].m + 1
+        self.m = lats[0].m + lats[1].m + 1
         self.offsets = tf.concat([lats[0].offsets, lats[1].offsets + starts[1]], 0)  # (D, N)
-        per_lattice = [lat.tables(range(lat.dim + 1), pad_to=total, shift=s) for lat, s in zip(lats, starts)]
-        self.tables = []
-        for j in range(max(self.splits)):  # a lattice without direction j: its vertices read the zero row
-            parts = [t[j] if j < len(t) else tf.fill([2, lat.m + 1], total) for t, lat in zip(per_lattice, lats)]
-            self.tables.append(tf.concat(parts, 1))
+        order = range(max(self.splits))
+        per_lattice = [lat.tables(order, shift=s) for lat, s in zip(lats, starts)]
+        self.tables = [tuple(tf.concat(side, 0) for side in zip(*parts)) for parts in zip(*per_lattice)]
         splat_w, slice_w = zip(*(lat.normalised(normalization) for lat in lats))
         self.splat_w = list(splat_w)
         self.splat_all = tf.concat(splat_w, 0)
@@ -466,12 +498,12 @@ class TfKernelPair:
     def sums(self, x):
         """``(K_s x, K_b x)`` for one channel ``x (N,)``: one splat (1-D: TensorFlow Lite's segment sum over
         ``(Q, 1)`` rows is ~25 % slower), one blur, a slice per kernel through its simplices."""
-        lat = _blur(self.segment_sum(tf.reshape(self.splat_all * x[None], [-1]), tf.reshape(self.offsets, [-1]),
+        lat = _blur(self.segment_sum(tf.reshape(self.splat_all * tf.reshape(x, [1, -1]), [-1]), tf.reshape(self.offsets, [-1]),
                                      self.m + 1), self.tables)
         return tuple(_slice_rows(lat, *a) for a in zip(self.simplices, self.simplex, self.slice_rows))
 
     def apply(self, vs, vb):
-        contrib = tf.concat([self.splat_w[0][:, :, None] * vs[None], self.splat_w[1][:, :, None] * vb[None]], 0)
+        contrib = tf.concat([tf.expand_dims(w, -1) * tf.expand_dims(v, 0) for w, v in zip(self.splat_w, (vs, vb))], 0)
         return _slice(_blur(_splat(contrib, self.offsets, self.m, self.segment_sum), self.tables), self.offsets,
                       self.slice_w)
 
@@ -572,8 +604,9 @@ def meanfield(logits, image, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, the
     kw = dict(n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, normalization=normalization,
               embed_dtype=embed_dtype)
     if logits.shape[0] is not None:  # static batch: unrolled (what TFLite converts best)
-        return tf.stack([meanfield_one(logits[i], image[i], spatial, ws, wb, mu, **kw)
-                         for i in range(logits.shape[0])])
+        # unstacked, not indexed: TensorFlow Lite's strided slice of one image is ~20x slower
+        return tf.stack([meanfield_one(lg, im, spatial, ws, wb, mu, **kw)
+                         for lg, im in zip(tf.unstack(logits), tf.unstack(image))])
     return tf.map_fn(lambda x: meanfield_one(x[0], x[1], spatial, ws, wb, mu, **kw), (logits, image),
                      fn_output_signature=tf.TensorSpec(logits.shape[1:], tf.float32))
 

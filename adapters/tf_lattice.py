@@ -78,13 +78,13 @@ def embed(features, embed_dtype=tf.float64):
     vertices leave vertex 0 (:func:`vertex_keys` makes the vertices' keys), with the radix ``powers`` (d,) of the
     packing (which leaves room for the blur neighbours).
 
-    The arithmetic of the Numba kernel, written for TensorFlow Lite: elementwise float arithmetic on ``(N,)``
-    rows with scalar constants (what XNNPACK runs fast; broadcasting, comparisons, selects, sorts, gathers and
-    scatters it does not), one row per coordinate or vertex. The rounding to the remainder-0 point is a
-    :func:`_step` of the two distances; a coordinate's rank counts the coordinates whose residual is larger, or
-    equal with a smaller index (the kernel's tie rule), one :func:`_step` per pair; the residuals in rank order
-    (for the weights) are one-hot sums, exact since one term is non-zero; vertex 0's coordinates are small
-    integers, exact in float, packed into an int64 key by Horner's rule. ``features``: ``(N, d)`` or d rows
+    The arithmetic of the Numba kernel, written for TensorFlow Lite: elementwise arithmetic on ``(N,)`` rows with
+    scalar constants (what XNNPACK runs fast; sorts, gathers and scatters it does not), one row per coordinate or
+    vertex. The rounding to the remainder-0 point is a :func:`_step` of the two distances; a coordinate's rank
+    counts the coordinates whose residual is larger, or equal with a smaller index (the kernel's tie rule), one
+    comparison per pair; the residuals in rank order (for the weights) and the coordinates in rank order (the
+    climbers) come from sorting networks of minima and maxima (:func:`_sorted`), exact; vertex 0's coordinates are
+    small integers, exact in float, packed into an int64 key by Horner's rule. ``features``: ``(N, d)`` or d rows
     ``(N,)``.
     """
     d = len(features) if isinstance(features, (list, tuple)) else int(features.shape[-1])
@@ -109,13 +109,13 @@ def embed(features, embed_dtype=tf.float64):
         rem0.append(down + (up - down) * _step((e - down) - (up - e), fdt))
     total = tf.round(tf.add_n(rem0) * inv_d1)  # (N,)
     di = [e - r for e, r in zip(elevated, rem0)]
-    # rank of i: #{j: di_j > di_i} + #{j < i: di_j == di_i}
-    rank = [total] * d1
-    for a in range(d1):
-        for b in range(a + 1, d1):
-            g = _step(di[b] - di[a], fdt)  # 1: b ranks before a; 0: a before b (ties: the smaller index)
-            rank[a] = rank[a] + g
-            rank[b] = rank[b] + (1.0 - g)
+    # rank of i: #{j: di_j > di_i} + #{j < i: di_j == di_i}; ahead[a][b] (a < b): 1 where b ranks before a
+    ahead = {(a, b): tf.cast(di[b] > di[a], fdt) for a in range(d1) for b in range(a + 1, d1)}
+    rank = []
+    for i in range(d1):
+        terms = [total + float(i)] + [ahead[i, j] for j in range(i + 1, d1)]
+        before = [ahead[j, i] for j in range(i)]
+        rank.append(tf.add_n(terms) if not before else tf.add_n(terms) - tf.add_n(before))
     # wrapped around: the final rank is taken modulo d + 1 (ranks are integers: clip gives the indicator)
     for i in range(d1):
         wrap = tf.clip_by_value(-rank[i], 0.0, 1.0) - tf.clip_by_value(rank[i] - d, 0.0, 1.0)

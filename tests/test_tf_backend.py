@@ -97,6 +97,19 @@ def test_bincount_splat_is_the_segment_sum_with_its_gradient(rng, channels):
     np.testing.assert_allclose(grads[1], grads[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("n", range(1, 11))
+def test_sorting_network_sorts_every_input(n):
+    # the embedding orders residuals and coordinates with it: by the 0-1 principle, a comparator network that
+    # sorts every 0/1 sequence sorts every sequence
+    import itertools
+
+    net = tf_lattice.sorting_network(n)
+    assert all(0 <= i < j < n for i, j in net)
+    bits = np.array(list(itertools.product((0, 1), repeat=n)), dtype=np.int8).T  # (n, 2^n)
+    rows = tf_lattice._sorted([tf.constant(b) for b in bits])
+    np.testing.assert_array_equal(np.stack([r.numpy() for r in rows]), np.sort(bits, axis=0))
+
+
 def test_neighbour_tables_agree_between_tensorflow_and_lite_ops(rng):
     # blur_neighbours builds its minus table by scatter (TFLite) or bincount (TF): the same tables
     f = tf.constant(rng.normal(scale=2.0, size=(2000, 5)))

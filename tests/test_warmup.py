@@ -158,3 +158,14 @@ def test_a_cold_process_is_served_by_numpy_then_by_the_cached_kernels(tmp_path):
     got = np.load(out)
     np.testing.assert_array_equal(got["compiled"], want)
     np.testing.assert_allclose(got["first"], want, rtol=2e-5, atol=2e-5)
+
+
+def test_import_leaves_heavy_optional_modules_unloaded():
+    """``import crfcore`` is part of every first call: scipy's optimiser (~0.35 s to import, needed by ``fit``
+    only) and the frameworks stay out of it."""
+    code = ("import sys, crfcore; print(' '.join(m for m in ('scipy.optimize', 'tensorflow', 'torch', 'jax', 'dask')"
+            " if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "", proc.stdout

@@ -327,9 +327,9 @@ class CrfRnnLayer(keras.layers.Layer):
 
     def current_widths(self):
         """``{"theta_alpha": ..., "theta_beta": ..., "theta_gamma": ...}`` as floats: the learned values for the
-        trainable widths (once the layer is built), the constructor's otherwise."""
-        return {name: float(np.exp(getattr(self, f"log_{name}").numpy())) if self.built and
-                name in self.learned_widths else getattr(self, name) for name in self.WIDTHS}
+        trainable widths (once the layer is built; exactly the widths a call uses), the constructor's otherwise."""
+        widths = self._widths() if self.built else [getattr(self, name) for name in self.WIDTHS]
+        return {name: float(w) for name, w in zip(self.WIDTHS, widths)}
 
     def _checked(self, logits, image):
         """Run-time checks of what the build could not see (dynamic shapes, values), naming the input.

@@ -424,22 +424,13 @@ class TfLattice:
         out._normalised = {k: tuple(const(t) for t in v) for k, v in self._normalised.items()}
         return out
 
-    def tables(self, order, shift=0):
+    def tables(self, order):
         """The blur's ``(minus, plus)`` neighbour rows ``(M + 1,)`` along the directions in ``order``; absent
-        neighbours and the zero row ``M`` read row ``M``; all indices plus ``shift`` (for a table shared with
-        another lattice). Beyond this lattice's ``d + 1`` directions, both rows read the zero row: the pass leaves
-        the rows alone. Rows come from ``tf.unstack`` (TensorFlow Lite's strided slice of one row is ~20x slower).
-        """
+        neighbours and the zero row ``M`` read row ``M``. Rows come from ``tf.unstack`` (TensorFlow Lite's
+        strided slice of one row is ~20x slower)."""
         if self._neighbour_rows is None:
             self._neighbour_rows = [tf.unstack(t, num=self.dim + 1) for t in tf.unstack(self.neighbours, num=2, axis=1)]
-        out = []
-        for j in order:
-            if j > self.dim:
-                out.append((tf.fill([self.m + 1], self.m + shift),) * 2)
-                continue
-            pair = (self._neighbour_rows[0][j], self._neighbour_rows[1][j])
-            out.append(pair if isinstance(shift, int) and shift == 0 else tuple(nb + shift for nb in pair))
-        return out
+        return [(self._neighbour_rows[0][j], self._neighbour_rows[1][j]) for j in order]
 
     def _filter1(self, splat_w, slice_rows):
         """Ones filtered with the given splat weights ``(d1, N)`` and slice weights ``(N, d1)``, ``(N,)``: a pass on
@@ -459,9 +450,9 @@ class TfLattice:
 
 
 class TfKernelPair:
-    """The spatial and the bilateral kernel, normalised, as one lattice: both vertex sets in one table, so that a
-    mean-field step is one splat, one blur (``max(d) + 1`` directions; a lattice's missing directions leave its
-    vertices alone) and one slice, whatever the two kernels' matrices.
+    """The spatial and the bilateral kernel, normalised, splatted together: both vertex sets in one table, so
+    that a mean-field step is one splat; the table is then split, and each lattice blurred along its own
+    directions and sliced.
 
     ``apply(vs, vb)`` returns ``K_s vs + K_b vb`` for ``(N, C)`` values, each kernel with densecrf's
     ``normalization`` (its ``pre`` factor folded into the splat weights, its ``post`` factor and the blur's
@@ -471,21 +462,14 @@ class TfKernelPair:
 
     def __init__(self, spatial, bilateral, normalization):
         lats = [spatial, bilateral]
-        self.splits = [lat.dim + 1 for lat in lats]
-        # rows: the spatial lattice's and its zero row, the bilateral's and its zero row (the last): each
-        # lattice's absent neighbours read its own zero row, which stays zero
-        starts = [0, lats[0].m + 1]
+        # rows: the spatial lattice's and its zero row, then the bilateral's and its zero row
+        self.sizes = [lats[0].m + 1, lats[1].m + 1]
         self.m = lats[0].m + lats[1].m + 1
-        self.offsets = tf.concat([lats[0].offsets, lats[1].offsets + starts[1]], 0)  # (D, N)
-        order = range(max(self.splits))
-        per_lattice = [lat.tables(order, shift=s) for lat, s in zip(lats, starts)]
-        self.tables = [tuple(tf.concat(side, 0) for side in zip(*parts)) for parts in zip(*per_lattice)]
+        self.offsets = tf.concat([lats[0].offsets, lats[1].offsets + self.sizes[0]], 0)  # (D, N)
         splat_w, slice_w = zip(*(lat.normalised(normalization) for lat in lats))
         self.splat_w = list(splat_w)
         self.splat_all = tf.concat(splat_w, 0)
-        self.slice_w = tf.concat(slice_w, 0)
-        self.simplices = [lats[0].simplices, lats[1].simplices + starts[1]]
-        self.simplex = [lat.simplex for lat in lats]
+        self.slice_w = list(slice_w)
         self.slice_rows = [lat.slice_rows(normalization) for lat in lats]
         self._lattices, self._normalization = lats, normalization
         self.segment_sum = bilateral.segment_sum
@@ -495,17 +479,24 @@ class TfKernelPair:
         """``(K_s 1, K_b 1)``, normalised (computed on first use)."""
         return tuple(lat.normalised_ones(self._normalization) for lat in self._lattices)
 
+    def _blurred(self, lat):
+        """The joint table ``(M + 1, ...)`` split per lattice and each blurred along its own directions (the
+        spatial lattice has fewer: no pass over rows that would not change)."""
+        return [_blur(t, one._own_tables()) for t, one in zip(tf.split(lat, self.sizes), self._lattices)]
+
     def sums(self, x):
         """``(K_s x, K_b x)`` for one channel ``x (N,)``: one splat (1-D: TensorFlow Lite's segment sum over
-        ``(Q, 1)`` rows is ~25 % slower), one blur, a slice per kernel through its simplices."""
-        lat = _blur(self.segment_sum(tf.reshape(self.splat_all * tf.reshape(x, [1, -1]), [-1]), tf.reshape(self.offsets, [-1]),
-                                     self.m + 1), self.tables)
-        return tuple(_slice_rows(lat, *a) for a in zip(self.simplices, self.simplex, self.slice_rows))
+        ``(Q, 1)`` rows is ~25 % slower), a blur and a slice per kernel, through its simplices."""
+        lat = self.segment_sum(tf.reshape(self.splat_all * tf.reshape(x, [1, -1]), [-1]),
+                               tf.reshape(self.offsets, [-1]), self.m + 1)
+        return tuple(_slice_rows(t, one.simplices, one.simplex, rows)
+                     for t, one, rows in zip(self._blurred(lat), self._lattices, self.slice_rows))
 
     def apply(self, vs, vb):
         contrib = tf.concat([tf.expand_dims(w, -1) * tf.expand_dims(v, 0) for w, v in zip(self.splat_w, (vs, vb))], 0)
-        return _slice(_blur(_splat(contrib, self.offsets, self.m, self.segment_sum), self.tables), self.offsets,
-                      self.slice_w)
+        lat = _splat(contrib, self.offsets, self.m, self.segment_sum)
+        return tf.add_n([_slice(t, one.offsets, w)
+                         for t, one, w in zip(self._blurred(lat), self._lattices, self.slice_w)])
 
 
 def _position_rows(h, w, dtype):

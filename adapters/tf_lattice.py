@@ -7,7 +7,7 @@ table of segment ops and only the distinct simplices' vertex keys packed into in
 numbered by ``tf.unique`` (for TensorFlow Lite by a hash table of segment ops, :func:`_number`); a hash table of
 segment ops for the blur's neighbours (:func:`blur_neighbours`); ``unsorted_segment_sum`` for the splat (in
 TensorFlow, not Lite, a weighted ``tf.math.bincount``: :func:`_bincount_sum`), gathers for the blur, and a slice
-that gathers whole rows of the simplex table; both kernels in one vertex table
+that gathers whole rows of the simplex table; both kernels splatted into one vertex table
 (:class:`TfKernelPair`), the spatial lattice built once as constants where its size and width are fixed
 (:func:`spatial_lattice`), and one filtered channel per step for two labels. Gradients come from TensorFlow's
 autodiff. ``tf.unique`` has a data-dependent output size: XLA (``jit_compile=True``) compiles it but pads its outputs,

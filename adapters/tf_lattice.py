@@ -281,8 +281,8 @@ def blur_neighbours(uniq, powers, lite=True):
     slots = tf.reshape(plus + tf.reshape(tf.range(d1) * (m + 1), [-1, 1]), [-1])
     marks = tf.reshape(tf.where(found, tf.reshape(tf.range(m + 1) + 1, [1, -1]), 0), [-1])
     n = d1 * (m + 1)
-    minus = tf.scatter_nd(tf.reshape(slots, [-1, 1]), marks, [n]) if lite else tf.math.bincount(slots, weights=marks, minlength=n,
-                                                                                      maxlength=n)
+    minus = tf.scatter_nd(tf.reshape(slots, [-1, 1]), marks, [n]) if lite else \
+        tf.math.bincount(slots, weights=marks, minlength=n, maxlength=n)
     minus = tf.reshape(minus, [d1, m + 1]) - 1
     minus = tf.where(minus >= 0, minus, m)
     return tf.stack([minus, plus], axis=1)
@@ -444,8 +444,8 @@ class TfLattice:
 
     def apply(self, values, transpose=False):
         """``K @ values`` (or ``K^T @ values``): splat, blur along each direction, slice. ``values``: (N, C)."""
-        lat = _blur(_splat(tf.expand_dims(self.weights, -1) * tf.expand_dims(values, 0), self.offsets, self.m, self.segment_sum),
-                    self._own_tables(transpose))
+        contrib = tf.expand_dims(self.weights, -1) * tf.expand_dims(values, 0)
+        lat = _blur(_splat(contrib, self.offsets, self.m, self.segment_sum), self._own_tables(transpose))
         return self.alpha * _slice(lat, self.offsets, self.weights)
 
 

@@ -72,7 +72,7 @@ def _sorted(rows):
     return rows
 
 
-def embed(features, embed_dtype=tf.float64):
+def embed(features, embed_dtype=tf.float64, row_scales=None):
     """Each point's barycentric ``weights`` (d + 1, N) float32 and its simplex: vertex 0's packed int64 key
     ``key0`` (N,) and the ``climbers``, d rows (N,) of coordinate indices (float) in the order in which the
     vertices leave vertex 0 (:func:`vertex_keys` makes the vertices' keys), with the radix ``powers`` (d,) of the
@@ -85,7 +85,10 @@ def embed(features, embed_dtype=tf.float64):
     comparison per pair; the residuals in rank order (for the weights) and the coordinates in rank order (the
     climbers) come from sorting networks of minima and maxima (:func:`_sorted`), exact; vertex 0's coordinates are
     small integers, exact in float, packed into an int64 key by Horner's rule. ``features``: ``(N, d)`` or d rows
-    ``(N,)``.
+    ``(N,)``; ``row_scales``: d multipliers of the coordinates (numbers or scalar tensors), folded into the
+    embedding's own scale, so that each coordinate is multiplied once (TensorFlow's graph optimiser and TensorFlow
+    Lite's converter fold a chain of constant multiplications, each its own way, and a point on a simplex
+    boundary would then land in another simplex).
     """
     d = len(features) if isinstance(features, (list, tuple)) else int(features.shape[-1])
     d1 = d + 1
@@ -96,8 +99,14 @@ def embed(features, embed_dtype=tf.float64):
     scale = np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
     sm = None
     elevated = [None] * d1
+    if row_scales is None:
+        mult = [tf.constant(c, fdt) for c in scale]
+    else:  # numbers multiplied here as a tensor would be in the graph: in embed_dtype, rounded alike
+        num = np.float64 if fdt == tf.float64 else np.float32
+        mult = [tf.constant(num(c) * num(r)) if isinstance(r, (int, float, np.floating)) else tf.cast(r, fdt) * num(c)
+                for c, r in zip(scale, row_scales)]
     for j in range(d, 0, -1):
-        cf = f[j - 1] * tf.constant(scale[j - 1], fdt)
+        cf = f[j - 1] * mult[j - 1]
         elevated[j] = -tf.constant(float(j), fdt) * cf if sm is None else sm - tf.constant(float(j), fdt) * cf
         sm = cf if sm is None else sm + cf
     elevated[0] = sm
@@ -346,11 +355,11 @@ class TfLattice:
     ``simplex`` ``(N,)`` (each point's row) with point-major weights (:meth:`slice_rows`).
     """
 
-    def __init__(self, features, embed_dtype=tf.float64):
+    def __init__(self, features, embed_dtype=tf.float64, row_scales=None):
         check_not_xla()
         d = len(features) if isinstance(features, (list, tuple)) else int(features.shape[-1])
         self.dim = d
-        weights, key0, climbers, powers = embed(features, embed_dtype)
+        weights, key0, climbers, powers = embed(features, embed_dtype, row_scales)
         # the float32 embedding is TensorFlow Lite's, whose UNIQUE is slow (TensorFlow's is a fast hash map) and
         # which has no BINCOUNT (TensorFlow's splats faster with it)
         lite = embed_dtype == tf.float32
@@ -505,11 +514,6 @@ def _position_rows(h, w, dtype):
     return [tf.cast(tf.reshape(t, [-1]), dtype) for t in (xs, ys)]
 
 
-def _positions(h, w, dtype):
-    """``(H W, 2)`` pixel positions as (x, y)."""
-    return tf.stack(_position_rows(h, w, dtype), 1)
-
-
 def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     """The spatial kernel's lattice of an ``h x w`` image, shared by every image of that size.
 
@@ -522,23 +526,43 @@ def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and not tf.is_tensor(theta_gamma)
     if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)
         with tf.init_scope():
-            lattice = TfLattice(_positions(h, w, embed_dtype) / tf.constant(theta_gamma, embed_dtype), embed_dtype)
+            lattice = _lattice(_over_widths(_position_rows(h, w, embed_dtype), [theta_gamma] * 2, embed_dtype),
+                               embed_dtype)
             lattice.normalised_ones(normalization)
         return lattice.as_constants()
-    return TfLattice(_positions(h, w, embed_dtype) / tf.cast(theta_gamma, embed_dtype), embed_dtype)
+    return _lattice(_over_widths(_position_rows(h, w, embed_dtype), [theta_gamma] * 2, embed_dtype), embed_dtype)
+
+
+def _lattice(scaled, embed_dtype):
+    """:class:`TfLattice` of ``(features, row_scales)`` from :func:`_over_widths`."""
+    features, row_scales = scaled
+    return TfLattice(features, embed_dtype, row_scales)
+
+
+def _over_widths(rows, widths, dtype):
+    """Feature rows over their widths, as ``(features, row_scales)`` for :class:`TfLattice`: in float64 divided
+    here, as the core divides; in float32 (TensorFlow Lite's embedding) the reciprocals go to :func:`embed`, which
+    folds them into its own scale (a division by a constant is a multiplication by its reciprocal in TensorFlow
+    Lite, and a chain of constant multiplications is folded by TensorFlow's graph optimiser: either would round
+    differently from TensorFlow run eagerly)."""
+    if dtype == tf.float64:
+        return [r / tf.cast(w, dtype) for r, w in zip(rows, widths)], None
+    # numbers: the reciprocal in float32, as TensorFlow computes a tensor's (a fixed and a trained width of the
+    # same value make the same lattice)
+    return rows, [np.float32(1.0) / np.float32(w) if isinstance(w, (int, float, np.floating)) else
+                  tf.math.reciprocal(tf.cast(w, dtype)) for w in widths]
 
 
 def _bilateral_features(image, theta_alpha, theta_beta, dtype=tf.float64):
-    """The bilateral kernel's features of one ``(H, W, C)`` image as ``2 + C`` rows ``(H W,)``: positions over
-    theta_alpha, colours over theta_beta."""
+    """The bilateral kernel's features of one ``(H, W, C)`` image, ``2 + C`` rows ``(H W,)`` (positions over
+    theta_alpha, colours over theta_beta), as ``(features, row_scales)`` (:func:`_over_widths`)."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     n_ch = image.shape[-1]  # static: the lattice's dimension
     if n_ch is None:
         raise ValueError("the CRF's TensorFlow lattice needs the image's number of channels to be known")
     # rows, not (N, d) columns: TensorFlow Lite slices a column 20x slower than it transposes
     colour = tf.unstack(tf.transpose(tf.reshape(tf.cast(image, dtype), [h * w, n_ch])), num=n_ch, axis=0)
-    ta, tb = (tf.cast(t, dtype) for t in (theta_alpha, theta_beta))  # floats or tensors
-    return [p / ta for p in _position_rows(h, w, dtype)] + [c / tb for c in colour]
+    return _over_widths(_position_rows(h, w, dtype) + colour, [theta_alpha] * 2 + [theta_beta] * n_ch, dtype)
 
 
 def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, normalization,
@@ -548,7 +572,7 @@ def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, th
     shape = tf.shape(logits)
     n_lab = logits.shape[-1]
     u = tf.reshape(tf.cast(logits, tf.float32), [-1, n_lab])
-    bilateral = TfLattice(_bilateral_features(image, theta_alpha, theta_beta, embed_dtype), embed_dtype)
+    bilateral = _lattice(_bilateral_features(image, theta_alpha, theta_beta, embed_dtype), embed_dtype)
     kernels = TfKernelPair(spatial, bilateral, normalization)
     a_s = tf.transpose(tf.matmul(mu, ws))  # Z = U - S (mu W_s)^T - B (mu W_b)^T = U - S (Q A_s) - B (Q A_b)
     a_b = tf.transpose(tf.matmul(mu, wb))

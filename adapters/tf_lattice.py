@@ -526,43 +526,36 @@ def spatial_lattice(h, w, theta_gamma, normalization, embed_dtype=tf.float64):
     known = all(isinstance(x, (int, np.integer)) for x in (h, w)) and not tf.is_tensor(theta_gamma)
     if known:  # (a tensor, even an eager one, may be a trained width that a tape watches)
         with tf.init_scope():
-            lattice = _lattice(_over_widths(_position_rows(h, w, embed_dtype), [theta_gamma] * 2, embed_dtype),
-                               embed_dtype)
+            lattice = _lattice(_position_rows(h, w, embed_dtype), [theta_gamma] * 2, embed_dtype)
             lattice.normalised_ones(normalization)
         return lattice.as_constants()
-    return _lattice(_over_widths(_position_rows(h, w, embed_dtype), [theta_gamma] * 2, embed_dtype), embed_dtype)
+    return _lattice(_position_rows(h, w, embed_dtype), [theta_gamma] * 2, embed_dtype)
 
 
-def _lattice(scaled, embed_dtype):
-    """:class:`TfLattice` of ``(features, row_scales)`` from :func:`_over_widths`."""
-    features, row_scales = scaled
-    return TfLattice(features, embed_dtype, row_scales)
-
-
-def _over_widths(rows, widths, dtype):
-    """Feature rows over their widths, as ``(features, row_scales)`` for :class:`TfLattice`: in float64 divided
+def _lattice(rows, widths, dtype):
+    """:class:`TfLattice` of feature ``rows`` over their ``widths`` (numbers or scalar tensors): in float64 divided
     here, as the core divides; in float32 (TensorFlow Lite's embedding) the reciprocals go to :func:`embed`, which
     folds them into its own scale (a division by a constant is a multiplication by its reciprocal in TensorFlow
     Lite, and a chain of constant multiplications is folded by TensorFlow's graph optimiser: either would round
     differently from TensorFlow run eagerly)."""
     if dtype == tf.float64:
-        return [r / tf.cast(w, dtype) for r, w in zip(rows, widths)], None
+        return TfLattice([r / tf.cast(w, dtype) for r, w in zip(rows, widths)], dtype)
     # numbers: the reciprocal in float32, as TensorFlow computes a tensor's (a fixed and a trained width of the
     # same value make the same lattice)
-    return rows, [np.float32(1.0) / np.float32(w) if isinstance(w, (int, float, np.floating)) else
-                  tf.math.reciprocal(tf.cast(w, dtype)) for w in widths]
+    return TfLattice(rows, dtype, [np.float32(1.0) / np.float32(w) if isinstance(w, (int, float, np.floating)) else
+                                   tf.math.reciprocal(tf.cast(w, dtype)) for w in widths])
 
 
 def _bilateral_features(image, theta_alpha, theta_beta, dtype=tf.float64):
-    """The bilateral kernel's features of one ``(H, W, C)`` image, ``2 + C`` rows ``(H W,)`` (positions over
-    theta_alpha, colours over theta_beta), as ``(features, row_scales)`` (:func:`_over_widths`)."""
+    """The bilateral kernel's feature rows of one ``(H, W, C)`` image and their widths, for :func:`_lattice`:
+    ``2 + C`` rows ``(H W,)``, positions (theta_alpha) and colours (theta_beta)."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     n_ch = image.shape[-1]  # static: the lattice's dimension
     if n_ch is None:
         raise ValueError("the CRF's TensorFlow lattice needs the image's number of channels to be known")
     # rows, not (N, d) columns: TensorFlow Lite slices a column 20x slower than it transposes
     colour = tf.unstack(tf.transpose(tf.reshape(tf.cast(image, dtype), [h * w, n_ch])), num=n_ch, axis=0)
-    return _over_widths(_position_rows(h, w, dtype) + colour, [theta_alpha] * 2 + [theta_beta] * n_ch, dtype)
+    return _position_rows(h, w, dtype) + colour, [theta_alpha] * 2 + [theta_beta] * n_ch
 
 
 def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, theta_beta, normalization,
@@ -572,7 +565,7 @@ def meanfield_one(logits, image, spatial, ws, wb, mu, *, n_iter, theta_alpha, th
     shape = tf.shape(logits)
     n_lab = logits.shape[-1]
     u = tf.reshape(tf.cast(logits, tf.float32), [-1, n_lab])
-    bilateral = _lattice(_bilateral_features(image, theta_alpha, theta_beta, embed_dtype), embed_dtype)
+    bilateral = _lattice(*_bilateral_features(image, theta_alpha, theta_beta, embed_dtype), embed_dtype)
     kernels = TfKernelPair(spatial, bilateral, normalization)
     a_s = tf.transpose(tf.matmul(mu, ws))  # Z = U - S (mu W_s)^T - B (mu W_b)^T = U - S (Q A_s) - B (Q A_b)
     a_b = tf.transpose(tf.matmul(mu, wb))

@@ -185,11 +185,29 @@ def _phases(logits, image, repeats):
     return out
 
 
+#: Fresh processes timed for the warm first call, and for the Numba floor beside it (the median is reported).
+WARM_ROUNDS = 5
+
+#: The floor: a module with one cached Numba kernel, imported and called on an array like the CRF's logits.
+_FLOOR_MODULE = """from numba import njit
+
+
+@njit(cache=True)
+def total(x):
+    s = 0.0
+    for v in x.ravel():
+        s += v
+    return s
+"""
+
+
 def compile_time():
     """Seconds of ``import crfcore`` + the first ``meanfield`` (float32 224x224 RGB, L=2) in a fresh process with an
     empty Numba cache: served by NumPy while a background process compiles (the default, :mod:`crfcore.warmup`),
     then until the compiled kernels are ready, and compiling in the process (``CRFCORE_FIRST_CALL=compile``); warm
-    (the filled cache); then the cold first backward."""
+    (the filled cache: the median of :data:`WARM_ROUNDS` processes), interleaved with the same for a one-loop cached
+    Numba kernel (``numba_floor_s``: what any Numba-based library pays to import NumPy and Numba and load a cached
+    kernel); then the cold first backward."""
     first = ("import time; t = time.perf_counter(); import numpy as np, crfcore; from crfcore import warmup; "
              "img = np.zeros((224, 224, 3), np.uint8); lg = np.zeros((224, 224, 2), np.float32); "
              "crfcore.meanfield(lg, img); print(time.perf_counter() - t, warmup.pending()); warmup.wait(); "
@@ -198,20 +216,34 @@ def compile_time():
                 "img = np.zeros((32, 32, 3), np.uint8); crfcore.meanfield(lg, img); t = time.perf_counter(); "
                 "r = crfcore.meanfield_fwd(lg, img)[1]; crfcore.meanfield_bwd(r, lg); print(time.perf_counter() - t)")
 
-    def lines(code, env):
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    def lines(code, env, *args):
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                              timeout=600)
         return [[float(x) for x in line.split()] for line in proc.stdout.split("\n") if line.strip()] \
             if proc.returncode == 0 else None
 
-    out = dict.fromkeys(["cold_s", "served_by_numpy", "kernels_ready_s", "cold_compile_s", "warm_s",
-                         "cold_backward_s"])
+    out = dict.fromkeys(["cold_s", "served_by_numpy", "kernels_ready_s", "cold_compile_s", "warm_s", "warm_runs_s",
+                         "numba_floor_s", "cold_backward_s"])
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, CRFCORE_FIRST_CALL="numpy")
         cold = lines(first, env)
         if cold:
             out.update(cold_s=cold[0][0], served_by_numpy=bool(cold[0][1]), kernels_ready_s=cold[1][0])
-        warm = lines(first, env)
-        out["warm_s"] = warm[0][0] if warm else None
+        floor = ("import sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import numpy as np; "
+                 "import numba_floor; numba_floor.total(np.zeros((224, 224, 2), np.float32)); "
+                 "print(time.perf_counter() - t)")
+        with open(os.path.join(cache, "numba_floor.py"), "w") as f:
+            f.write(_FLOOR_MODULE)
+        lines(floor, env, cache)  # compiles it into the cache
+        warm, bare = [], []
+        for _ in range(WARM_ROUNDS):
+            warm.append(lines(first, env))
+            bare.append(lines(floor, env, cache))
+        if all(warm):
+            out["warm_s"] = statistics.median(w[0][0] for w in warm)
+            out["warm_runs_s"] = [w[0][0] for w in warm]
+        if all(bare):
+            out["numba_floor_s"] = statistics.median(b[0][0] for b in bare)
         backward = lines(backward, env)
         out["cold_backward_s"] = backward[0][0] if backward else None
     with tempfile.TemporaryDirectory() as cache:
@@ -409,7 +441,9 @@ def report(result):
         lines.append(f"first call (fresh process, import + meanfield float32 224x224 L=2; not in the timings): cold "
                      f"(empty Numba cache) {sec('cold_s')} ({how}; compiled kernels ready {sec('kernels_ready_s')} "
                      f"after the start; compiling in the process instead, CRFCORE_FIRST_CALL=compile: "
-                     f"{sec('cold_compile_s')}), warm {sec('warm_s', 2)}; then the first backward, cold: "
+                     f"{sec('cold_compile_s')}), warm {sec('warm_s', 2)} (median of {WARM_ROUNDS}; a one-loop cached Numba "
+                     f"kernel's import + first call, interleaved: {sec('numba_floor_s', 2)}); then the first "
+                     f"backward, cold: "
                      f"{sec('cold_backward_s')}")
     for b in result["backward"]:
         lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "

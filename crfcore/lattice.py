@@ -137,10 +137,8 @@ class Lattice:
 
     def _build(self, f, dtype):
         _parallel.checkpoint()
-        # NumPy's reductions (no kernel to compile on a first call); min and max are NaN or infinite exactly when
-        # some feature is
-        fmin, fmax = f.min(axis=0), f.max(axis=0)
-        if not (np.isfinite(fmin).all() and np.isfinite(fmax).all()):
+        fmin, fmax, finite = K.feature_range(f)
+        if not finite:
             check_finite(f, "features")  # raises, counting the bad values
         n, d = f.shape
         scale = elevation_scale(d)

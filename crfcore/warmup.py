@@ -48,8 +48,8 @@ def _dispatchers(n_labels):
     from . import _meanfield_kernels as MK
 
     combine = MK.combine_softmax_pair if n_labels == 2 else MK.combine_softmax
-    return (K.build, K.blur_neighbours, K.invert_remap, K.splat, K.gather_rows, K.blur, K.scatter_rows, K.slice_,
-            combine)
+    return (K.feature_range, K.build, K.blur_neighbours, K.invert_remap, K.splat, K.gather_rows, K.blur, K.scatter_rows,
+            K.slice_, combine)
 
 
 def _available(dispatcher):

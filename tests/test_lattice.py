@@ -109,6 +109,28 @@ def test_one_dimensional_values_and_views(rng):
     np.testing.assert_allclose(lat.filter(v[:, ::2]), lat.filter(np.ascontiguousarray(v[:, ::2])))
 
 
+@given(
+    n=st.integers(1, 20_000),
+    d=st.integers(1, 6),
+    bad=st.sampled_from([None, np.nan, np.inf, -np.inf]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_feature_range_kernel(n, d, bad, seed):
+    # The parallel pass that sizes the lattice's keys: NumPy's min and max per feature (over up to 4 blocks of
+    # points here), and a bad value anywhere (any block, any feature) is reported as not finite.
+    from crfcore._lattice_kernels import feature_range
+
+    rng = np.random.default_rng(seed)
+    f = rng.normal(scale=rng.uniform(0.1, 100.0), size=(n, d))
+    if bad is not None:
+        f[rng.integers(n), rng.integers(d)] = bad
+    fmin, fmax, finite = feature_range(f)
+    assert finite == (bad is None)
+    if bad is None:
+        np.testing.assert_array_equal(fmin, f.min(axis=0))
+        np.testing.assert_array_equal(fmax, f.max(axis=0))
+
+
 @pytest.mark.parametrize(
     "features, exc, match",
     [

@@ -430,21 +430,25 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     return result
 
 
+def compile_report(c):
+    """The report's line for :func:`compile_time`'s result ``c`` (a measurement that failed reads "failed")."""
+    def sec(key, digits=1):
+        return "failed" if c[key] is None else f"{c[key]:.{digits}f} s"
+
+    how = "served by NumPy while a background process compiles" if c["served_by_numpy"] else "compiled"
+    return (f"first call (fresh process, import + meanfield float32 224x224 L=2; not in the timings): cold "
+            f"(empty Numba cache) {sec('cold_s')} ({how}; compiled kernels ready {sec('kernels_ready_s')} "
+            f"after the start; compiling in the process instead, CRFCORE_FIRST_CALL=compile: "
+            f"{sec('cold_compile_s')}), warm {sec('warm_s', 2)} (median of {WARM_ROUNDS}; a one-loop "
+            f"cached Numba kernel's import + first call, interleaved: {sec('numba_floor_s', 2)}); then the "
+            f"first backward, cold: {sec('cold_backward_s')}")
+
+
 def report(result):
     lines = [fmt_table(result["rows"]), ""]
     c = result.get("jit_compile")
     if c and c["cold_s"] is not None:
-        def sec(key, digits=1):
-            return "failed" if c[key] is None else f"{c[key]:.{digits}f} s"
-
-        how = "served by NumPy while a background process compiles" if c["served_by_numpy"] else "compiled"
-        lines.append(f"first call (fresh process, import + meanfield float32 224x224 L=2; not in the timings): cold "
-                     f"(empty Numba cache) {sec('cold_s')} ({how}; compiled kernels ready {sec('kernels_ready_s')} "
-                     f"after the start; compiling in the process instead, CRFCORE_FIRST_CALL=compile: "
-                     f"{sec('cold_compile_s')}), warm {sec('warm_s', 2)} (median of {WARM_ROUNDS}; a one-loop cached Numba "
-                     f"kernel's import + first call, interleaved: {sec('numba_floor_s', 2)}); then the first "
-                     f"backward, cold: "
-                     f"{sec('cold_backward_s')}")
+        lines.append(compile_report(c))
     for b in result["backward"]:
         lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "
                      f"{b['forward_ms']:.1f} ms (keeping residuals {b['forward_with_residuals_ms']:.1f} ms), "

@@ -66,7 +66,8 @@ def tiles(height, width, tile, overlap):
     for y0 in range(0, height, tile):
         for x0 in range(0, width, tile):
             y1, x1 = min(height, y0 + tile), min(width, x0 + tile)
-            outer = ((max(0, y0 - overlap), min(height, y1 + overlap)), (max(0, x0 - overlap), min(width, x1 + overlap)))
+            outer = ((max(0, y0 - overlap), min(height, y1 + overlap)),
+                     (max(0, x0 - overlap), min(width, x1 + overlap)))
             yield ((y0, y1), (x0, x1)), outer
 
 

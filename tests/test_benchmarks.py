@@ -49,6 +49,22 @@ def test_quick_agreement_with_densecrf(quick_result):
         assert row["speedup"] > 0 and row["densecrf_ms"] > 0
 
 
+def test_compile_report_reads_every_measurement():
+    """The first-call line (``compile_time`` takes minutes, so its result is given here): every figure, the floor
+    beside the warm call, and "failed" for a measurement that did not come back."""
+    from benchmarks.cli import compile_report
+
+    c = dict(cold_s=0.8, served_by_numpy=True, kernels_ready_s=26.0, cold_compile_s=24.0, warm_s=0.84,
+             warm_runs_s=[0.8, 0.84, 1.08], numba_floor_s=0.71, cold_backward_s=9.5)
+    line = compile_report(c)
+    for text in ("cold (empty Numba cache) 0.8 s (served by NumPy", "ready 26.0 s",
+                 "CRFCORE_FIRST_CALL=compile: 24.0 s", "warm 0.84 s", "first call, interleaved: 0.71 s",
+                 "first backward, cold: 9.5 s"):
+        assert text in line, text
+    line = compile_report(dict(c, numba_floor_s=None, served_by_numpy=False))
+    assert "interleaved: failed" in line and "s (compiled;" in line
+
+
 def test_deployment_rows_run_every_way():
     """The deployment section (run by the full ``python -m benchmarks``) builds, converts and times every way."""
     pytest.importorskip("skimage")

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crfcore import Lattice
+from crfcore._lattice_kernels import feature_range
 from naive import dense_operator, gaussian_matrix
 
 
@@ -118,8 +119,6 @@ def test_one_dimensional_values_and_views(rng):
 def test_feature_range_kernel(n, d, bad, seed):
     # The parallel pass that sizes the lattice's keys: NumPy's min and max per feature (over up to 4 blocks of
     # points here), and a bad value anywhere (any block, any feature) is reported as not finite.
-    from crfcore._lattice_kernels import feature_range
-
     rng = np.random.default_rng(seed)
     f = rng.normal(scale=rng.uniform(0.1, 100.0), size=(n, d))
     if bad is not None:

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@# PyTorch's CPU build first (this version's wheel is on the project's machines; a plain `torch` would be a
 	@# CUDA build of several GB): the torch tests skip if it cannot be installed
 	$(PY) -m pip install -q "torch==2.13.0" || echo "torch did not install: the PyTorch adapter's tests will be skipped"
-	$(PY) -m pip install -q -e ".[tf,bench,dev,refine,dask,jax]"
+	$(PY) -m pip install -q -e ".[demo,dev,refine,dask,jax]"
 	@# the C++ densecrf is an optional oracle for tests and benchmarks: tolerate a failed build
 	$(PY) -m pip install -q "pydensecrf2>=1.1" || echo "pydensecrf2 did not build: its comparisons will be skipped"
 	touch $(STAMP)
@@ -24,7 +24,7 @@ venv: $(STAMP)
 # PYTHONDONTWRITEBYTECODE), and would otherwise recompile crfcore's sources in every process (30-80 ms of each
 # `import crfcore`, a tenth of a warm first call). Only changed sources are recompiled.
 bytecode: $(STAMP)
-	$(PY) -m compileall -q crfcore adapters unet benchmarks
+	$(PY) -m compileall -q crfcore adapters unet benchmarks tests
 
 test: $(STAMP) bytecode
 	$(PY) -m pytest

@@ -8,13 +8,17 @@ residuals (lattices and iterates) in a bounded store under an integer handle; th
 
 from functools import partial
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
+
+try:
+    import jax
+    import jax.numpy as jnp
+    from jax.custom_derivatives import SymbolicZero
+except ImportError as exc:  # the framework is an extra: say which
+    raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._residuals import ResidualStore
+from crfcore._shared import ResidualStore
 from crfcore.params import NORMALIZATIONS
 
 __all__ = ["crf_refine"]
@@ -65,7 +69,7 @@ def _refine_fwd(static, *primals):
     # symbolic zeros: JAX says which inputs are differentiated; the features gradient (image, widths), about as
     # costly as the rest of the backward, is computed only when one of them is
     args = tuple(p.value for p in primals)
-    features = any(p.perturbed for p in (primals[1],) + primals[6:])
+    features = any(p.perturbed for p in (primals[1],) + primals[5:])  # the image and the three widths
     out, handle = _forward_call(static, True, *args)
     return out, (handle, features) + args
 
@@ -82,11 +86,11 @@ def _refine_bwd(static, res, g):
 _refine.defvjp(_refine_fwd, _refine_bwd, symbolic_zeros=True)
 
 
-def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_spatial=3.0,
-               w_bilateral=10.0, compat=None, normalization="symmetric", spatial_dims=2):
+def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
+               w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
     """Refined logits ``Z_T`` of the dense CRF (what ``crfcore.meanfield_fwd(..., output="logits")`` returns).
 
-    Keywords and defaults are :func:`crfcore.meanfield`'s; channels last like the core: ``logits (..., *spatial, L)``
+    Keywords, their order and defaults are :func:`crfcore.meanfield`'s; channels last like the core: ``logits (..., *spatial, L)``
     and ``image (..., *spatial, C)`` (leading axes are a batch). Differentiable w.r.t. ``logits``, ``image``, the
     widths, the weights (numbers or ``(L, L)``) and ``compat`` (``(L, L)``, Potts ``1 - I`` when None), all as JAX
     arrays; ``n_iter``, ``normalization`` and ``spatial_dims`` are static. The image is taken in the logits' dtype.

@@ -9,19 +9,22 @@ What the default (numba) backend cannot do: ``tf.numpy_function`` runs Python, s
 (``jit_compile=True`` raises; the layer sets ``supports_jit = False`` so Keras's ``jit_compile="auto"`` leaves it
 out), is not serialised into a SavedModel graph (``model.export``), and has no TensorFlow Lite kernel. SavedModel,
 TensorFlow Lite and GPUs are served by the pure-TensorFlow lattice (``backend="tf"`` / ``"tf-lite"``, module
-:mod:`adapters.tf_lattice`; the README's "Deployment" section).
+:mod:`crfcore.adapters.tf_lattice`; the README's "Deployment" section).
 """
 
+import functools
 from functools import partial
 
-import keras
+try:
+    import keras
+    import tensorflow as tf
+except ImportError as exc:  # the framework is an extra: say which
+    raise ImportError(f"{__name__} needs TensorFlow and Keras 3: pip install 'crfcore[tf]' ({exc})") from exc
 import numpy as np
-import tensorflow as tf
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._residuals import ResidualStore
-from crfcore._validation import positive_scalar
-from crfcore.inference import NORMALIZATIONS
+from crfcore._shared import ResidualStore, deprecated, positive_scalar
+from crfcore.params import NORMALIZATIONS
 
 from . import tf_lattice
 
@@ -49,7 +52,7 @@ def _core_kwargs(params, ws, wb, mu, widths):
     ta, tb, tg = (float(np.asarray(t)) for t in widths)
     return dict(
         n_iter=params["n_iter"], theta_alpha=ta, theta_beta=tb, theta_gamma=tg, normalization=params["normalization"],
-        w_spatial=ws, w_bilateral=wb, compat=mu, output="logits",
+        w_spatial=ws, w_bilateral=wb, compat=mu, spatial_dims=params["spatial_dims"], output="logits",
     )
 
 
@@ -64,40 +67,110 @@ def _grads(res, dy, features):
     return out
 
 
-def crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix, *, n_iter,
-               theta_alpha, theta_beta, theta_gamma, normalization="after", keep_residuals=True, features_grad=False):
-    """Refined logits of a batch, differentiable w.r.t. ``logits`` and the three ``(L, L)`` matrices (and, with
-    ``features_grad``, the image and the three widths).
+def _label_matrix(value, name, n_lab, dtype):
+    """A weight or compatibility as an ``(L, L)`` tensor of ``dtype``: numbers and scalar tensors times ``I``."""
+    t = tf.convert_to_tensor(value)
+    if not t.dtype.is_floating and not t.dtype.is_integer:
+        raise TypeError(f"`{name}` must be a number or an ({n_lab}, {n_lab}) matrix, got dtype {t.dtype.name}")
+    t = tf.cast(t, dtype)
+    if t.shape.rank == 0:
+        return t * tf.eye(n_lab, dtype=dtype)
+    if tuple(t.shape) != (n_lab, n_lab):
+        raise ValueError(f"`{name}` must be a number or an ({n_lab}, {n_lab}) matrix, got shape {tuple(t.shape)}")
+    return t
+
+
+def _old_positional_form(fn):
+    """0.1's ``crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix, *,
+    n_iter, theta_alpha, theta_beta, theta_gamma, normalization="after", ...)`` for one more release."""
+
+    @functools.wraps(fn)
+    def wrapper(logits, image, *matrices, **kwargs):
+        if not matrices:
+            return fn(logits, image, **kwargs)
+        if len(matrices) != 3:
+            raise TypeError(f"crf_refine takes 2 positional arguments (logits, image), got {2 + len(matrices)}")
+        deprecated("crf_refine(logits, image, spatial_ker_weights, bilateral_ker_weights, "
+                           "compatibility_matrix, ...)", "crf_refine(logits, image, w_spatial=..., w_bilateral=..., "
+                           "compat=..., normalization='after', ...) (crfcore.meanfield's keywords)")
+        kwargs.setdefault("normalization", "after")
+        kwargs.setdefault("features_grad", False)
+        return fn(logits, image, w_spatial=matrices[0], w_bilateral=matrices[1], compat=matrices[2], **kwargs)
+
+    return wrapper
+
+
+@_old_positional_form
+def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
+               w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2, features_grad=None,
+               keep_residuals=True):
+    """Refined logits ``Z_T`` of a batch (``crfcore.meanfield_fwd(..., output="logits")`` as a TensorFlow op),
+    differentiable with crfcore's exact backward.
+
+    Keywords, their order and defaults are :func:`crfcore.meanfield`'s (the same in
+    :func:`crfcore.adapters.torch.crf_refine` and :func:`crfcore.adapters.jax.crf_refine`); channels last as the
+    core: ``logits (..., *spatial, L)``, ``image (..., *spatial, C)``. Eager tensors run the core directly, graphs
+    (``tf.function``, ``model.fit``) through ``tf.numpy_function``.
 
     Parameters
     ----------
-    logits : tf.Tensor, float32 or float64, shape (B, H, W, L)
-    image : tf.Tensor, shape (B, H, W, C), same dtype as ``logits``
-        Guides the bilateral kernel.
-    spatial_ker_weights, bilateral_ker_weights, compatibility_matrix : tf.Tensor, shape (L, L)
-        Same dtype as ``logits``.
-    n_iter, normalization
-        As in :func:`crfcore.meanfield`.
+    logits : tf.Tensor, float32 or float64
+    image : tf.Tensor
+        Guides the bilateral kernel, in its own units (``theta_beta`` is in them); taken in the logits' dtype.
+    n_iter, normalization, spatial_dims
+        As in :func:`crfcore.meanfield` (Python values).
     theta_alpha, theta_beta, theta_gamma : float or scalar tf.Tensor
         The kernel widths, positive (a non-positive or non-finite width raises a ValueError naming it).
+    w_bilateral, w_spatial : float, scalar or (L, L) tf.Tensor
+    compat : (L, L) tf.Tensor or None (Potts ``1 - I``)
+    features_grad : bool or None
+        Also differentiate w.r.t. ``image`` and the three widths (the lattice's features gradient, about as costly
+        again as the rest of the backward). None (default): when any width is a tensor. False: they get no
+        gradient.
     keep_residuals : bool
-        Keep the forward's lattices and iterates for the backward (graph mode) when a gradient tape is
-        recording. False (inference) stores nothing; a backward then recomputes the forward.
-    features_grad : bool
-        Also return gradients for ``image`` and the three widths (crfcore's features gradient, which costs about
-        as much again as the rest of the backward). False: they get none.
+        Keep the forward's lattices and iterates for the backward (graph mode) when a gradient tape is recording.
+        False stores nothing; a backward then recomputes the forward.
 
     Returns
     -------
     tf.Tensor
         ``Z_T``, shape and dtype of ``logits``.
     """
+    logits = tf.convert_to_tensor(logits)
+    if logits.dtype not in (tf.float32, tf.float64):
+        raise TypeError(f"`logits` must be float32 or float64, got {logits.dtype.name}")
+    if logits.shape.rank is None or logits.shape.rank < spatial_dims + 1 or logits.shape[-1] is None:
+        raise ValueError(f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes and a known L, "
+                         f"got {logits.shape}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    n_lab = int(logits.shape[-1])
+    dt = logits.dtype
+    image = tf.cast(tf.convert_to_tensor(image), dt)
+    ws = _label_matrix(w_spatial, "w_spatial", n_lab, dt)
+    wb = _label_matrix(w_bilateral, "w_bilateral", n_lab, dt)
+    mu = 1.0 - tf.eye(n_lab, dtype=dt) if compat is None else tf.cast(tf.convert_to_tensor(compat), dt)
+    if tuple(mu.shape) != (n_lab, n_lab):
+        raise ValueError(f"`compat` must be None or an ({n_lab}, {n_lab}) matrix, got shape {tuple(mu.shape)}")
+    widths = (theta_alpha, theta_beta, theta_gamma)
+    if features_grad is None:
+        features_grad = any(isinstance(t, (tf.Tensor, tf.Variable)) for t in widths)
+    return _meanfield_op(logits, image, ws, wb, mu, n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta,
+                         theta_gamma=theta_gamma, normalization=normalization, spatial_dims=spatial_dims,
+                         keep_residuals=keep_residuals, features_grad=features_grad)
+
+
+def _meanfield_op(logits, image, spatial_ker_weights, bilateral_ker_weights, compatibility_matrix, *, n_iter,
+                  theta_alpha, theta_beta, theta_gamma, normalization, spatial_dims=2, keep_residuals=True,
+                  features_grad=False):
+    """The op on ``(L, L)`` matrices (what :class:`CrfRnnLayer` calls): gradients for ``logits`` and the three
+    matrices, and with ``features_grad`` for the image and the three widths."""
     if tf_lattice._in_xla():
         raise NotImplementedError(
             "CrfRnnLayer(backend='numba') runs Python through tf.numpy_function, which XLA "
             "(tf.function(jit_compile=True)) cannot compile; call it without jit_compile"
         )
-    params = dict(n_iter=int(n_iter), normalization=normalization)
+    params = dict(n_iter=int(n_iter), normalization=normalization, spatial_dims=int(spatial_dims))
     features = bool(features_grad)
     widths = [tf.cast(t, logits.dtype) for t in (theta_alpha, theta_beta, theta_gamma)]
     n_grads = 8 if features else 4
@@ -223,7 +296,7 @@ class CrfRnnLayer(keras.layers.Layer):
         Kernel normalisation; crfasrnn's ``"after"`` by default.
     backend : {"numba", "tf", "tf-lite"}
         ``"numba"`` (default) runs crfcore's kernels, the fast choice for CPU training; ``"tf"`` runs the same
-        function in TensorFlow ops only (:mod:`adapters.tf_lattice`), which exports to SavedModel and runs on a
+        function in TensorFlow ops only (:mod:`crfcore.adapters.tf_lattice`), which exports to SavedModel and runs on a
         GPU; ``"tf-lite"`` is ``"tf"`` with a float32 lattice embedding, convertible to TensorFlow Lite's
         built-in ops. Weights and config are the same: :func:`with_backend` switches a model.
     spatial_weight, bilateral_weight : float
@@ -383,7 +456,7 @@ class CrfRnnLayer(keras.layers.Layer):
                 embed_dtype=tf.float32 if self.backend == "tf-lite" else tf.float64)
             return tf.cast(out, self.compute_dtype)
         dt = tf.float64 if self.compute_dtype == "float64" else tf.float32
-        out = crf_refine(
+        out = _meanfield_op(
             tf.cast(logits, dt), tf.cast(image, dt),
             tf.cast(self.spatial_ker_weights.value, dt),
             tf.cast(self.bilateral_ker_weights.value, dt),

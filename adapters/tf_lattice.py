@@ -17,7 +17,11 @@ which would corrupt the lattice, so building one under XLA raises ``NotImplement
 from functools import partial
 
 import numpy as np
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError as exc:  # the framework is an extra: say which
+    raise ImportError(f"{__name__} needs TensorFlow: pip install 'crfcore[tf]' ({exc})") from exc
 
 
 def _in_xla():

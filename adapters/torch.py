@@ -13,12 +13,15 @@ warning the first time.
 import warnings
 
 import numpy as np
-import torch
-from torch import nn
 
-from crfcore import _meanfield_kernels as MK
-from crfcore import _parallel, meanfield_bwd, meanfield_fwd
-from crfcore._residuals import ResidualStore
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # the framework is an extra: say which
+    raise ImportError(f"{__name__} needs PyTorch: pip install 'crfcore[torch]' ({exc})") from exc
+
+from crfcore import meanfield_bwd, meanfield_fwd
+from crfcore._shared import ResidualStore, deprecated, run_on_compute_thread, transpose_scaled
 from crfcore.params import NORMALIZATIONS, kernel_width
 
 __all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
@@ -42,7 +45,7 @@ _BLOCKED_TRANSPOSE_MIN = 1 << 20
 
 def _swap_batch(a, out):
     for i in range(a.shape[0]):
-        MK.transpose_scaled(a[i], a.dtype.type(1), out[i])
+        transpose_scaled(a[i], a.dtype.type(1), out[i])
 
 
 def _swap_last_two(a):
@@ -53,7 +56,7 @@ def _swap_last_two(a):
     if a.size < _BLOCKED_TRANSPOSE_MIN or a.dtype not in (np.float32, np.float64):
         return np.ascontiguousarray(np.swapaxes(a, 1, 2))
     out = np.empty((a.shape[0], a.shape[2], a.shape[1]), a.dtype)
-    _parallel.run(_swap_batch, a, out)
+    run_on_compute_thread(_swap_batch, a, out)
     return out
 
 
@@ -152,14 +155,21 @@ def _backward(ctx, grad_out, grad_handle):
 _meanfield_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_inputs(logits, image):
+def _check_inputs(logits, image, spatial_dims):
     if not isinstance(logits, torch.Tensor) or not isinstance(image, torch.Tensor):
         raise TypeError(f"`logits` and `image` must be torch tensors, got {type(logits).__name__} and "
                         f"{type(image).__name__}")
     if logits.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"`logits` must be float32 or float64, got {logits.dtype}")
-    if logits.dim() not in (4, 5):
-        raise ValueError(f"`logits` must be (B, L, H, W) or (B, L, D, H, W) (channels first), got shape "
+    if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
+        raise ValueError(f"`spatial_dims` must be 2 or 3, got {spatial_dims!r}")
+    if logits.dim() == 5 and spatial_dims == 2:  # 0.1 took the spatial axes from the rank
+        deprecated("crf_refine on (B, L, D, H, W) logits without spatial_dims", "crf_refine(..., spatial_dims=3)",
+                   stacklevel=4)
+        spatial_dims = 3
+    if logits.dim() != spatial_dims + 2:
+        raise ValueError(f"`logits` must be (B, L, *spatial) with {spatial_dims} spatial axes (channels first: "
+                         f"{'(B, L, H, W)' if spatial_dims == 2 else '(B, L, D, H, W)'}), got shape "
                          f"{tuple(logits.shape)}")
     if logits.shape[1] < 2:
         raise ValueError(f"`logits` has {logits.shape[1]} label(s) on axis 1; a CRF needs L >= 2 (channels first: "
@@ -169,7 +179,7 @@ def _check_inputs(logits, image):
     if image.dim() != logits.dim() or image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
         raise ValueError(f"`image` has shape {tuple(image.shape)} but `logits` has shape {tuple(logits.shape)}; "
                          f"they must match in batch and spatial axes (channels first: image (B, C, *spatial))")
-    return image.to(logits.dtype)  # values (NaN, infinite) are checked by the core, naming the argument
+    return image.to(logits.dtype), spatial_dims  # values (NaN, infinite): the core checks them, naming them
 
 
 def _as_tensor(x, like, name, dtype=None):
@@ -177,9 +187,11 @@ def _as_tensor(x, like, name, dtype=None):
     return t.to(device=like.device, dtype=dtype or like.dtype)
 
 
-def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_spatial=3.0,
-               w_bilateral=10.0, compat=None, normalization="symmetric"):
+def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
+               w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
     """Refined logits of a batch: the dense CRF's unrolled mean field, differentiable (exactly) w.r.t. everything.
+
+    Keywords, their order and defaults are :func:`crfcore.meanfield`'s; the layout is PyTorch's, channels first.
 
     Parameters
     ----------
@@ -191,8 +203,10 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
         As in :func:`crfcore.meanfield`.
     theta_alpha, theta_beta, theta_gamma : float or scalar tensor
         Kernel widths; tensors receive gradients (keep them positive, e.g. as ``exp`` of a parameter).
-    w_spatial, w_bilateral : float, or (L, L) tensor
+    w_bilateral, w_spatial : float, or (L, L) tensor
     compat : (L, L) tensor or None (Potts ``1 - I``)
+    spatial_dims : {2, 3}
+        2 for images ``(B, L, H, W)``, 3 for volumes ``(B, L, D, H, W)``.
 
     Returns
     -------
@@ -200,7 +214,7 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
         ``Z_T`` with the shape, dtype and device of ``logits`` (what ``crfcore.meanfield_fwd(..., output="logits")``
         returns, channels first).
     """
-    image = _check_inputs(logits, image)
+    image, spatial_dims = _check_inputs(logits, image, spatial_dims)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
@@ -311,7 +325,7 @@ class CrfRnn(nn.Module):
         return crf_refine(logits.to(dtype), image, n_iter=self.num_iterations, theta_alpha=widths[0],
                           theta_beta=widths[1], theta_gamma=widths[2], w_spatial=cast["spatial_ker_weights"],
                           w_bilateral=cast["bilateral_ker_weights"], compat=cast["compatibility_matrix"],
-                          normalization=self.normalization)
+                          normalization=self.normalization, spatial_dims=logits.dim() - 2)
 
     def extra_repr(self):
         w = ", ".join(f"{k}={v:.4g}" for k, v in self.widths().items())

@@ -1,7 +1,5 @@
-"""Benchmark CLI: crfcore against its peers side by side (``python -m benchmarks``)."""
+"""Benchmark CLI: crfcore against its peers side by side (``python -m benchmarks``; the checkout's ``make bench``).
 
-import os
-
-# The timings are the compiled kernels': a cold cache compiles in the process (before the warm-up calls end)
-# rather than serving calls from NumPy meanwhile (crfcore.warmup); the first-call figures set their own mode.
-os.environ["CRFCORE_FIRST_CALL"] = "compile"
+Not part of the installed package. Importing it changes nothing: :func:`benchmarks.cli.run` sets the first-call
+mode it measures under.
+"""

@@ -32,7 +32,7 @@ def _core(logits, images, n_iter):
 def _keras(logits, images, n_iter):
     import tensorflow as tf
 
-    from adapters.tf import CrfRnnLayer
+    from crfcore.adapters.tf import CrfRnnLayer
 
     layer = CrfRnnLayer(num_iterations=n_iter, **WIDTHS)
     x, img = tf.constant(logits), tf.constant(images)
@@ -53,7 +53,7 @@ def _keras(logits, images, n_iter):
 def _torch(logits, images, n_iter):
     import torch
 
-    from adapters.torch import crf_refine
+    from crfcore.adapters.torch import crf_refine
 
     x = torch.tensor(np.moveaxis(logits, -1, 1).copy(), requires_grad=True)
     img = torch.tensor(np.moveaxis(images, -1, 1).copy())
@@ -69,7 +69,7 @@ def _jax(logits, images, n_iter):
     import jax
     import jax.numpy as jnp
 
-    from adapters.jax import crf_refine
+    from crfcore.adapters.jax import crf_refine
 
     x, img = jnp.asarray(logits), jnp.asarray(images)  # on the device once, as the other frameworks' tensors
     grad = jax.jit(jax.grad(lambda x, img: jnp.sum(crf_refine(x, img, n_iter=n_iter, normalization="after",
@@ -88,7 +88,7 @@ def run(configs=((224, 2, 5, 15), (512, 21, 10, 5)), progress=print):
     """Median ms of each (``configs``: size, labels, iterations, repeats), the peers timed in turn (shuffled
     within each round); an adapter's overhead is the median over rounds of its time / the core's in that round
     (pairs measured seconds apart, so the machine's drift cancels)."""
-    from .cli import timed_interleaved
+    from .timing import timed_interleaved
 
     rows = []
     for size, n_lab, n_iter, repeats in configs:

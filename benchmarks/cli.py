@@ -14,55 +14,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
 import crfcore
-from crfcore import _lattice_kernels as LK
-from crfcore import _parallel, _threads
-from crfcore._cli import positive_int
+from crfcore import warmup
+from crfcore._shared import lattice_kernels as LK
+from crfcore._shared import positive_int, run_on_compute_thread, threads
 from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
 from .inputs import case
-
-KERNELS = dict(theta_gamma=3.0, w_spatial=3.0, theta_alpha=80.0, theta_beta=13.0, w_bilateral=10.0)
-
-try:
-    from pydensecrf import densecrf as dcrf
-except ImportError:  # optional peer
-    dcrf = None
-
-INSTALL_HINT = "pydensecrf2 is not installed: `pip install pydensecrf2` (builds the C++ densecrf, ~30 s)"
-
-
-def _rss_kib(field):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def peak_memory(fn):
-    """Peak resident memory of ``fn()`` above the process's resident memory before it, in MiB; None where
-    Linux's counters are absent."""
-    base = _rss_kib("VmRSS:")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak (VmHWM) to the current RSS
-    except OSError:
-        return None
-    fn()
-    peak = _rss_kib("VmHWM:")
-    return None if base is None or peak is None else max(0.0, (peak - base) / 1024.0)
-
+from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, dcrf, densecrf, ours
+from .timing import _with_threads, peak_memory, timed, timed_interleaved
 
 def _peak_child(peer, size, n_lab, n_iter):
     """Runs in a fresh process (see :func:`isolated_peak_memory`): prints the peer's peak memory in MiB."""
@@ -88,65 +54,9 @@ def isolated_peak_memory(peer, size, n_lab, n_iter, threads):
         return None
 
 
-def timed(fn, repeats):
-    """Median and spread (min, max) in seconds over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times)
-
-
-def timed_interleaved(fns, repeats, rounds=None):
-    """:func:`timed` for several functions called in turn (a, b, c, a, b, c, ...), each warmed up first: on a
-    shared machine whose speed drifts, every peer then sees the same drift and their ratio stays fair. With a
-    list ``rounds``, each round's seconds (one per function) are appended to it; the order within a round is
-    shuffled (seeded) so that no function always follows the same one."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    order = list(range(len(fns)))
-    rng = np.random.default_rng(0)
-    for _ in range(repeats):
-        if rounds is not None:
-            rng.shuffle(order)
-        this = [0.0] * len(fns)
-        for i in order:
-            t0 = time.perf_counter()
-            fns[i]()
-            this[i] = time.perf_counter() - t0
-            times[i].append(this[i])
-        if rounds is not None:
-            rounds.append(this)
-    return [(statistics.median(t), min(t), max(t)) for t in times]
-
-
-def _with_threads(n, fn):
-    def run():
-        before = numba.get_num_threads()
-        numba.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            numba.set_num_threads(before)
-    return run
-
-
-def densecrf(logits, image, n_iter):
-    """pydensecrf2's mean field with crfcore's default kernels (the same model, see the README's table)."""
-    h, w, n_lab = logits.shape
-    return _pydensecrf_script(dcrf, logits, image, n_iter).T.reshape(h, w, n_lab)
-
-
-def ours(logits, image, n_iter):
-    return crfcore.meanfield(logits, image, n_iter=n_iter, **KERNELS)
-
-
 def phases(logits, image, repeats):
     """See :func:`_phases`: run on crfcore's compute thread, like every crfcore call (one OpenMP team)."""
-    return _parallel.run(_phases, logits, image, repeats)
+    return run_on_compute_thread(_phases, logits, image, repeats)
 
 
 def _phases(logits, image, repeats):
@@ -302,17 +212,6 @@ def bench_backward(size, n_lab, n_iter, repeats):
             "residual_bytes_per_pixel_per_iteration": residual_bytes}
 
 
-def _pydensecrf_script(module, logits, image, n_iter):
-    """The usual pydensecrf script: DenseCRF2D, a unary, the Gaussian and bilateral terms, inference."""
-    h, w, n_lab = logits.shape
-    d = module.DenseCRF2D(w, h, n_lab)
-    d.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, n_lab).T))
-    d.addPairwiseGaussian(sxy=KERNELS["theta_gamma"], compat=KERNELS["w_spatial"])
-    d.addPairwiseBilateral(sxy=KERNELS["theta_alpha"], srgb=KERNELS["theta_beta"], rgbim=image,
-                           compat=KERNELS["w_bilateral"])
-    return np.array(d.inference(n_iter))
-
-
 def bench_pydensecrf(size, n_lab, n_iter, repeats):
     """The same pydensecrf script through ``crfcore.pydensecrf`` and through pydensecrf2, and crfcore.meanfield on the
     same input (median ms)."""
@@ -388,6 +287,9 @@ def fmt_table(rows):
 
 
 def run(quick=False, large=False, repeats=None, with_compile=True, progress=print):
+    # the timings are the compiled kernels': a cold cache compiles in this process (before the warm-up calls end)
+    # rather than serving calls from NumPy meanwhile (crfcore.warmup); the first-call figures set their own mode
+    os.environ[warmup.ENV] = "compile"
     threads = numba.config.NUMBA_NUM_THREADS
     result = {"machine": {"python": platform.python_version(), "numba": numba.__version__,
                           "numpy": np.__version__, "cpu_count": os.cpu_count(), "threads": threads,
@@ -482,7 +384,7 @@ def report(result):
 
         lines.append(deploy.report(result["deploy"]))
     m = result["machine"]
-    lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads ({_threads.layer()} layer), numba "
+    lines.append(f"machine: {m['cpu_count']} cores, {m['threads']} Numba threads ({threads.layer()} layer), numba "
                  f"{m['numba']}, numpy {m['numpy']}, Python {m['python']}")
     return "\n".join(lines)
 

@@ -43,10 +43,10 @@ def run(repeats=15, progress=print):
     import tensorflow as tf
 
     import crfcore
-    from adapters.tf import with_backend
+    from crfcore.adapters.tf import with_backend
     from unet.export import TfliteRunner, _fixed_batch, crf_only, serve, tflite_bytes
 
-    from .cli import timed_interleaved
+    from .timing import timed_interleaved
     from .inputs import photo
 
     progress("  deployment: building and converting the models...")

@@ -26,7 +26,7 @@ def _refine(peer, logits, image):
         import crfcore
 
         return crfcore.meanfield(logits, image, n_iter=N_ITER)
-    from .cli import densecrf
+    from .peers import densecrf
 
     return densecrf(logits, image, N_ITER)
 

@@ -1,7 +1,7 @@
 """Measurements behind ``python -m crfcore refine`` (README, "Refining data sets"):
 
 * ``agreement``: labels of tiled mean field against the untiled result at 4096^2, per overlap (a real photo
-  upscaled and a synthetic scene), which chose :data:`crfcore.tiling.DEFAULT_OVERLAP`;
+  upscaled and a synthetic scene), which chose :data:`crfcore.refine.tiling.DEFAULT_OVERLAP`;
 * ``gigapixel``: time and peak resident memory of ``python -m crfcore refine`` on a 20000^2 RGB TIFF with L=2
   scores (a fresh process, default ``--max-memory``);
 * ``throughput``: a folder of 200 224^2 images and one of 40 1024^2 images, in one process (all threads) and on a
@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from crfcore import meanfield, tiling
+from crfcore import meanfield
+from crfcore.refine import tiling
 
 from .inputs import case
 
@@ -108,7 +109,7 @@ def gigapixel(size=20000, progress=print):
         progress(f"  writing a {size}x{size} RGB TIFF and its scores...")
         img_dir, sc_dir = _write_gigapixel(tmp, size)
         out_dir = os.path.join(tmp, "out")
-        code = ("import resource, sys, time; from crfcore.__main__ import main; t = time.perf_counter(); "
+        code = ("import resource, sys, time; from crfcore.cli import main; t = time.perf_counter(); "
                 f"rc = main(['refine', {img_dir!r}, '--scores', {sc_dir!r}, '--out', {out_dir!r}, '--no-progress']); "
                 "print('TIME', time.perf_counter() - t); "
                 "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
@@ -119,7 +120,7 @@ def gigapixel(size=20000, progress=print):
             raise RuntimeError(proc.stderr[-2000:])
         seconds = float(proc.stdout.split("TIME")[1].split()[0])
         peak_kib = int(proc.stdout.split("PEAK")[1].split()[0])
-        from crfcore.tiling import default_max_memory, total_memory
+        from crfcore.refine.tiling import default_max_memory, total_memory
 
         return {"size": size, "labels": 2, "seconds": seconds, "peak_mib": peak_kib / 1024,
                 "max_memory_mib": default_max_memory() / 2**20, "ram_mib": total_memory() / 2**20}

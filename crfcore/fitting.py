@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ._validation import check_finite
+from ._engine.validation import check_finite
 from .inference import meanfield_bwd, meanfield_fwd
 from .params import check_params
 

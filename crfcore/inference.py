@@ -18,12 +18,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _meanfield_kernels as MK
-from . import _parallel, numpy_meanfield, warmup
-from ._validation import as_float_array, check_finite, check_nonempty
+from . import warmup
+from ._engine import numpy_lattice
+from ._engine import parallel as _parallel
+from ._kernels import meanfield as MK
+from ._engine.validation import as_float_array, check_finite, check_nonempty
 from .features import bilateral_features, spatial_features
-from .iterations import Transform, backward_one, forward_one, tiny
-from .kernel import FeatureGrad, Kernel
+from ._engine.iterations import Transform, backward_one, forward_one, tiny
+from ._engine.kernel import FeatureGrad, Kernel
 from .params import NORMALIZATIONS, CrfParams, check_params, potts  # noqa: F401  (re-exported)
 
 OUTPUTS = ("probs", "logits")
@@ -140,7 +142,7 @@ def _forward_image(img, u, spatial_shape, params, tr, trace, q, want_z, weights)
 def _numpy_forward(img3, u3, spatial_shape, params, output, out):
     a_s, a_b = _combined(params)
     for i in range(u3.shape[0]):
-        z, q = numpy_meanfield.forward_image(img3[i], u3[i], spatial_shape, params, a_s, a_b)
+        z, q = numpy_lattice.forward_image(img3[i], u3[i], spatial_shape, params, a_s, a_b)
         out[i] = q if output == "probs" else z
     return out
 

@@ -4,16 +4,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _lattice_kernels as K
-from . import _parallel
-from ._validation import as_float_array, check_finite, check_nonempty
+from ._kernels import lattice as K
+from ._engine import parallel as _parallel
+from ._engine.validation import as_float_array, check_finite, check_nonempty
 
 #: Elevated features must stay well inside int32 (the pure-TensorFlow lattice's coordinates).
 _MAX_COORD = 2.0**30
 
 
 class LatticeArrays(NamedTuple):
-    """The arrays of one lattice, grouped (all read-only once built; see :mod:`crfcore._lattice_kernels`)."""
+    """The arrays of one lattice, grouped (all read-only once built; see :mod:`crfcore._kernels.lattice`)."""
 
     offsets: np.ndarray  # (N * (d + 1),) uint16 (int32 where chunk * (d + 1) > 65536): chunk-local row of each slot
     weights: np.ndarray  # (N * (d + 1),) float32 (or float64): barycentric weight of each slot
@@ -48,7 +48,7 @@ _WAVE = 8
 
 
 def key_layout(fmin, fmax, scale):
-    """How the first ``d`` coordinates of a vertex pack into uint64 words (see :mod:`crfcore._lattice_kernels`).
+    """How the first ``d`` coordinates of a vertex pack into uint64 words (see :mod:`crfcore._kernels.lattice`).
 
     Bounds every elevated coordinate by interval arithmetic on the per-feature ranges, widens the bounds by
     the moves a vertex or a blur neighbour can make from there, and returns ``(lo, bits, per_word, n_words)``.
@@ -190,7 +190,7 @@ class Lattice:
     def splat_blur(self, values, pre, work, transpose=False):
         """Unchecked: splat ``diag(pre) values`` and blur it (directions reversed for the transpose), leaving the
         blurred vertex values in ``work[0]``, the chunks' local rows, ready for :meth:`apply`'s slice or for
-        :func:`~crfcore._lattice_kernels.slice_grad`."""
+        :func:`~crfcore._kernels.lattice.slice_grad`."""
         _parallel.checkpoint()
         a = self.arrays
         local, buf, tmp = work
@@ -203,7 +203,7 @@ class Lattice:
     def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None, scale=1.0, accumulate=False):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
 
-        Callers run it through :func:`crfcore._parallel.run` (as :meth:`filter` and the mean field do).
+        Callers run it through :func:`crfcore._engine.parallel.run` (as :meth:`filter` and the mean field do).
 
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).
@@ -223,7 +223,7 @@ class Lattice:
 
     def slice_grad(self, local, other, post, scale, grad_w):
         """Unchecked: ``grad_w[p, r] += alpha * scale * post[p] * <other[p], local row of vertex r of p>``, the
-        derivative of a slice w.r.t. the barycentric weights (:func:`~crfcore._lattice_kernels.slice_grad`)."""
+        derivative of a slice w.r.t. the barycentric weights (:func:`~crfcore._kernels.lattice.slice_grad`)."""
         post = self.ones(other.dtype) if post is None else post
         a = self.arrays
         K.slice_grad(local, a.offsets, a.starts, self.chunk, other, post, float(self.alpha * scale), grad_w)

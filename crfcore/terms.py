@@ -2,7 +2,7 @@
 
 :func:`crfcore.meanfield` is the special case of two terms (pixel positions, and positions with colours); this is the
 general form that densecrf's ``addPairwiseEnergy`` offers (any features: volumes, depth, optical flow, ...), forward
-and exact backward, on the same engine (:mod:`crfcore.iterations`). Term ``k`` contributes ``mu_k W_k K_k Q`` to the
+and exact backward, on the same engine (:mod:`crfcore._engine.iterations`). Term ``k`` contributes ``mu_k W_k K_k Q`` to the
 energy, ``K_k`` the Gaussian kernel of its features (normalised), ``W_k`` its weight (a number or ``(L, L)``) and
 ``mu_k`` its compatibility (Potts ``1 - I`` by default)::
 
@@ -13,10 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _parallel
-from ._validation import as_float_array, check_finite, check_nonempty
-from .iterations import Transform, backward_one, forward_one
-from .kernel import FeatureGrad, Kernel
+from ._engine import parallel as _parallel
+from ._engine.validation import as_float_array, check_finite, check_nonempty
+from ._engine.iterations import Transform, backward_one, forward_one
+from ._engine.kernel import FeatureGrad, Kernel
 from .params import NORMALIZATIONS, potts, weight
 
 OUTPUTS = ("probs", "logits")
@@ -225,8 +225,8 @@ def crf_bwd(residuals, grad, *, features=False):
 
 
 def _crf_bwd(res, g, features):
-    from . import _meanfield_kernels as MK
-    from .iterations import tiny
+    from ._kernels import meanfield as MK
+    from ._engine.iterations import tiny
 
     model = res.model
     if res.output == "probs":

@@ -3,7 +3,7 @@
 Numba compiles crfcore's kernels on their first call and keeps them in its on-disk cache (``cache=True``); a fresh
 install would otherwise wait about 20 s on its first :func:`crfcore.meanfield`. When the kernels a call needs are
 neither compiled in this process nor in the cache, that call and the next ones are computed by
-:mod:`crfcore.numpy_meanfield` (the same lattice; results agree with the kernels' to float rounding) while a
+:mod:`crfcore._engine.numpy_lattice` (the same lattice; results agree with the kernels' to float rounding) while a
 background Python process (``python -m crfcore.warmup``) compiles exactly those kernels into the cache; once it is
 done, calls load them from the cache (under a second) and run at full speed. If it fails, calls compile in the
 process as before.
@@ -44,8 +44,8 @@ def mode():
 
 def _dispatchers(n_labels):
     """The compiled kernels an inference call runs (their other helpers compile with them)."""
-    from . import _lattice_kernels as K
-    from . import _meanfield_kernels as MK
+    from ._kernels import lattice as K
+    from ._kernels import meanfield as MK
 
     combine = MK.combine_softmax_pair if n_labels == 2 else MK.combine_softmax
     return (K.feature_range, K.build, K.blur_neighbours, K.invert_remap, K.splat, K.gather_rows, K.blur, K.scatter_rows,
@@ -141,6 +141,88 @@ def _compile(profile):
     logits = np.zeros(tuple(spatial_shape) + (n_labels,), dtype=dtype)
     image = np.zeros(tuple(spatial_shape) + (n_channels,), dtype=np.uint8)
     crfcore.meanfield(logits, image, n_iter=1, spatial_dims=len(spatial_shape))
+
+
+def _all_dispatchers():
+    """Every compiled kernel of crfcore (Numba dispatchers), by name."""
+    from numba.core.registry import CPUDispatcher
+
+    from ._kernels import lattice, meanfield
+
+    return {f"{m.__name__.rsplit('.', 1)[-1]}.{name}": obj for m in (lattice, meanfield)
+            for name, obj in vars(m).items() if isinstance(obj, CPUDispatcher)}
+
+
+def cache_folder():
+    """Where Numba keeps crfcore's compiled kernels: ``NUMBA_CACHE_DIR`` when set, else the package's
+    ``__pycache__`` folders, or a per-user cache folder where those are not writable (Numba's own fallback)."""
+    from ._kernels import lattice
+
+    try:
+        return os.path.dirname(lattice.build._cache._cache_path)  # Numba internals; tests/test_warmup.py checks them
+    except AttributeError:
+        import numba
+
+        return numba.config.CACHE_DIR or "(Numba's default cache locations)"
+
+
+#: What ``crfcore warmup`` compiles: inference for float32 and float64, two labels (the pair kernels) and more.
+PROFILES = tuple((dtype, n_labels) for dtype in ("float32", "float64") for n_labels in (2, 3))
+
+
+def compile_all(*, training=False, progress=True, file=None):
+    """Compile (or load from the cache) every kernel inference calls need, and with ``training`` those of the
+    backward pass, for float32 and float64; returns a report (see :func:`format_report`).
+
+    Each profile runs one small call in this process with the compiled kernels (never the NumPy fallback), so the
+    kernels land in Numba's on-disk cache for every later process.
+    """
+    import crfcore
+
+    file = sys.stderr if file is None else file
+    before = {name for name, d in _all_dispatchers().items() if d.signatures}
+    steps, failed = [], []
+    t_all = time.perf_counter()
+    saved = os.environ.get(ENV)
+    os.environ[ENV] = "compile"  # this process compiles: that is the command's whole job
+    try:
+        for k, (dtype, n_labels) in enumerate(PROFILES):
+            what = f"{dtype}, {'2 labels' if n_labels == 2 else f'{n_labels}+ labels'}"
+            if progress:
+                print(f"[{k + 1}/{len(PROFILES)}] {what}: compiling...", file=file, flush=True)
+            t0 = time.perf_counter()
+            try:
+                rng = np.random.default_rng(0)
+                logits = rng.normal(size=(2, 24, 20, n_labels)).astype(dtype)
+                image = rng.integers(0, 255, size=(2, 24, 20, 3), dtype=np.uint8)
+                crfcore.meanfield(logits, image, n_iter=1)
+                if training:
+                    out, res = crfcore.meanfield_fwd(logits, image, n_iter=1)
+                    crfcore.meanfield_bwd(res, np.ones_like(out), features=True)
+            except Exception as exc:  # report and go on: the other profiles still compile
+                failed.append((what, f"{type(exc).__name__}: {exc}"))
+            seconds = time.perf_counter() - t0
+            steps.append((what, seconds))
+            if progress:
+                print(f"[{k + 1}/{len(PROFILES)}] {what}: {seconds:.1f} s", file=file, flush=True)
+    finally:
+        if saved is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved
+    ready = {name: len(d.signatures) for name, d in _all_dispatchers().items() if d.signatures}
+    return dict(kernels=len(ready), signatures=sum(ready.values()), new=len(set(ready) - before), steps=steps,
+                seconds=time.perf_counter() - t_all, cache=cache_folder(), failed=failed, training=bool(training))
+
+
+def format_report(report):
+    """The summary ``crfcore warmup`` prints."""
+    lines = [f"crfcore warmup: {report['kernels']} kernels ({report['signatures']} specialisations) ready in "
+             f"{report['seconds']:.1f} s{' with the training kernels' if report['training'] else ''}",
+             f"  cache folder: {report['cache']}"]
+    lines += [f"  {what}: {seconds:.1f} s" for what, seconds in report["steps"]]
+    lines += [f"  FAILED {what}: {msg}" for what, msg in report["failed"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

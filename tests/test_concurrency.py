@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import crfcore
-from crfcore import _parallel
+from crfcore._engine import parallel as _parallel
 
 
 def _inputs(seed):

@@ -1,4 +1,4 @@
-"""adapters.jax: crf_refine under jit, grad and vmap, with the core's exact backward."""
+"""crfcore.adapters.jax: crf_refine under jit, grad and vmap, with the core's exact backward."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 import crfcore  # noqa: E402
-from adapters import jax as adapter  # noqa: E402
-from adapters.jax import crf_refine  # noqa: E402
+from crfcore.adapters import jax as adapter  # noqa: E402
+from crfcore.adapters.jax import crf_refine  # noqa: E402
 
 WIDTHS = dict(theta_alpha=5.37, theta_beta=41.3, theta_gamma=1.73)  # off the pixel grid's simplex boundaries
 

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crfcore import Lattice
-from crfcore._lattice_kernels import feature_range
+from crfcore._kernels.lattice import feature_range
 from naive import dense_operator, gaussian_matrix
 
 

@@ -61,12 +61,12 @@ def test_keras_five_steps_example():
 def test_torch_example():
     pytest.importorskip("torch")
     ns = {}
-    exec(block("from adapters.torch import CrfRnn"), ns)
+    exec(block("from crfcore.adapters.torch import CrfRnn"), ns)
     assert ns["refined"].shape == (4, 2, 64, 80) and ns["crf"].log_theta_alpha.grad is not None
 
 
 def test_jax_example():
     pytest.importorskip("jax")
     ns = {}
-    exec(block("from adapters.jax import crf_refine"), ns)
+    exec(block("from crfcore.adapters.jax import crf_refine"), ns)
     assert float(ns["value"]) > 0 and ns["params"]["compat"].shape == (2, 2)

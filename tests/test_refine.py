@@ -15,8 +15,8 @@ tifffile = pytest.importorskip("tifffile")
 from PIL import Image  # noqa: E402
 
 import crfcore  # noqa: E402
-from crfcore import tiling  # noqa: E402
-from crfcore.__main__ import main  # noqa: E402
+from crfcore.refine import tiling  # noqa: E402
+from crfcore.cli import main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = dict(theta_alpha=20.0, theta_beta=13.0)  # kernels that fit the small test images

@@ -6,8 +6,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from adapters import tf_lattice  # noqa: E402
-from adapters.tf import CrfRnnLayer, with_backend  # noqa: E402
+from crfcore.adapters import tf_lattice  # noqa: E402
+from crfcore.adapters.tf import CrfRnnLayer, with_backend  # noqa: E402
 from crfcore import Lattice  # noqa: E402
 
 

@@ -10,8 +10,8 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import crfcore  # noqa: E402
-from adapters import tf as adapter  # noqa: E402
-from adapters.tf import CrfRnnLayer  # noqa: E402
+from crfcore.adapters import tf as adapter  # noqa: E402
+from crfcore.adapters.tf import CrfRnnLayer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -240,7 +240,7 @@ def test_constructor_errors():
 
 
 BLOG_SNIPPET = '''
-from adapters.tf import CrfRnnLayer
+from crfcore.adapters.tf import CrfRnnLayer
 
 def add_crf_layer(original_model):
     original_model.trainable = False
@@ -272,7 +272,7 @@ def test_mirrored_strategy_on_two_cpu_devices():
         import numpy as np, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from adapters.tf import CrfRnnLayer
+        from crfcore.adapters.tf import CrfRnnLayer
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         rng = np.random.default_rng(0)
         truth = (rng.uniform(size=(8, 12, 12)) > 0.5).astype(np.int64)

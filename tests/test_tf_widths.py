@@ -7,7 +7,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import crfcore  # noqa: E402
-from adapters.tf import CrfRnnLayer, with_backend  # noqa: E402
+from crfcore.adapters.tf import CrfRnnLayer, with_backend  # noqa: E402
 from test_tf_layer import frozen_feature_model, toy_batch  # noqa: E402
 
 WIDTHS = dict(theta_alpha=5.37, theta_beta=41.3, theta_gamma=1.73)  # off the pixel grid's simplex boundaries

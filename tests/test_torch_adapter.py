@@ -1,4 +1,4 @@
-"""adapters.torch: crf_refine as a torch custom op with the core's exact backward, and CrfRnn (crfasrnn_pytorch's
+"""crfcore.adapters.torch: crf_refine as a torch custom op with the core's exact backward, and CrfRnn (crfasrnn_pytorch's
 module, any batch size)."""
 
 import gc
@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import crfcore  # noqa: E402
-from adapters import torch as adapter  # noqa: E402
-from adapters.torch import CrfRnn, DenseCRFParams, crf_refine  # noqa: E402
+from crfcore.adapters import torch as adapter  # noqa: E402
+from crfcore.adapters.torch import CrfRnn, DenseCRFParams, crf_refine  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTHS = dict(theta_alpha=5.37, theta_beta=41.3, theta_gamma=1.73)  # off the pixel grid's simplex boundaries
@@ -150,7 +150,7 @@ def test_ddp_two_processes_equal_one_process():
     script = textwrap.dedent("""
         import gc, os, sys, numpy as np, torch, torch.distributed as dist, torch.multiprocessing as mp
         from torch.nn.parallel import DistributedDataParallel as DDP
-        from adapters.torch import CrfRnn
+        from crfcore.adapters.torch import CrfRnn
 
         def data():
             rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import crfcore
 from crfcore import warmup
 from crfcore.features import bilateral_features, spatial_features
-from crfcore.numpy_meanfield import NumpyLattice
+from crfcore._engine.numpy_lattice import NumpyLattice
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crfcore._cli import non_negative_float, positive_float, positive_int  # noqa: E402
+from crfcore._shared import non_negative_float, positive_float, positive_int  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
@@ -51,7 +51,7 @@ def _load(path):
     """A saved model, or a clear error: missing, not a .keras file, corrupt or truncated."""
     import keras
 
-    import adapters.tf  # noqa: F401  (registers CrfRnnLayer for loading)
+    import crfcore.adapters.tf  # noqa: F401  (registers CrfRnnLayer for loading)
     import unet.model  # noqa: F401
 
     if not os.path.exists(path):
@@ -358,7 +358,7 @@ def parser():
     _common(t)
     _unet_opts(t)
     a = sub.add_parser("add-crf", help="freeze the U-Net, add CrfRnnLayer, retrain (steps 2-4) -> OUT/unet_crf.keras",
-                       description="Freeze a trained U-Net, attach adapters.tf.CrfRnnLayer to its logits and input "
+                       description="Freeze a trained U-Net, attach crfcore.adapters.tf.CrfRnnLayer to its logits and input "
                                    "image, and train only the CRF weights; saves OUT/unet_crf.keras.")
     _common(a)
     a.add_argument("--unet", required=True, help="the U-Net from `train` (a .keras file)")

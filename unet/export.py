@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from adapters.tf import CrfRnnLayer, with_backend
+from crfcore.adapters.tf import CrfRnnLayer, with_backend
 
 from . import metrics
 

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import crfcore
-from adapters.tf import CrfRnnLayer
+from crfcore.adapters.tf import CrfRnnLayer
 
 from . import metrics
 from .augment import augment

@@ -20,9 +20,9 @@ import warnings
 
 import numpy as np
 
-from .. import _meanfield_kernels as MK
-from .. import _parallel
-from ..iterations import softmax
+from .._kernels import meanfield as MK
+from .._engine import parallel as _parallel
+from .._engine.iterations import softmax
 from ..terms import CrfModel, PairwiseTerm
 
 __all__ = ["DenseCRF", "DenseCRF2D", "Unary", "ConstUnary", "LogisticUnary", "KernelType", "NormalizationType",

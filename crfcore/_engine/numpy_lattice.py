@@ -11,8 +11,8 @@ why :mod:`crfcore.warmup` uses it only until the compiled kernels are ready.
 
 import numpy as np
 
-from .features import bilateral_features, spatial_features
-from .lattice import elevation_scale
+from ..features import bilateral_features, spatial_features
+from ..lattice import elevation_scale
 
 #: Packed vertex keys (int64) keep this many bits free: a lattice that needs more is not served here.
 _KEY_BITS = 62
@@ -102,7 +102,7 @@ class NumpyLattice:
 
 
 class NumpyKernel:
-    """A :class:`NumpyLattice` with densecrf's normalisation (as :class:`crfcore.kernel.Kernel`)."""
+    """A :class:`NumpyLattice` with densecrf's normalisation (as :class:`crfcore._engine.kernel.Kernel`)."""
 
     def __init__(self, features, normalization, dtype):
         self.lattice = NumpyLattice(features, dtype)

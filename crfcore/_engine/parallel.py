@@ -13,7 +13,7 @@ abandoned work.
 
 **Fork.** Before a fork an idle compute thread is stopped, and a child forked after crfcore has run (``os.fork``,
 ``multiprocessing``'s fork start method) makes a new one on first use, with new locks. The threading layer must be
-fork-safe too: see :mod:`crfcore._threads`.
+fork-safe too: see :mod:`crfcore._engine.threads`.
 """
 
 import os
@@ -26,7 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout  # the builtin Time
 import numba
 import numpy as np
 
-from . import _threads
+from . import threads as _threads
 
 
 class Cancelled(Exception):

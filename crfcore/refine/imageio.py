@@ -1,4 +1,4 @@
-"""Reading images and per-pixel scores, writing label maps and probabilities, for ``python -m crfcore refine``.
+"""Reading images and per-pixel scores, writing label maps and probabilities, for ``crfcore refine``.
 
 Images are PNG, JPEG or TIFF (8 or 16 bits, grey, RGB, or more channels in TIFF), returned in their own units (the
 units ``theta_beta`` is in). Large TIFFs and ``.npy`` scores are opened lazily (``tifffile``/``zarr`` and memory maps),

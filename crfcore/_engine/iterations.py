@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _meanfield_kernels as MK
-from . import _parallel
+from .._kernels import meanfield as MK
+from . import parallel as _parallel
 from .kernel import share_workspace
-from .params import potts
+from ..params import potts
 
 
 class Transform(NamedTuple):
@@ -46,12 +46,12 @@ class Transform(NamedTuple):
 
 
 def tiny(dtype):
-    """Values below this are flushed to zero in the softmax and its backward (see ``_meanfield_kernels``)."""
+    """Values below this are flushed to zero in the softmax and its backward (see ``crfcore._kernels.meanfield``)."""
     return np.finfo(dtype).tiny  # the smallest normal number: flush subnormals only
 
 
 def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, eps):
-    """``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)`` (see :func:`~crfcore._meanfield_kernels.combine_softmax`),
+    """``Z = U - S A_s^T - B A_b^T``, ``Q = softmax(Z)`` (see :func:`~crfcore._kernels.meanfield.combine_softmax`),
     through the two-label kernel where it applies."""
     kernel = MK.combine_softmax_pair if u.shape[1] == 2 else MK.combine_softmax
     kernel(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, eps)
@@ -67,7 +67,7 @@ def softmax(u, q):
 
 
 def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights=None):
-    """Mean field on one image: ``u`` ``(N, L)``, ``kernels`` a sequence of :class:`~crfcore.kernel.Kernel`, ``tr``
+    """Mean field on one image: ``u`` ``(N, L)``, ``kernels`` a sequence of :class:`~crfcore._engine.kernel.Kernel`, ``tr``
     a :class:`Transform`; returns ``(Z_T, Q_T)``.
 
     ``trace``, if given, is ``(q_in, messages)``: ``q_in`` ``(T, N, L)`` and one ``(T, N, L)`` array per kernel,
@@ -113,7 +113,7 @@ def backward_one(dz, kernels, tr, q_in, msgs, feature_grads=None):
     """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, [dA_k])`` (float64 ``dA_k``).
 
     ``msgs`` holds the forward's messages, one ``(T, N, L)`` array per kernel. ``feature_grads``, if given, is a
-    :class:`~crfcore.kernel.FeatureGrad` per kernel that accumulates the kernels' features gradient along the way.
+    :class:`~crfcore._engine.kernel.FeatureGrad` per kernel that accumulates the kernels' features gradient along the way.
 
     No BLAS: the ``dZ^T S`` products are fused into :func:`combine_bwd` (multi-threaded BLAS had left its
     threads spinning beside Numba's, and single-threaded BLAS was the backward's largest cost).

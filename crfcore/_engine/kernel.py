@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from . import _meanfield_kernels as MK
-from .lattice import Lattice
+from .._kernels import meanfield as MK
+from ..lattice import Lattice
 
 
 class Kernel:

@@ -3,14 +3,14 @@
 ``"local"`` or ``"local:N"`` starts a ``LocalCluster`` of N worker processes (default: one per core) with one task at
 a time each; any other value is a scheduler address (``tcp://host:8786``). Each worker sets Numba's thread count so
 that the crfcore processes on one machine never use more threads than it has cores (several processes are safe:
-see :mod:`crfcore._threads`).
+see :mod:`crfcore._engine.threads`).
 """
 
 import os
 
 import numba
 
-from . import refine
+from .job import refine_one
 
 
 def _threads_for(workers_on_host):
@@ -22,7 +22,7 @@ def _task(job, workers_on_host):
     numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, _threads_for(workers_on_host)))
     options = dict(job.options, workers=workers_on_host)
     try:
-        return refine.refine_one(job._replace(options=options))
+        return refine_one(job._replace(options=options))
     except ValueError as exc:
         return exc
 

@@ -1,4 +1,4 @@
-"""Refine whole data sets: ``crfcore.refine_files`` and ``python -m crfcore refine``.
+"""Refine whole data sets: ``crfcore.refine_files`` and ``crfcore refine``.
 
 For every image with matching scores (by file stem) the dense CRF's mean field is run and ``OUT/<stem>.png`` written
 (the label index as the pixel value, with a palette for viewing), plus ``OUT/<stem>.npy`` float16 probabilities on
@@ -6,8 +6,8 @@ request. Outputs are written atomically and a rerun skips what is done, so an in
 input (unreadable image, size mismatch, NaN scores, wrong label count) is reported with its file name and skipped;
 the others are still written, and ``OUT/failures.csv`` lists the failures. Inputs are never modified.
 
-Images too large for ``max_memory`` are refined on overlapping tiles (:mod:`crfcore.tiling`); a Dask cluster spreads
-the files over many processes or machines (:mod:`crfcore.cluster`).
+Images too large for ``max_memory`` are refined on overlapping tiles (:mod:`crfcore.refine.tiling`); a Dask cluster spreads
+the files over many processes or machines (:mod:`crfcore.refine.cluster`).
 """
 
 import csv
@@ -19,23 +19,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..params import check_params
 from . import imageio, tiling
-from ._validation import check_finite
-from .params import check_params
+from .job import Job, is_done, refine_one
 
 SCORE_KINDS = ("probs", "logits")
-#: meanfield's defaults: every one is a flag of ``python -m crfcore refine``.
+#: meanfield's defaults: every one is a flag of ``crfcore refine``.
 CRF_DEFAULTS = dict(n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0, w_spatial=3.0,
                     normalization="symmetric")
-
-
-class Job(NamedTuple):
-    """One image to refine (picklable: Dask sends it to a worker)."""
-
-    image: str
-    scores: str
-    out: str
-    options: dict
 
 
 class Summary(NamedTuple):
@@ -66,60 +57,6 @@ def list_files(source, exts, what):
     if not files:
         raise FileNotFoundError(f"{what} {source!r} holds no {'/'.join(e.lstrip('.') for e in exts)} files")
     return files
-
-
-def outputs(job):
-    base = os.path.join(job.out, imageio.stem(job.image))
-    return base + ".png", (base + ".npy" if job.options["save_probs"] else None)
-
-
-def is_done(job):
-    labels, probs = outputs(job)
-    return os.path.exists(labels) and (probs is None or os.path.exists(probs))
-
-
-def refine_one(job):
-    """Refine one image; returns its number of pixels. Raises ValueError (naming the file) on bad inputs."""
-    o = job.options
-    labels_path, probs_path = outputs(job)
-    try:
-        image = imageio.read_image(job.image)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {job.image}: {exc}") from None
-    try:
-        scores, kind = imageio.read_scores(job.scores, o["scores_are"], o["n_labels"], o["gt_prob"],
-                                           o["unknown_label"])
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"cannot read scores {job.scores}: {exc}") from None
-    h, w = image.shape[:2]
-    if scores.shape[:2] != (h, w):
-        raise ValueError(f"scores {job.scores} are {scores.shape[1]}x{scores.shape[0]} but image {job.image} is "
-                         f"{w}x{h}")
-    n_lab = scores.shape[-1]
-
-    def logits(ys, xs):
-        lg = imageio.to_logits(scores[ys, xs], kind)
-        check_finite(lg, f"scores {job.scores}")
-        tiling.release_pages(scores)  # the memory-mapped .npy: read tile by tile, never resident whole
-        return lg
-
-    labels = np.empty((h, w), np.uint8 if n_lab <= 256 else np.uint16)
-    # the budget for the tiles: what is left after the full-size label map and the interpreter
-    budget = (o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))) - labels.nbytes - \
-        tiling.BASELINE_BYTES
-    whole = h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab)
-    tile = o["tile"] or (None if whole <= budget else tiling.tile_for_memory(max(budget, 1), n_lab, o["overlap"]))
-    try:
-        if probs_path is not None:
-            with imageio.probs_file(probs_path, (h, w, n_lab)) as probs:
-                tiling.refine_tiled(logits, image, tile=tile, overlap=o["overlap"], labels_out=labels,
-                                    probs_out=probs, **o["crf"])
-        else:
-            tiling.refine_tiled(logits, image, tile=tile, overlap=o["overlap"], labels_out=labels, **o["crf"])
-    except ValueError as exc:
-        raise ValueError(f"{job.image}: {exc}") from None
-    imageio.write_labels(labels_path, labels, n_lab)
-    return h * w
 
 
 def _progress(total, enabled):

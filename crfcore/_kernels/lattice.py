@@ -29,7 +29,7 @@ the local rows of each vertex (``gather_rows``), blur, copy the blurred vertices
 import numpy as np
 from numba import njit, prange
 
-from ._config import JIT, JIT_EXACT, PJIT, PJIT_EXACT
+from .config import JIT, JIT_EXACT, PJIT, PJIT_EXACT
 
 _EMPTY = np.int32(-1)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -412,7 +412,7 @@ def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, we
     tkeys, tids, shift = _table(uniq, np.int64(0), capacity)
     m = np.int64(0)
     for c0 in range(0, n_chunks, wave):
-        if stop[0]:  # cancelled (crfcore._parallel.stop_flag): the caller raises, the lattice is discarded
+        if stop[0]:  # cancelled (crfcore._engine.parallel.stop_flag): the caller raises, the lattice is discarded
             break
         c1 = min(n_chunks, c0 + wave)
         embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)

@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ._config import JIT, PJIT
+from .config import JIT, PJIT
 
 
 @intrinsic

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .inference import meanfield
+from ..inference import meanfield
 
 #: Margin of each tile in pixels (see the README for the agreement measured at 4096^2 against the untiled result).
 DEFAULT_OVERLAP = 128

@@ -1,0 +1,18 @@
+"""The internals that :mod:`crfcore.adapters` and the checkout's applications (``unet``, ``benchmarks``) may use.
+
+Not public API (names here may change between releases), but the whole contract between crfcore's engine and its
+framework adapters, tools and benchmarks is this one list; nothing outside crfcore imports its private modules
+directly.
+"""
+
+from ._compat import deprecated
+from ._engine import threads
+from ._engine.argtypes import non_negative_float, positive_float, positive_int
+from ._engine.parallel import run as run_on_compute_thread
+from ._engine.residuals import ResidualStore
+from ._engine.validation import positive_scalar
+from ._kernels import lattice as lattice_kernels
+from ._kernels.meanfield import transpose_scaled
+
+__all__ = ["ResidualStore", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
+           "threads", "deprecated", "positive_int", "positive_float", "non_negative_float"]

@@ -1,0 +1,78 @@
+"""The ``crfcore`` command (``python -m crfcore`` is the same): ``refine``, ``warmup``, ``info`` and ``--version``.
+
+Every subcommand returns its exit status: 0 done, 1 the work ran but some of it failed (``refine``: some files), 2 bad
+arguments or inputs (a one-line ``error:`` message, never a traceback), 130 interrupted (Ctrl-C).
+"""
+
+import argparse
+import sys
+
+from ._version import __version__
+
+
+def _refine(args):
+    from .refine import cli
+
+    return cli.run(args)
+
+
+def _warmup(args):
+    from . import warmup
+
+    report = warmup.compile_all(training=args.training, progress=not args.no_progress)
+    print(warmup.format_report(report))
+    return 0 if not report["failed"] else 1
+
+
+def _info(args):
+    from . import warmup
+    from ._engine import threads
+
+    import numba
+    import numpy
+
+    print(f"crfcore {__version__}")
+    print(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}")
+    print(f"Numba threads: {numba.config.NUMBA_NUM_THREADS}; threading layer: {threads.layer() or 'not started yet'}; "
+          f"TBB runtime: {threads.configure() or 'not loaded'}")
+    print(f"kernel cache: {warmup.cache_folder()}")
+    ready = {n: warmup.kernels_ready(n) for n in (2, 3)}
+    print("inference kernels cached: " + ", ".join(f"{'2 labels' if n == 2 else '3+ labels'} "
+                                                  f"{'yes' if ok else 'no (run: crfcore warmup)'}"
+                                                  for n, ok in ready.items()))
+    return 0
+
+
+def parser():
+    """The command's argument parser."""
+    from .refine import cli as refine_cli
+
+    p = argparse.ArgumentParser(prog="crfcore", description="Dense CRF tools: refine data sets, compile the kernels.")
+    p.add_argument("--version", action="version", version=f"crfcore {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("refine", help="refine the segmentations of a whole data set",
+                       description=refine_cli.DESCRIPTION)
+    refine_cli.add_arguments(r)
+    r.set_defaults(run=_refine)
+    w = sub.add_parser("warmup", help="compile every kernel into Numba's cache (once per install)",
+                       description="Compile the kernels that inference calls need (and, with --training, those of "
+                                   "the backward pass) into Numba's on-disk cache, so that no later process waits "
+                                   "for a compile or is served by the slower NumPy fallback. Prints the kernels, the "
+                                   "seconds and the cache folder.")
+    w.add_argument("--training", action="store_true", help="also the backward pass's kernels (CRF-as-RNN training)")
+    w.add_argument("--no-progress", action="store_true", help="no progress lines")
+    w.set_defaults(run=_warmup)
+    i = sub.add_parser("info", help="versions, threading layer and kernel cache", description="Print crfcore's "
+                                                                                             "versions and set-up.")
+    i.set_defaults(run=_info)
+    return p
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,72 @@
+"""One file's refinement: what a local run and a Dask worker both execute (:func:`refine_one`)."""
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from .._engine.validation import check_finite
+from . import imageio, tiling
+
+
+class Job(NamedTuple):
+    """One image to refine (picklable: Dask sends it to a worker)."""
+
+    image: str
+    scores: str
+    out: str
+    options: dict
+
+
+def outputs(job):
+    base = os.path.join(job.out, imageio.stem(job.image))
+    return base + ".png", (base + ".npy" if job.options["save_probs"] else None)
+
+
+def is_done(job):
+    labels, probs = outputs(job)
+    return os.path.exists(labels) and (probs is None or os.path.exists(probs))
+
+
+def refine_one(job):
+    """Refine one image; returns its number of pixels. Raises ValueError (naming the file) on bad inputs."""
+    o = job.options
+    labels_path, probs_path = outputs(job)
+    try:
+        image = imageio.read_image(job.image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image {job.image}: {exc}") from None
+    try:
+        scores, kind = imageio.read_scores(job.scores, o["scores_are"], o["n_labels"], o["gt_prob"],
+                                           o["unknown_label"])
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"cannot read scores {job.scores}: {exc}") from None
+    h, w = image.shape[:2]
+    if scores.shape[:2] != (h, w):
+        raise ValueError(f"scores {job.scores} are {scores.shape[1]}x{scores.shape[0]} but image {job.image} is "
+                         f"{w}x{h}")
+    n_lab = scores.shape[-1]
+
+    def logits(ys, xs):
+        lg = imageio.to_logits(scores[ys, xs], kind)
+        check_finite(lg, f"scores {job.scores}")
+        tiling.release_pages(scores)  # the memory-mapped .npy: read tile by tile, never resident whole
+        return lg
+
+    labels = np.empty((h, w), np.uint8 if n_lab <= 256 else np.uint16)
+    # the budget for the tiles: what is left after the full-size label map and the interpreter
+    budget = (o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))) - labels.nbytes - \
+        tiling.BASELINE_BYTES
+    whole = h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab)
+    tile = o["tile"] or (None if whole <= budget else tiling.tile_for_memory(max(budget, 1), n_lab, o["overlap"]))
+    try:
+        if probs_path is not None:
+            with imageio.probs_file(probs_path, (h, w, n_lab)) as probs:
+                tiling.refine_tiled(logits, image, tile=tile, overlap=o["overlap"], labels_out=labels,
+                                    probs_out=probs, **o["crf"])
+        else:
+            tiling.refine_tiled(logits, image, tile=tile, overlap=o["overlap"], labels_out=labels, **o["crf"])
+    except ValueError as exc:
+        raise ValueError(f"{job.image}: {exc}") from None
+    imageio.write_labels(labels_path, labels, n_lab)
+    return h * w

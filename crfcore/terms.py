@@ -157,7 +157,7 @@ class CrfModel:
         q = np.ascontiguousarray(self._logits(q))
 
         def run():
-            from .kernel import share_workspace
+            from ._engine.kernel import share_workspace
 
             share_workspace(self.kernels, self.num_labels, self.dtype)
             out = []
@@ -204,9 +204,12 @@ def crf(logits, terms, *, n_iter=5):
     return crf_fwd(logits, terms, n_iter=n_iter, output="probs", keep_residuals=False)[0]
 
 
-def crf_bwd(residuals, grad, *, features=False):
+def crf_bwd(residuals, grad, *, features=True):
     """Exact gradient of :func:`crf_fwd`'s output w.r.t. the logits and each term's weight and compatibility (and,
     with ``features``, each term's features: the lattice's features gradient, normalisation included).
+
+    ``features`` defaults to True, as in :func:`crfcore.meanfield_bwd`; False skips the features gradient (about
+    as costly as the rest of the backward) and leaves :attr:`TermGrads.features` None.
 
     Returns
     -------

@@ -69,7 +69,13 @@ def _channels_last(t):
 def _channels_first(a, like):
     b, c = a.shape[0], a.shape[-1]
     out = _swap_last_two(a.reshape(b, -1, c)).reshape((b, c) + a.shape[1:-1])
-    return torch.from_numpy(out).to(device=like.device, dtype=like.dtype)
+    # always contiguous, whatever the strides of ``like`` (the fake implementations promise contiguous outputs)
+    return torch.from_numpy(out).to(device=like.device, dtype=like.dtype).contiguous()
+
+
+def _fresh(t):
+    """A contiguous tensor of ``t``'s shape, dtype and device (``empty_like`` would copy its strides)."""
+    return t.new_empty(t.shape)
 
 
 def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims):
@@ -83,6 +89,8 @@ def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims):
 def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, wb: torch.Tensor, mu: torch.Tensor,
                   widths: torch.Tensor, n_iter: int, normalization: str, keep: bool) -> tuple[torch.Tensor,
                                                                                                 torch.Tensor]:
+    if logits.shape[0] == 0:  # an empty batch: an empty result (the core refuses empty arrays)
+        return _fresh(logits), torch.tensor(0, dtype=torch.int64)
     kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2)
     out, res = meanfield_fwd(_channels_last(logits), _channels_last(image), keep_residuals=keep, **kw)
     handle = _STORE.put(res) if keep else 0
@@ -91,13 +99,15 @@ def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, w
 
 @_meanfield_op.register_fake
 def _(logits, image, ws, wb, mu, widths, n_iter, normalization, keep):
-    return torch.empty_like(logits), logits.new_empty((), dtype=torch.int64)
+    return _fresh(logits), logits.new_empty((), dtype=torch.int64)
 
 
 @torch.library.custom_op("crfcore::meanfield_backward", mutates_args=())
 def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, image: torch.Tensor,
                            ws: torch.Tensor, wb: torch.Tensor, mu: torch.Tensor, widths: torch.Tensor, n_iter: int,
                            normalization: str, features: bool) -> list[torch.Tensor]:
+    if logits.shape[0] == 0:  # an empty batch: no gradient flows
+        return [_fresh(t).zero_() for t in (logits, ws, wb, mu, image, widths)]
     kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2)
     res = _STORE.pop(int(handle)) if int(handle) > 0 else None
     if res is None:  # evicted, or the forward kept nothing: recompute it
@@ -105,21 +115,20 @@ def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: tor
     g = meanfield_bwd(res, _channels_last(grad), features=features)
     dtype = logits.dtype
     out = [_channels_first(g.logits, logits)]
-    out += [torch.as_tensor(np.asarray(x), dtype=dtype).to(ws.device) for x in (g.w_spatial, g.w_bilateral)]
-    out.append(torch.as_tensor(g.compat, dtype=dtype).to(mu.device))
+    out += [torch.as_tensor(np.asarray(x), dtype=dtype).to(ws.device).contiguous() for x in (g.w_spatial, g.w_bilateral)]
+    out.append(torch.as_tensor(g.compat, dtype=dtype).to(mu.device).contiguous())
     if features:
         out.append(_channels_first(np.asarray(g.image).reshape(np.moveaxis(_to_numpy(image), 1, -1).shape), image))
         out.append(torch.tensor([g.theta_alpha, g.theta_beta, g.theta_gamma], dtype=widths.dtype,
                                 device=widths.device))
     else:
-        out += [torch.zeros_like(image), torch.zeros_like(widths)]
+        out += [_fresh(image).zero_(), _fresh(widths).zero_()]
     return out
 
 
 @_meanfield_backward_op.register_fake
 def _(handle, grad, logits, image, ws, wb, mu, widths, n_iter, normalization, features):
-    return [torch.empty_like(logits), torch.empty_like(ws), torch.empty_like(wb), torch.empty_like(mu),
-            torch.empty_like(image), torch.empty_like(widths)]
+    return [_fresh(t) for t in (logits, ws, wb, mu, image, widths)]
 
 
 class _Release:

@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 # Every call from the compiled kernels (and subprocesses inherit it): which one NumPy would serve while a cold
 # cache compiles depends on timing (crfcore.warmup); tests/test_warmup.py tests that tier on its own.
 os.environ["CRFCORE_FIRST_CALL"] = "compile"
+# torch.compile's on-disk cache does not see a custom op's fake implementation change: one cache per run
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="crfcore-inductor-"))
 
 import numpy as np
 import pytest

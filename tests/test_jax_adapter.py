@@ -47,6 +47,31 @@ def test_check_grads_for_every_argument(rng):
     check_grads(f, args, order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)
 
 
+ARGS = ("logits", "image", "theta_alpha", "theta_beta", "theta_gamma", "w_bilateral", "w_spatial", "compat")
+
+
+@pytest.mark.parametrize("name", ARGS)
+def test_each_argument_alone_matches_finite_differences(rng, name):
+    """Differentiated alone, every argument gets its gradient (theta_alpha alone once got 0: the features gradient
+    ran only when the image or another width was differentiated)."""
+    logits, image, _ = data(rng, b=1, shape=(6, 7))
+    values = dict(logits=logits, image=image, theta_alpha=7.37, theta_beta=41.3, theta_gamma=1.73, w_bilateral=2.5,
+                  w_spatial=rng.normal(size=(3, 3)), compat=rng.normal(size=(3, 3)))
+    direction = rng.normal(size=np.shape(values[name]))
+
+    def loss(x):
+        kw = dict(values, **{name: x})
+        lg, img = kw.pop("logits"), kw.pop("image")
+        return jax.nn.logsumexp(crf_refine(lg, img, n_iter=2, normalization="after", **kw), -1).mean()
+
+    g = np.asarray(jax.grad(loss)(jnp.asarray(values[name], jnp.float64)))
+    eps = 1e-6
+    x = np.asarray(values[name], np.float64)
+    fd = (float(loss(x + eps * direction)) - float(loss(x - eps * direction))) / (2 * eps)
+    assert abs(np.sum(g * direction)) > 1e-8, (name, g)
+    np.testing.assert_allclose(np.sum(g * direction), fd, rtol=1e-4, atol=1e-9)
+
+
 def test_jit_vmap_and_grad_agree(rng):
     logits, image, _ = data(rng, b=4)
 

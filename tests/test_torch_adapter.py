@@ -37,7 +37,7 @@ def core_logits(logits, image, **kw):
 @pytest.mark.parametrize("shape", [(9, 11), (4, 5, 6)])
 def test_equals_the_core(rng, dtype, shape):
     logits, image = batch(rng, shape=shape, dtype=dtype)
-    out = crf_refine(logits, image, n_iter=3, **WIDTHS)
+    out = crf_refine(logits, image, n_iter=3, spatial_dims=len(shape), **WIDTHS)
     assert out.dtype == dtype and out.shape == logits.shape
     np.testing.assert_allclose(out.numpy(), core_logits(logits, image, n_iter=3, **WIDTHS), rtol=1e-6, atol=1e-6)
 
@@ -127,6 +127,85 @@ def test_torch_compile_matches_eager(rng):
     assert torch.allclose(out, eager, atol=1e-6)
     out.sum().backward()
     assert crf.log_theta_alpha.grad is not None and torch.isfinite(crf.compatibility_matrix.grad).all()
+
+
+@pytest.mark.parametrize("name", ["logits", "image", "theta_alpha", "theta_beta", "theta_gamma", "w_bilateral",
+                                  "w_spatial", "compat"])
+def test_each_argument_alone_matches_finite_differences(rng, name):
+    """Differentiated alone, every argument gets its exact gradient (gradcheck in float64)."""
+    logits, image = batch(rng, b=1, shape=(6, 7))
+    values = dict(logits=logits, image=image, theta_alpha=torch.tensor(7.37, dtype=torch.float64),
+                  theta_beta=torch.tensor(41.3, dtype=torch.float64), theta_gamma=torch.tensor(1.73, dtype=torch.float64),
+                  w_bilateral=torch.tensor(2.5, dtype=torch.float64),
+                  w_spatial=torch.tensor(rng.normal(size=(3, 3))), compat=torch.tensor(rng.normal(size=(3, 3))))
+
+    def f(x):
+        kw = dict(values, **{name: x})
+        lg, img = kw.pop("logits"), kw.pop("image")
+        return torch.logsumexp(crf_refine(lg, img, n_iter=2, normalization="after", **kw), 1).mean()
+
+    x = values[name].clone().requires_grad_()
+    (g,) = torch.autograd.grad(f(x), x)
+    assert g.abs().sum() > 1e-8, name
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def _layouts(rng, b, n_lab, shape, dtype):
+    """The same batch with the strides users produce: contiguous, a permuted channels-last NumPy array, and
+    PyTorch's channels_last memory format."""
+    logits, image = batch(rng, b=b, n_lab=n_lab, shape=shape, dtype=dtype)
+    perm = (0, *range(2, logits.dim()), 1)
+    back = (0, logits.dim() - 1, *range(1, logits.dim() - 1))
+    from_numpy = [torch.tensor(np.ascontiguousarray(t.numpy().transpose(perm)).transpose(back)) for t in (logits,
+                                                                                                           image)]
+    fmt = torch.channels_last if logits.dim() == 4 else torch.channels_last_3d
+    return {"contiguous": (logits, image), "numpy channels last": tuple(from_numpy),
+            "channels_last": tuple(t.contiguous(memory_format=fmt) for t in (logits, image))}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("shape", [(6, 7), (3, 4, 5)])
+def test_fake_and_real_ops_agree_for_every_layout(rng, dtype, b, shape):
+    """torch.library.opcheck compares the fake (meta) implementations with the real ops, strides included: they
+    once differed for inputs that were not contiguous (torch.compile failed with 'incorrect fake kernel')."""
+    for name, (logits, image) in _layouts(rng, b, 3, shape, dtype).items():
+        ws, wb, mu = 3.0 * torch.eye(3, dtype=dtype), 10.0 * torch.eye(3, dtype=dtype), 1 - torch.eye(3, dtype=dtype)
+        widths = torch.tensor([5.37, 41.3, 1.73], dtype=torch.float64)
+        args = (logits.requires_grad_(), image.requires_grad_(), ws.requires_grad_(), wb, mu, widths, 2,
+                "symmetric", True)
+        torch.library.opcheck(adapter._meanfield_op, args, test_utils=("test_faketensor", "test_schema"))
+        out = crf_refine(logits, image, n_iter=2, spatial_dims=len(shape), **WIDTHS)
+        assert out.is_contiguous(), name
+        np.testing.assert_allclose(out.detach().numpy(), core_logits(logits, image.detach(), n_iter=2, **WIDTHS),
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+        handle = adapter._meanfield_op(*args)[1]
+        grad = torch.ones_like(logits)
+        torch.library.opcheck(adapter._meanfield_backward_op,
+                              (handle, grad, logits.detach(), image.detach(), ws.detach(), wb, mu, widths, 2,
+                               "symmetric", True), test_utils=("test_faketensor", "test_schema"))
+
+
+@pytest.mark.parametrize("dtype, layout", [(torch.float64, "numpy channels last"), (torch.float32, "channels_last")])
+def test_torch_compile_with_strided_inputs(rng, dtype, layout):
+    """The reports' reproducers: CrfRnn in float64 on channels-last NumPy data, and channels_last float32."""
+    logits, image = _layouts(rng, 2, 3, (12, 14), dtype)[layout]
+    crf = CrfRnn(num_labels=3, num_iterations=3, theta_alpha=8.0, theta_beta=20.0, theta_gamma=2.0).to(dtype)
+    eager = crf(image, logits)
+    out = torch.compile(crf)(image, logits.requires_grad_())
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_empty_batch_gives_an_empty_result(rng):
+    logits, image = batch(rng, b=2)
+    logits, image = logits[:0].requires_grad_(), image[:0]
+    out = crf_refine(logits, image, n_iter=2, **WIDTHS)
+    assert out.shape == logits.shape
+    out.sum().backward()
+    assert logits.grad.shape == logits.shape
+    assert CrfRnn(3, 2)(image.float(), logits.detach().float()).shape == logits.shape
 
 
 @pytest.mark.parametrize("call, exc, match", [

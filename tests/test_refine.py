@@ -148,10 +148,10 @@ def test_bad_files_reported_and_skipped(rng, tmp_path, capsys):
     assert "refined 3 image(s)" in printed and "5 failed" in printed
     with open(out / "failures.csv") as f:
         failures = f.read()
-    for name, why in [("size.png", "are 64x40 but image"), ("nan.png", "NaN"), ("labels.png", "expected 3"),
+    for name, why in [("size.png", "are 64x40 (shape (40, 64, 3), read as (H, W, L)) but image"), ("nan.png", "NaN"), ("labels.png", "expected 3"),
                       ("corrupt.png", "cannot read image"), ("orphan.png", "no scores")]:
         assert name in failures and why in failures, (name, failures)
-    assert sorted(os.listdir(out)) == ["failures.csv", "ok0.png", "ok1.png", "ok2.png"]
+    assert sorted(os.listdir(out)) == [".crfcore-refine.jsonl", "failures.csv", "ok0.png", "ok1.png", "ok2.png"]
     after = {f: os.path.getmtime(os.path.join(dp, f)) for dp in (imgs, scs) for f in os.listdir(dp)}
     assert before == after  # inputs untouched
 
@@ -210,8 +210,12 @@ def test_dask_local_cluster_writes_the_same_files(rng, tmp_path):
                                   dask="local:2", **KW)
     assert single.done == spread.done == 6 and len(single.failed) == len(spread.failed) == 1
     for f in sorted(os.listdir(tmp_path / "one")):
+        if f.startswith("."):  # the manifest: the same records, in the order the files finished
+            continue
         a, b = (tmp_path / "one" / f).read_bytes(), (tmp_path / "two" / f).read_bytes()
         assert a == b, f
+    assert sorted((tmp_path / "one" / ".crfcore-refine.jsonl").read_text().splitlines()) == \
+        sorted((tmp_path / "two" / ".crfcore-refine.jsonl").read_text().splitlines())
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -231,3 +235,97 @@ def test_missing_inputs_are_errors(tmp_path, capsys):
     assert main(["refine", str(tmp_path / "nothing"), "--scores", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--no-progress"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def _checksums(*folders):
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.iterdir())}
+
+
+@pytest.mark.parametrize("case", ["out is the scores folder, --save-probs", "out is the images folder",
+                                  "out is the images folder, --overwrite", "out is the scores folder, glob"])
+def test_inputs_are_never_modified(rng, tmp_path, case):
+    """An output folder that holds input files is refused before any work, and every input keeps its bytes."""
+    imgs, scs = scene_folders(rng, tmp_path, ["a0", "a1"])
+    before = _checksums(imgs, scs)
+    argv = {"out is the scores folder, --save-probs": [str(imgs), "--scores", str(scs), "--out", str(scs),
+                                                       "--save-probs"],
+            "out is the images folder": [str(imgs), "--scores", str(scs), "--out", str(imgs)],
+            "out is the images folder, --overwrite": [str(imgs), "--scores", str(scs), "--out", str(imgs),
+                                                      "--overwrite"],
+            "out is the scores folder, glob": [str(imgs / "*.png"), "--scores", str(scs / "*.npy"), "--out",
+                                               str(scs) + "/"]}[case]
+    assert main(["refine", *argv, "--no-progress"]) == 2
+    assert _checksums(imgs, scs) == before
+    assert sorted(os.listdir(scs)) == ["a0.npy", "a1.npy"] and sorted(os.listdir(imgs)) == ["a0.png", "a1.png"]
+
+
+def test_resume_redoes_what_it_cannot_trust(rng, tmp_path, capsys):
+    imgs, scs = scene_folders(rng, tmp_path, ["a0", "a1"])
+    out = tmp_path / "out"
+    first = crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **KW)
+    assert first.done == 2
+    again = crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **KW)
+    assert again.done == 0 and again.skipped == 2  # same inputs, same options: done
+    (out / "a0.png").write_bytes(b"")  # a zero-byte output is not done
+    redo = crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **KW)
+    assert redo.done == 1 and redo.skipped == 1
+    assert read_labels(out / "a0.png")[1].shape == (48, 64)
+    other = crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **dict(KW, theta_alpha=30.0))
+    assert other.done == 2  # other parameters: every file again
+    _, probs, _ = scene(rng)
+    np.save(scs / "a1.npy", probs)  # an input changed
+    changed = crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **dict(KW, theta_alpha=30.0))
+    assert changed.done == 1 and changed.skipped == 1
+
+
+def test_label_maps_take_one_label_count_over_the_run(rng, tmp_path):
+    """A label map without the top class is refined with the run's L, not its own (its probabilities have the
+    same shape as the others')."""
+    (tmp_path / "i").mkdir()
+    (tmp_path / "s").mkdir()
+    for name, top in (("full", 2), ("part", 1)):
+        image, _, labels = scene(rng, n_lab=3)
+        Image.fromarray(image).save(tmp_path / "i" / f"{name}.png")
+        Image.fromarray(np.minimum(labels, top).astype(np.uint8)).save(tmp_path / "s" / f"{name}.png")
+    out, fixed = tmp_path / "out", tmp_path / "fixed"
+    crfcore.refine_files(str(tmp_path / "i"), str(tmp_path / "s"), str(out), save_probs=True, progress=False, **KW)
+    crfcore.refine_files(str(tmp_path / "i"), str(tmp_path / "s"), str(fixed), save_probs=True, n_labels=3,
+                         progress=False, **KW)
+    for name in ("full", "part"):
+        assert np.load(out / f"{name}.npy").shape[-1] == 3
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), np.load(fixed / f"{name}.npy"))
+
+
+def test_unclear_scores_are_refused(rng, tmp_path):
+    imgs, scs = scene_folders(rng, tmp_path, ["a0"])
+    with pytest.raises(ValueError, match="label maps only"):
+        crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "o1"), unknown_label=0, progress=False)
+    _, probs, _ = scene(rng)
+    os.remove(scs / "a0.npy")
+    np.savez(scs / "a0.npz", probs=probs, other=probs)
+    summary = crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "o2"), progress=False)
+    assert summary.failed and "several arrays" in summary.failed[0][1]
+    os.remove(scs / "a0.npz")
+    np.save(scs / "a0.npy", np.moveaxis(probs, -1, 0))
+    summary = crfcore.refine_files(str(imgs), str(scs), str(tmp_path / "o3"), progress=False)
+    assert summary.failed and "channels first (L, H, W)" in summary.failed[0][1]
+
+
+@pytest.mark.parametrize("address, message", [("local:abc", "local:N needs"), ("local:0", "local:N needs"),
+                                              ("nonsense", "scheduler address")])
+def test_bad_dask_addresses_are_refused_by_the_parser(rng, tmp_path, capsys, address, message):
+    imgs, scs = scene_folders(rng, tmp_path, ["a0"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["refine", str(imgs), "--scores", str(scs), "--out", str(tmp_path / "o"), "--dask", address])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unreachable_dask_scheduler_is_a_message(rng, tmp_path, capsys):
+    pytest.importorskip("dask.distributed")
+    imgs, scs = scene_folders(rng, tmp_path, ["a0"])
+    assert main(["refine", str(imgs), "--scores", str(scs), "--out", str(tmp_path / "o"), "--no-progress",
+                 "--dask", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Dask scheduler") and "Traceback" not in err

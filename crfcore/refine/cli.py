@@ -29,6 +29,21 @@ def memory(text):
     return int(value)
 
 
+def dask_address(text):
+    """``local``, ``local:N`` (N >= 1) or a scheduler address such as ``tcp://host:8786``."""
+    if text == "local":
+        return text
+    if text.startswith("local:"):
+        n = text.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(f"local:N needs a number of workers N >= 1, got {text!r}")
+        return text
+    if "://" not in text and ":" not in text:
+        raise argparse.ArgumentTypeError(f"expected local, local:N or a scheduler address such as "
+                                         f"tcp://host:8786, got {text!r}")
+    return text
+
+
 def gt_prob(text):
     value = positive_float(text)
     if value >= 1:
@@ -66,7 +81,7 @@ def add_arguments(r):
                    help=f"margin of every tile in pixels (default {DEFAULT_OVERLAP})")
     r.add_argument("--max-memory", type=memory, default=None,
                    help="memory for one image's mean field, e.g. 4G (default: a quarter of RAM per process)")
-    r.add_argument("--dask", default=None, metavar="SCHEDULER",
+    r.add_argument("--dask", type=dask_address, default=None, metavar="SCHEDULER",
                    help="spread the files over a Dask cluster: a scheduler address (tcp://host:8786), or local[:N] "
                         "for N local worker processes")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,7 +104,7 @@ def run(args):
                                save_probs=args.save_probs, overwrite=args.overwrite, tile=args.tile,
                                overlap=args.overlap, max_memory=args.max_memory, dask=args.dask,
                                progress=not args.no_progress, **crf)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+    except (OSError, ValueError, TypeError, ImportError) as exc:  # FileNotFoundError and connection errors too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary, args.out)

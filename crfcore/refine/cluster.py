@@ -38,7 +38,10 @@ def _client(address):
             raise ValueError(f"--dask local:N needs N >= 1, got {n}")
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster), cluster
-    return Client(address), None
+    try:
+        return Client(address, timeout="10s"), None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 
 
 def workers_per_host(client):

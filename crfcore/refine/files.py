@@ -21,7 +21,8 @@ import numpy as np
 
 from ..params import check_params
 from . import imageio, tiling
-from .job import Job, is_done, refine_one
+from .job import Job, outputs, refine_one
+from .manifest import Manifest
 
 SCORE_KINDS = ("probs", "logits")
 #: meanfield's defaults: every one is a flag of ``crfcore refine``.
@@ -69,10 +70,42 @@ def _progress(total, enabled):
     return tqdm(total=total, desc="refining", unit="img", dynamic_ncols=True)
 
 
-def make_jobs(images, scores, out, options):
+def _check_out_apart(out, inputs):
+    """Refuse an output folder that holds input files: outputs (``<stem>.png``, ``<stem>.npy``) could replace them,
+    and a rerun would read its own outputs as inputs. Inputs are never modified."""
+    folder = os.path.realpath(out)
+    shared = [f for f in inputs if os.path.dirname(os.path.realpath(f)) == folder]
+    if shared:
+        raise ValueError(f"`out` {out!r} holds input files ({', '.join(map(os.path.basename, shared[:3]))}"
+                         f"{', ...' if len(shared) > 3 else ''}); write the outputs to another folder")
+
+
+def _check_score_options(score_files, unknown_label):
+    arrays = [f for f in score_files if not f.lower().endswith(".png")]
+    if unknown_label is not None and arrays:
+        raise ValueError(f"`unknown_label` (--unknown-label) applies to .png label maps only, but SCORES holds arrays "
+                         f"({os.path.basename(arrays[0])}); leave it out for .npy/.npz scores")
+
+
+def _labels_over_run(score_files, unknown_label):
+    """The number of labels over every label map of the run (None when the scores are arrays: each has its L)."""
+    maps = [f for f in score_files if f.lower().endswith(".png")]
+    if not maps:
+        return None
+    top = -1
+    for f in maps:
+        try:
+            labels = imageio.read_label_map(f)
+        except (OSError, ValueError):
+            continue  # reported with its name when its job runs
+        values = labels[labels != unknown_label] if unknown_label is not None else labels
+        if values.size:
+            top = max(top, int(values.max()) - (1 if unknown_label == 0 else 0))
+    return max(top + 1, 2) if top >= 0 else None
+
+
+def make_jobs(image_files, score_files, out, options):
     """Pair every image with its scores by stem; images without scores are failures."""
-    image_files = list_files(images, imageio.IMAGE_EXTS, "IMAGES")
-    score_files = list_files(scores, imageio.SCORE_EXTS, "SCORES")
     by_stem = {}
     for f in score_files:
         by_stem.setdefault(imageio.stem(f), []).append(f)
@@ -107,14 +140,17 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
     scores_are : {"probs", "logits"}
         What the arrays hold.
     n_labels : int, optional
-        The number of labels; checked against every file (inferred from each label map otherwise).
+        The number of labels; checked against every file. Without it, label maps get the largest label over the
+        whole run plus one (the same L for every file), arrays their own last axis.
     gt_prob, unknown_label
         For label maps: the probability of the given label (pydensecrf's ``unary_from_labels``) and the value that
         means "unknown" (uniform; None: no such value; 0: labels are 1..L as pydensecrf's ``zero_unsure``).
     save_probs : bool
         Also write ``<stem>.npy`` float16 probabilities ``(H, W, L)``.
     overwrite : bool
-        Redo images whose outputs exist (default: skip them, so a rerun continues an interrupted one).
+        Redo every image. Without it, a rerun skips the images whose outputs were written by a run with the same
+        options from the same inputs (recorded in ``OUT/.crfcore-refine.jsonl``) and redoes the others, so it
+        continues an interrupted run. ``out`` must not hold input files (a ValueError before any work).
     tile, overlap, max_memory
         Tile interior and margin in pixels; without ``tile``, images whose mean field would need more than
         ``max_memory`` bytes (default: a quarter of RAM, shared between workers) are tiled automatically.
@@ -145,10 +181,17 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
                    save_probs=bool(save_probs), tile=tile, overlap=int(overlap), max_memory=max_memory, crf=params)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"`out` {out!r} is a file, not a folder")
+    image_files = list_files(images, imageio.IMAGE_EXTS, "IMAGES")
+    score_files = list_files(scores, imageio.SCORE_EXTS, "SCORES")
+    _check_out_apart(out, image_files + score_files)  # before anything is written or removed there
+    _check_score_options(score_files, unknown_label)
+    if n_labels is None:  # one L for the whole run: label maps without their top class must not get fewer
+        options["n_labels"] = _labels_over_run(score_files, unknown_label)
     os.makedirs(out, exist_ok=True)
     imageio.remove_stale_partials(out)  # what a killed run was writing
-    jobs, failed = make_jobs(images, scores, out, options)
-    todo = [j for j in jobs if overwrite or not is_done(j)]
+    jobs, failed = make_jobs(image_files, score_files, out, options)
+    manifest = Manifest(out)
+    todo = [j for j in jobs if overwrite or not manifest.is_done(j, *outputs(j))]
     skipped = len(jobs) - len(todo)
     t0 = time.perf_counter()
     bar = _progress(len(todo), progress)
@@ -164,6 +207,7 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
             else:
                 done += 1
                 pixels += result
+                manifest.add(job, *outputs(job))
             if bar is not None:
                 bar.update(1)
                 elapsed = time.perf_counter() - t0

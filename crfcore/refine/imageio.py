@@ -136,16 +136,11 @@ def read_scores(path, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_la
             keys = list(z.keys())
             if not keys:
                 raise ValueError(f"{path!r} holds no array")
-            key = next((k for k in ("scores", "probs", "logits", "arr_0") if k in keys), keys[0])
-            arr = z[key]
+            if len(keys) > 1:
+                raise ValueError(f"{path!r} holds several arrays ({', '.join(keys[:5])}); save one array per file")
+            arr = z[keys[0]]
     elif ext == ".png":
-        Image = _pil()
-        with Image.open(path) as im:
-            labels = np.asarray(im)
-        if labels.ndim != 2:
-            raise ValueError(f"label map {path!r} must be a single-channel (grey or palette) PNG, got shape "
-                             f"{labels.shape}")
-        return labels_to_logits(labels, path, n_labels, gt_prob, unknown_label), "logits"
+        return labels_to_logits(read_label_map(path), path, n_labels, gt_prob, unknown_label), "logits"
     else:
         raise ValueError(f"scores {path!r} must be .npy, .npz or a .png label map")
     if arr.ndim != 3:
@@ -157,6 +152,17 @@ def read_scores(path, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_la
     if arr.shape[-1] < 2:
         raise ValueError(f"scores {path!r} have {arr.shape[-1]} label(s); a CRF needs at least 2")
     return arr, scores_are
+
+
+def read_label_map(path):
+    """A single-channel PNG label map as an ``(H, W)`` integer array."""
+    Image = _pil()
+    with Image.open(path) as im:
+        labels = np.asarray(im)
+    if labels.ndim != 2:
+        raise ValueError(f"label map {path!r} must be a single-channel (grey or palette) PNG, got shape "
+                         f"{labels.shape}")
+    return labels
 
 
 def labels_to_logits(labels, path, n_labels, gt_prob, unknown_label):

@@ -23,9 +23,6 @@ def outputs(job):
     return base + ".png", (base + ".npy" if job.options["save_probs"] else None)
 
 
-def is_done(job):
-    labels, probs = outputs(job)
-    return os.path.exists(labels) and (probs is None or os.path.exists(probs))
 
 
 def refine_one(job):
@@ -43,8 +40,12 @@ def refine_one(job):
         raise ValueError(f"cannot read scores {job.scores}: {exc}") from None
     h, w = image.shape[:2]
     if scores.shape[:2] != (h, w):
-        raise ValueError(f"scores {job.scores} are {scores.shape[1]}x{scores.shape[0]} but image {job.image} is "
-                         f"{w}x{h}")
+        if tuple(scores.shape[1:]) == (h, w):
+            raise ValueError(f"scores {job.scores} have shape {tuple(scores.shape)}: channels first (L, H, W) for "
+                             f"image {job.image} ({h}x{w}); refine takes (H, W, L), channels last: save "
+                             f"np.moveaxis(scores, 0, -1)")
+        raise ValueError(f"scores {job.scores} are {scores.shape[1]}x{scores.shape[0]} (shape {tuple(scores.shape)}, "
+                         f"read as (H, W, L)) but image {job.image} is {w}x{h}")
     n_lab = scores.shape[-1]
 
     def logits(ys, xs):

@@ -18,7 +18,7 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore
+from crfcore._shared import ResidualStore, check_layout
 from crfcore.params import NORMALIZATIONS
 
 __all__ = ["crf_refine"]
@@ -26,8 +26,13 @@ __all__ = ["crf_refine"]
 _STORE = ResidualStore()
 
 
+def _width(t):
+    """A width as the core takes it: a float, or one value per axis or channel."""
+    return float(t) if np.ndim(t) == 0 else tuple(float(x) for x in np.asarray(t).ravel())
+
+
 def _kwargs(ws, wb, mu, ta, tb, tg, n_iter, normalization, spatial_dims):
-    return dict(n_iter=n_iter, theta_alpha=float(ta), theta_beta=float(tb), theta_gamma=float(tg),
+    return dict(n_iter=n_iter, theta_alpha=_width(ta), theta_beta=_width(tb), theta_gamma=_width(tg),
                 w_spatial=np.asarray(ws, np.float64) if np.ndim(ws) else float(ws),
                 w_bilateral=np.asarray(wb, np.float64) if np.ndim(wb) else float(wb),
                 compat=np.asarray(mu, np.float64), normalization=normalization, spatial_dims=spatial_dims,
@@ -48,10 +53,12 @@ def _host_backward(static, features, handle, g, logits, image, ws, wb, mu, ta, t
     grads = meanfield_bwd(res, np.asarray(g), features=features)
     dt = np.asarray(logits).dtype
     if not features:  # neither the image nor a width is differentiated: their cotangents are symbolic zeros
-        grads = grads._replace(image=np.zeros(np.shape(image), dt), theta_alpha=0.0, theta_beta=0.0, theta_gamma=0.0)
+        grads = grads._replace(image=np.zeros(np.shape(image), dt), theta_alpha=np.zeros(np.shape(ta)),
+                               theta_beta=np.zeros(np.shape(tb)), theta_gamma=np.zeros(np.shape(tg)))
     return (grads.logits.astype(dt, copy=False), np.asarray(grads.image, dt).reshape(np.shape(image)),
             np.asarray(grads.w_spatial, dt), np.asarray(grads.w_bilateral, dt), grads.compat.astype(dt, copy=False),
-            np.asarray(grads.theta_alpha, dt), np.asarray(grads.theta_beta, dt), np.asarray(grads.theta_gamma, dt))
+            *(np.asarray(g, dt).reshape(np.shape(t)) for g, t in ((grads.theta_alpha, ta), (grads.theta_beta, tb),
+                                                                  (grads.theta_gamma, tg))))
 
 
 def _forward_call(static, keep, *args):
@@ -90,23 +97,39 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
                w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
     """Refined logits ``Z_T`` of the dense CRF (what ``crfcore.meanfield_fwd(..., output="logits")`` returns).
 
-    Keywords, their order and defaults are :func:`crfcore.meanfield`'s; channels last like the core: ``logits (..., *spatial, L)``
-    and ``image (..., *spatial, C)`` (leading axes are a batch). Differentiable w.r.t. ``logits``, ``image``, the
+    Keywords, their order and defaults are :func:`crfcore.meanfield`'s; channels last like the core:
+    ``logits (..., *spatial, L)`` and ``image (..., *spatial, C)`` (leading axes are a batch). Differentiable w.r.t. ``logits``, ``image``, the
     widths, the weights (numbers or ``(L, L)``) and ``compat`` (``(L, L)``, Potts ``1 - I`` when None), all as JAX
-    arrays; ``n_iter``, ``normalization`` and ``spatial_dims`` are static. The image is taken in the logits' dtype.
+    arrays; ``n_iter``, ``normalization`` and ``spatial_dims`` are static. The widths may be one value per spatial
+    axis (``theta_alpha``, ``theta_gamma``) or per channel (``theta_beta``), as in the core. float32 and float64 are
+    computed as they are; bfloat16 and float16 in float32, returned in their dtype. The image is taken in the
+    logits' compute dtype. An empty batch gives an empty result.
+
+    Bad values (NaN, a width <= 0) raise a ValueError naming the argument when they are concrete; under
+    ``jax.jit`` they are only known inside the host callback, and JAX reports the core's ValueError as the last
+    line of a ``JaxRuntimeError``.
     """
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"`logits` must be a float array, got {logits.dtype}")
+    given = logits.dtype
+    if given not in (jnp.float32, jnp.float64):  # bfloat16, float16: computed in float32, returned in their dtype
+        logits = logits.astype(jnp.float32)
+    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims < 1:
+        raise ValueError(f"`spatial_dims` must be an int >= 1, got {spatial_dims!r}")
     if logits.ndim < spatial_dims + 1 or logits.shape[-1] < 2:
         raise ValueError(f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes and L >= 2, "
                          f"got {logits.shape}")
-    image = jnp.asarray(image, dtype=logits.dtype)
+    image = jnp.asarray(image)
+    if not (jnp.issubdtype(image.dtype, jnp.floating) or jnp.issubdtype(image.dtype, jnp.integer)):
+        raise TypeError(f"`image` must be a real numeric array, got {image.dtype}")
+    image = image.astype(logits.dtype)
     if image.shape == logits.shape[:-1]:
         image = image[..., None]
+    check_layout(logits.shape, image.shape, spatial_dims)
     if image.shape[:-1] != logits.shape[:-1]:
         raise ValueError(f"`image` has shape {image.shape} but `logits` has shape {logits.shape}; all axes but the "
-                         f"last must match")
+                         f"last must match (channels last: (..., *spatial, L) and (..., *spatial, C))")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
@@ -115,20 +138,30 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
     dt = logits.dtype
     mu = 1.0 - jnp.eye(n_lab, dtype=dt) if compat is None else jnp.asarray(compat, dt)
     ws, wb = jnp.asarray(w_spatial, dt), jnp.asarray(w_bilateral, dt)
-    for arr, name in ((ws, "w_spatial"), (wb, "w_bilateral"), (mu, "compat")):
-        if arr.shape not in ((), (n_lab, n_lab)) or (name == "compat" and arr.shape != (n_lab, n_lab)):
-            raise ValueError(f"`{name}` must be {'' if name == 'compat' else 'a number or '}an ({n_lab}, {n_lab}) "
-                             f"matrix, got shape {arr.shape}")
-    widths = [jnp.asarray(t, dt).reshape(()) for t in (theta_alpha, theta_beta, theta_gamma)]
-    # concrete values are checked here, where the error can be a ValueError naming the argument; traced ones by
-    # the core inside the callback (the same message, in JAX's runtime error)
-    for value, name in ((logits, "logits"), (image, "image"), *zip(widths, ("theta_alpha", "theta_beta",
-                                                                              "theta_gamma"))):
+    for arr, name in ((ws, "w_spatial"), (wb, "w_bilateral")):
+        if arr.shape not in ((), (n_lab, n_lab)):
+            raise ValueError(f"`{name}` must be a number or an ({n_lab}, {n_lab}) matrix, got shape {arr.shape}")
+    if mu.shape != (n_lab, n_lab):
+        raise ValueError(f"`compat` must be None (Potts) or an ({n_lab}, {n_lab}) matrix for {n_lab} labels, got "
+                         f"{'a scalar' if mu.ndim == 0 else f'shape {mu.shape}'}")
+    sizes = {"theta_alpha": spatial_dims, "theta_beta": image.shape[-1], "theta_gamma": spatial_dims}
+    widths = []
+    for t, name in zip((theta_alpha, theta_beta, theta_gamma), sizes):
+        w = jnp.asarray(t, dt)
+        if w.ndim > 1 or (w.ndim == 1 and w.shape[0] != sizes[name]):
+            raise ValueError(f"`{name}` must be a number or {sizes[name]} values (one per "
+                             f"{'channel' if name == 'theta_beta' else 'spatial axis'}), got shape {w.shape}")
+        widths.append(w)
+    # concrete values are checked here, where the error can be a ValueError naming the argument; traced ones (under
+    # jax.jit) by the core inside the callback: the same message, as the last line of JAX's JaxRuntimeError
+    for value, name in ((logits, "logits"), (image, "image"), *zip(widths, sizes)):
         if not isinstance(value, jax.core.Tracer):
             arr = np.asarray(value)
             if not np.isfinite(arr).all():
                 raise ValueError(f"`{name}` contains NaN or infinite values")
-            if name.startswith("theta") and not arr > 0:
-                raise ValueError(f"`{name}` must be a positive finite number, got {float(arr)}")
+            if name.startswith("theta") and not (arr > 0).all():
+                raise ValueError(f"`{name}` must be a positive finite number (or one per axis or channel), got {arr}")
+    if logits.size == 0:  # an empty batch: an empty result (the core refuses empty arrays)
+        return jnp.zeros(logits.shape, given)
     static = (int(n_iter), normalization, int(spatial_dims))
-    return _refine(static, logits, image, ws, wb, mu, *widths)
+    return _refine(static, logits, image, ws, wb, mu, *widths).astype(given)

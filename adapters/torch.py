@@ -21,7 +21,7 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs PyTorch: pip install 'crfcore[torch]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, deprecated, run_on_compute_thread, transpose_scaled
+from crfcore._shared import ResidualStore, check_layout, deprecated, run_on_compute_thread, transpose_scaled
 from crfcore.params import NORMALIZATIONS, kernel_width
 
 __all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
@@ -185,6 +185,7 @@ def _check_inputs(logits, image, spatial_dims):
                          f"(B, L, *spatial))")
     if image.dim() == logits.dim() - 1:
         image = image.unsqueeze(1)  # (B, *spatial): one channel
+    check_layout(logits.shape, image.shape, spatial_dims, channels="first")
     if image.dim() != logits.dim() or image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
         raise ValueError(f"`image` has shape {tuple(image.shape)} but `logits` has shape {tuple(logits.shape)}; "
                          f"they must match in batch and spatial axes (channels first: image (B, C, *spatial))")
@@ -240,7 +241,8 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
         mats.append(t)
     mu = 1 - eye if compat is None else _as_tensor(compat, logits, "compat")
     if mu.shape != (n_lab, n_lab):
-        raise ValueError(f"`compat` must be None or an ({n_lab}, {n_lab}) matrix, got shape {tuple(mu.shape)}")
+        raise ValueError(f"`compat` must be None (Potts) or an ({n_lab}, {n_lab}) matrix for {n_lab} labels, got "
+                         f"{'a scalar' if mu.dim() == 0 else f'shape {tuple(mu.shape)}'}")
     widths = []
     for value, name in ((theta_alpha, "theta_alpha"), (theta_beta, "theta_beta"), (theta_gamma, "theta_gamma")):
         # float64 whatever the logits' dtype: a float32 width would move the kernels by 1e-7
@@ -326,6 +328,9 @@ class CrfRnn(nn.Module):
                                                                                  "theta_gamma")}
 
     def forward(self, image, logits):
+        if isinstance(logits, torch.Tensor) and logits.dim() >= 2 and logits.shape[1] != self.num_labels:
+            raise ValueError(f"CrfRnn(num_labels={self.num_labels}) got logits with {logits.shape[1]} labels on axis "
+                             f"1 (shape {tuple(logits.shape)}; channels first, (B, L, *spatial))")
         dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
         cast = {k: getattr(self, k).to(dtype) for k in ("spatial_ker_weights", "bilateral_ker_weights",
                                                          "compatibility_matrix")}

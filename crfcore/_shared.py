@@ -10,9 +10,9 @@ from ._engine import threads
 from ._engine.argtypes import non_negative_float, positive_float, positive_int
 from ._engine.parallel import run as run_on_compute_thread
 from ._engine.residuals import ResidualStore
-from ._engine.validation import positive_scalar
+from ._engine.validation import check_layout, positive_scalar
 from ._kernels import lattice as lattice_kernels
 from ._kernels.meanfield import transpose_scaled
 
-__all__ = ["ResidualStore", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
+__all__ = ["ResidualStore", "check_layout", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
            "threads", "deprecated", "positive_int", "positive_float", "non_negative_float"]

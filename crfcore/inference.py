@@ -22,7 +22,7 @@ from . import warmup
 from ._engine import numpy_lattice
 from ._engine import parallel as _parallel
 from ._kernels import meanfield as MK
-from ._engine.validation import as_float_array, check_finite, check_nonempty
+from ._engine.validation import as_float_array, check_finite, check_layout, check_nonempty
 from .features import bilateral_features, spatial_features
 from ._engine.iterations import Transform, backward_one, forward_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
@@ -84,6 +84,7 @@ def _check_inputs(logits, image, spatial_dims):
         raise TypeError(f"`image` must be a real numeric array (uint8 or float), got dtype {img.dtype}")
     if img.shape == u.shape[:-1]:
         img = img[..., None]  # single-channel image given without its channel axis
+    check_layout(u.shape, img.shape, spatial_dims)
     if img.shape[:-1] != u.shape[:-1]:
         raise ValueError(
             f"`image` has shape {img.shape} but `logits` has shape {u.shape}; all axes but the last must match "

@@ -81,6 +81,22 @@ def weight(w, name, n_labels):
     return arr
 
 
+def compat_matrix(compat, n_labels, name="compat"):
+    """A label compatibility as an ``(L, L)`` float64 array; one message for every wrong form."""
+    expected = f"None (Potts) or an ({n_labels}, {n_labels}) matrix for {n_labels} labels"
+    if isinstance(compat, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be {expected}, got a bool")
+    arr = np.asarray(compat)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`{name}` must be {expected}, got dtype {arr.dtype}")
+    if arr.shape != (n_labels, n_labels):
+        got = "a scalar" if arr.ndim == 0 else f"shape {arr.shape}"
+        raise ValueError(f"`{name}` must be {expected}, got {got}")
+    arr = np.array(arr, dtype=np.float64)
+    check_finite(arr, name)
+    return arr
+
+
 def potts(n_labels):
     """The Potts compatibility ``mu(l, l') = [l != l']`` as an ``(L, L)`` matrix."""
     return 1.0 - np.eye(n_labels)
@@ -99,9 +115,7 @@ def check_params(n_labels, *, n_iter, theta_alpha, theta_beta, theta_gamma, w_sp
     if compat is None:
         compat = potts(n_labels)
     else:
-        compat = weight(compat, "compat", n_labels)
-        if not isinstance(compat, np.ndarray):
-            raise ValueError(f"`compat` must be None (Potts) or an ({n_labels}, {n_labels}) array, got a scalar")
+        compat = compat_matrix(compat, n_labels)
     n_channels = np.size(theta_beta) if n_channels is None else n_channels
     return CrfParams(
         n_iter=int(n_iter),

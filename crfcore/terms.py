@@ -17,7 +17,7 @@ from ._engine import parallel as _parallel
 from ._engine.validation import as_float_array, check_finite, check_nonempty
 from ._engine.iterations import Transform, backward_one, forward_one
 from ._engine.kernel import FeatureGrad, Kernel
-from .params import NORMALIZATIONS, potts, weight
+from .params import NORMALIZATIONS, compat_matrix, potts, weight
 
 OUTPUTS = ("probs", "logits")
 
@@ -72,10 +72,7 @@ def _check_term(term, i, n, n_labels):
     check_nonempty(f, f"terms[{i}].features")
     check_finite(f, f"terms[{i}].features")
     w = weight(term.weight, f"terms[{i}].weight", n_labels)
-    compat = potts(n_labels) if term.compat is None else weight(term.compat, f"terms[{i}].compat", n_labels)
-    if not isinstance(compat, np.ndarray):
-        raise ValueError(f"`terms[{i}].compat` must be None (Potts) or an ({n_labels}, {n_labels}) array, got a "
-                         f"scalar; put a scalar in `weight`")
+    compat = potts(n_labels) if term.compat is None else compat_matrix(term.compat, n_labels, f"terms[{i}].compat")
     if term.normalization not in NORMALIZATIONS:
         raise ValueError(f"`terms[{i}].normalization` must be one of {NORMALIZATIONS}, got {term.normalization!r}")
     return _Term(f, w, compat, term.normalization)
@@ -104,6 +101,10 @@ class CrfModel:
     """
 
     def __init__(self, terms, n_points, n_labels, dtype=np.float32):
+        if isinstance(terms, PairwiseTerm):
+            raise TypeError("`terms` must be a list of PairwiseTerm, got a single PairwiseTerm: pass [term]")
+        if isinstance(terms, (str, bytes, np.ndarray)) or not hasattr(terms, "__iter__"):
+            raise TypeError(f"`terms` must be a list of PairwiseTerm, got {type(terms).__name__}")
         terms = list(terms)
         if not terms:
             raise ValueError("`terms` is empty: a dense CRF needs at least one pairwise term")

@@ -40,8 +40,10 @@ def with_nan(a, value=np.nan):
         (LOGITS, IMAGE, {"n_iter": -1}, ValueError, "`n_iter` must be >= 0"),
         (LOGITS, IMAGE, {"n_iter": 2.5}, TypeError, "`n_iter` must be an int"),
         (LOGITS, IMAGE, {"n_iter": True}, TypeError, "`n_iter` must be an int"),
-        (LOGITS, IMAGE, {"compat": np.ones((2, 2))}, ValueError, r"`compat` must be a scalar or have shape \(3, 3\)"),
-        (LOGITS, IMAGE, {"compat": 1.0}, ValueError, "`compat` must be None"),
+        (LOGITS, IMAGE, {"compat": np.ones((2, 2))}, ValueError,
+         r"`compat` must be None \(Potts\) or an \(3, 3\) matrix for 3 labels, got shape \(2, 2\)"),
+        (LOGITS, IMAGE, {"compat": 1.0}, ValueError,
+         r"`compat` must be None \(Potts\) or an \(3, 3\) matrix for 3 labels, got a scalar"),
         (LOGITS, IMAGE, {"compat": np.full((3, 3), np.inf)}, ValueError, "`compat` contains"),
         (LOGITS, IMAGE, {"w_spatial": np.ones(3)}, ValueError, r"`w_spatial` must be a scalar or have shape"),
         (LOGITS, IMAGE, {"w_bilateral": np.nan}, ValueError, "`w_bilateral` must be finite"),
@@ -77,3 +79,12 @@ def test_integer_image_and_theta_types_accepted():
     q_int = meanfield(logits, rng.integers(0, 255, size=(6, 7, 3)).astype(np.int16), theta_alpha=np.float32(80),
                       n_iter=np.int64(3))
     np.testing.assert_allclose(q_int.sum(-1), 1.0)
+
+
+def test_a_single_term_is_not_a_list():
+    from crfcore import PairwiseTerm, crf, positions
+
+    term = PairwiseTerm(positions((4, 5), 2.0), 3.0)
+    with pytest.raises(TypeError, match=r"got a single PairwiseTerm: pass \[term\]"):
+        crf(np.zeros((20, 2)), term)
+    assert crf(np.zeros((20, 2)), [term]).shape == (20, 2)

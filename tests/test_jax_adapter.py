@@ -113,7 +113,7 @@ def test_plain_gradient_steps_train_the_matrices(rng):
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(theta_alpha=-2.0), ValueError, "`theta_alpha` must be a positive"),
     (dict(w_spatial=np.ones((2, 2))), ValueError, r"`w_spatial` must be a number or an \(3, 3\)"),
-    (dict(compat=np.ones(3)), ValueError, r"`compat` must be an \(3, 3\)"),
+    (dict(compat=np.ones(3)), ValueError, r"`compat` must be None \(Potts\) or an \(3, 3\)"),
     (dict(normalization="sym"), ValueError, "`normalization`"),
     (dict(n_iter=-1), ValueError, "`n_iter`"),
 ])
@@ -133,3 +133,42 @@ def test_bad_inputs(rng):
         crf_refine(logits.astype(int), image)
     with pytest.raises(ValueError, match="`logits` contains"):
         jax.block_until_ready(crf_refine(logits * np.nan, image))
+
+
+def test_per_axis_widths_equal_the_core(rng):
+    logits, image, _ = data(rng)
+    kw = dict(theta_alpha=(5.37, 6.21), theta_beta=(41.3, 30.7, 52.9), theta_gamma=(1.73, 2.11))
+    out = crf_refine(logits, image, n_iter=3, **kw)
+    ref, _ = crfcore.meanfield_fwd(logits, image, n_iter=3, output="logits", **kw)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-10, atol=1e-10)
+    g = jax.grad(lambda t: jnp.sum(crf_refine(logits, image, n_iter=2, theta_alpha=t) ** 2))(jnp.array([5.37, 6.21]))
+    assert g.shape == (2,) and np.all(np.asarray(g) != 0)
+
+
+def test_low_precision_is_computed_in_float32(rng):
+    logits, image, _ = data(rng)
+    for dtype in (jnp.bfloat16, jnp.float16):
+        out = crf_refine(jnp.asarray(logits, dtype), image, n_iter=2, **WIDTHS)
+        ref = crf_refine(jnp.asarray(logits, dtype).astype(jnp.float32), image, n_iter=2, **WIDTHS)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(ref.astype(dtype)))
+
+
+def test_empty_batch_and_swapped_layouts(rng):
+    logits, image, _ = data(rng, shape=(20, 24))
+    out = crf_refine(logits[:0], image[:0], **WIDTHS)
+    assert out.shape == (0, 20, 24, 3)
+    first = np.moveaxis(logits, -1, 1), np.moveaxis(image, -1, 1)  # (B, C, H, W): 3 labels and RGB
+    with pytest.raises(ValueError, match="look channels first"):
+        crf_refine(*first)
+    with pytest.raises(ValueError, match="look channels first"):
+        crfcore.meanfield(*first)
+    with pytest.raises(ValueError, match=r"`compat` must be None \(Potts\) or an \(3, 3\) matrix for 3 labels, "
+                                         r"got a scalar"):
+        crf_refine(logits, image, compat=1.0)
+    with pytest.raises(ValueError, match=r"`compat` must be None \(Potts\) or an \(3, 3\) matrix for 3 labels, "
+                                         r"got a scalar"):
+        crfcore.meanfield(logits, image, compat=1.0)
+    with pytest.raises(ValueError, match=r"`compat` must be None \(Potts\) or an \(3, 3\) matrix for 3 labels, "
+                                         r"got shape \(3,\)"):
+        crfcore.meanfield(logits, image, compat=np.ones(3))

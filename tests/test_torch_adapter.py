@@ -217,6 +217,9 @@ def test_empty_batch_gives_an_empty_result(rng):
     (lambda lg, im: crf_refine(lg, im, theta_alpha=0.0), ValueError, "`theta_alpha` must be a positive"),
     (lambda lg, im: crf_refine(lg, im, w_spatial=torch.ones(2, 2)), ValueError, r"`w_spatial` must be"),
     (lambda lg, im: CrfRnn(1), ValueError, "`num_labels`"),
+    (lambda lg, im: CrfRnn(num_labels=2)(im, lg), ValueError, r"CrfRnn\(num_labels=2\) got logits with 3 labels"),
+    (lambda lg, im: crf_refine(lg.permute(0, 2, 3, 1).contiguous(), im.permute(0, 2, 3, 1).contiguous()), ValueError,
+     "look channels last"),
     (lambda lg, im: CrfRnn(2, theta_beta=-1.0), ValueError, "`theta_beta`"),
 ])
 def test_bad_inputs(rng, call, exc, match):

@@ -67,3 +67,28 @@ def positive_scalar(x, name):
     if not np.isfinite(x) or x <= 0:
         raise ValueError(f"`{name}` must be a positive finite number, got {x}")
     return x
+
+
+def check_layout(logits_shape, image_shape, spatial_dims, channels="last"):
+    """Raise a ValueError naming the expected layout where the shapes say the axes are swapped.
+
+    ``channels="last"`` (the core, JAX, TensorFlow): ``(..., *spatial, L)`` and ``(..., *spatial, C)``; given
+    channels-first arrays ``(..., C, H, W)``, the "labels" and "channels" read are the width, and the first
+    "spatial" axis a small channel count. ``channels="first"`` (PyTorch): ``(B, L, *spatial)``; given channels-last
+    tensors, the "channels" read are the height and the last spatial axis a small channel count.
+    """
+    lg, img = tuple(logits_shape), tuple(image_shape)
+    if len(lg) != len(img) or len(lg) < spatial_dims + 1:
+        return
+    if channels == "last":
+        if lg[-1] == img[-1] > 16 and img[-1 - spatial_dims] <= 4:
+            raise ValueError(
+                f"`logits` {lg} and `image` {img} look channels first ((..., L, H, W) and (..., C, H, W)): "
+                f"they would be read as {lg[-1]} labels and {img[-1]} channels. This function takes channels last, "
+                f"(..., *spatial, L) and (..., *spatial, C): move the channel axis last (np.moveaxis(x, -3, -1))")
+        return
+    if img[1] > 4 and img[-1] <= 4 and lg[-1] <= 64 and lg[1:-1] == img[1:-1]:
+        raise ValueError(
+            f"`logits` {lg} and `image` {img} look channels last ((B, H, W, L) and (B, H, W, C)): they would be read "
+            f"as {lg[1]} labels and {img[1]} channels. The PyTorch adapter takes channels first, (B, L, *spatial) "
+            f"and (B, C, *spatial): permute them (x.permute(0, 3, 1, 2))")

@@ -398,6 +398,10 @@ def main(argv=None):
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-compile-time", action="store_true", help="skip the JIT compile measurement")
     args = p.parse_args(argv)
+    if args.json:  # checked before a run of minutes, not after it
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(args.json):
+            p.error(f"--json {args.json}: cannot write there ({folder} is not a writable folder)")
     result = run(quick=args.quick, large=args.large, repeats=args.repeats, with_compile=not args.no_compile_time,
                  progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(report(result))

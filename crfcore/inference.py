@@ -14,6 +14,7 @@ iterations in reverse (densecrf's ``DenseCRF::gradient``) for the exact gradient
 """
 
 import numbers
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -94,6 +95,29 @@ def _check_inputs(logits, image, spatial_dims):
     if img.dtype.kind == "f":
         check_finite(img, "image")
     return u, img  # in its own dtype: the bilateral features convert it (no float64 copy of the whole batch)
+
+
+_warned_scale = set()
+
+
+def _check_image_scale(img, theta_beta):
+    """Warn once per process when the image's value range says ``theta_beta`` is in other units: a float image in
+    [0, 1] with a width of 0-255 images (the bilateral kernel then sees every colour as the same), or values far
+    beyond 255 (16-bit) with a width of 8-bit ones (the kernel then separates nearly every pixel)."""
+    if img.dtype == np.uint8 or img.dtype == np.int8:
+        return
+    lo, hi = float(np.min(img)), float(np.max(img))
+    beta = float(np.max(theta_beta))
+    if hi <= 1.0 and lo >= -1.0 and beta >= 2.0 and "unit" not in _warned_scale:
+        _warned_scale.add("unit")
+        warnings.warn(f"`image` values lie in [{lo:.3g}, {hi:.3g}] but theta_beta={beta:g} is in 0-255 units: the "
+                      f"bilateral kernel sees every colour as the same. Pass theta_beta in the image's units "
+                      f"({beta:g}/255 = {beta / 255:.3g}) or the image in 0-255", UserWarning, stacklevel=4)
+    elif hi > 1024 and beta * 40 < hi and "wide" not in _warned_scale:
+        _warned_scale.add("wide")
+        warnings.warn(f"`image` values reach {hi:.6g} (16-bit?) but theta_beta={beta:g} is a width for 0-255 "
+                      f"images: the bilateral kernel separates nearly every pixel. Pass theta_beta in the image's "
+                      f"units (x257 for 16-bit: {beta * 257:g})", UserWarning, stacklevel=4)
 
 
 def _combined(params):
@@ -213,6 +237,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
         w_spatial=w_spatial, w_bilateral=w_bilateral, compat=compat, normalization=normalization,
         spatial_dims=spatial_dims, n_channels=img.shape[-1],
     )
+    _check_image_scale(img, params.theta_beta)
     spatial_shape = u.shape[-1 - spatial_dims:-1]
     n = int(np.prod(spatial_shape))
     n_lab = u.shape[-1]

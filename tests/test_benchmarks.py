@@ -78,3 +78,11 @@ def test_deployment_rows_run_every_way():
     assert row["interpreter"] in ("ai_edge_litert", "tf.lite")
     assert row["crf_tflite_build_ms"] + 5 * row["crf_tflite_per_iteration_ms"] == pytest.approx(row["crf_tflite_ms"])
     assert "CRF alone: crfcore" in deploy.report(row) and "SavedModel (tf)" in deploy.report(row)
+
+
+def test_json_path_is_checked_before_the_run(capsys):
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--json", "/nonexistent/x.json"])
+    assert exit_.value.code == 2 and "cannot write there" in capsys.readouterr().err

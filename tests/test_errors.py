@@ -1,5 +1,7 @@
 """Every bad input to meanfield gets a clear TypeError/ValueError that names the argument."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,20 @@ def test_a_single_term_is_not_a_list():
     with pytest.raises(TypeError, match=r"got a single PairwiseTerm: pass \[term\]"):
         crf(np.zeros((20, 2)), term)
     assert crf(np.zeros((20, 2)), [term]).shape == (20, 2)
+
+
+def test_image_scale_warns_once(rng, monkeypatch):
+    from crfcore import inference
+
+    monkeypatch.setattr(inference, "_warned_scale", set())
+    logits = rng.normal(size=(8, 9, 2)).astype(np.float32)
+    unit = rng.uniform(0, 1, size=(8, 9, 3))
+    with pytest.warns(UserWarning, match=r"lie in \[.*\] but theta_beta=13 is in 0-255 units"):
+        meanfield(logits, unit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        meanfield(logits, unit)  # once per process
+        meanfield(logits, unit, theta_beta=13 / 255)  # the right units: no warning
+        meanfield(logits, (unit * 255).astype(np.uint8))
+    with pytest.warns(UserWarning, match="16-bit"):
+        meanfield(logits, (unit * 65535).astype(np.uint16))

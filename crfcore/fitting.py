@@ -9,6 +9,7 @@ weights and the compatibility as they are, plus an L2 penalty that keeps them ne
 import numbers
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -67,6 +68,15 @@ def _check_data(logits, images, labels, spatial_dims, ignore_index):
         data.append((np.ascontiguousarray(lg, dtype=np.float64), img, np.where(known, lab, 0), known))
     if not any(k.any() for *_, k in data):
         raise ValueError("`labels` has no labelled pixel (all equal `ignore_index`)")
+    if ignore_index is not None and 0 <= ignore_index < n_lab:
+        warnings.warn(f"`ignore_index`={ignore_index} is also a label (0..{n_lab - 1}): every pixel of class "
+                      f"{ignore_index} is left out of the fit; use a value outside the labels (e.g. 255) for "
+                      f"unlabelled pixels", UserWarning, stacklevel=3)
+    present = np.unique(np.concatenate([lab[k] for _, _, lab, k in data]))
+    if present.size == 1:
+        warnings.warn(f"every labelled pixel is class {int(present[0])}: the fit can only learn to smooth towards "
+                      f"it, and its parameters say little about images with other classes; label some pixels of "
+                      f"the other classes", UserWarning, stacklevel=3)
     return data, n_lab
 
 
@@ -154,7 +164,7 @@ def _progress(enabled, max_iter):
 
 
 def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="cross_entropy", l2=1e-3,
-        max_iter=100, ignore_index=None, spatial_dims=2, progress=True, return_info=False):
+        max_iter=100, ignore_index=None, spatial_dims=2, progress=True, return_info=False, search_widths=True):
     """``crfcore.fit``: fit a dense CRF's parameters to labelled images, for :func:`crfcore.meanfield` post-processing.
 
     Parameters
@@ -189,8 +199,16 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
     progress : bool, default True
         Show a progress bar (tqdm when installed, else a line per iteration on stderr).
     return_info : bool, default False
-        Also return a dict with ``loss_start``, ``loss`` (without the penalty), ``history`` (loss per
-        evaluation), ``evaluations``, ``seconds``, ``converged`` and scipy's ``message``.
+        Also return a dict with ``loss_start`` (the loss at ``init``), ``search`` (the ``(widths, loss)`` of every
+        start tried, ``init`` first), ``start`` (the widths the gradient steps started from), ``loss_best_start``
+        (their loss on all images), ``loss`` (the returned parameters' loss, without the penalty),
+        ``kept_start`` (True when the gradient steps ended worse than their start, which is then returned),
+        ``history`` (loss per evaluation), ``evaluations``, ``seconds``, ``converged`` and scipy's ``message``.
+    search_widths : bool, default True
+        When the widths are learned, first try a coarse grid of widths scaled to the data (18 combinations of
+        ``theta_alpha`` at 3, 10 and 30 % of the image size, ``theta_beta`` at 3, 10 and 30 % of the images'
+        value range and ``theta_gamma`` 1 or 3 px, on up to four images, forward passes only) beside ``init``,
+        and start the gradient steps from the best. False starts from ``init`` alone.
 
     Returns
     -------
@@ -199,9 +217,16 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
 
     Notes
     -----
-    The loss is continuous in the widths but not smooth everywhere: where a pixel's features cross a simplex of
-    the lattice the filter jumps slightly (see :meth:`crfcore.Lattice.features_grad`). L-BFGS copes; it may stop
-    on a line search rather than the gradient tolerance, which ``info["message"]`` says.
+    The returned parameters are never worse on the training loss than the best start tried.
+
+    The loss is not smooth everywhere in the widths. The permutohedral lattice assigns each pixel to a simplex; as a
+    width changes, pixels cross simplex boundaries and the filter jumps by a small amount. The analytic gradient
+    (:func:`crfcore.meanfield_bwd`) is exact on each smooth piece but does not see the jumps, so a finite difference
+    across a boundary can differ from it by orders of magnitude. On the integer pixel grid, round widths (3, 6, 80)
+    put whole rows and columns of pixels exactly on boundaries: they are ties, and a finite difference there
+    measures the jump. For learning this means: the gradient points the right way on the piece the widths are on;
+    steps move across pieces and the loss decreases in the large; L-BFGS may stop on a line search rather than the
+    gradient tolerance (``info["message"]`` says so), and the coarse search above does not depend on gradients.
 
     Examples
     --------
@@ -235,10 +260,14 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
     start = dict(checked._asdict())
     start.pop("spatial_dims")
     n_iter = int(start.pop("n_iter"))
-    pack = _Packing(start, learn)
-    x0 = pack.vector(start)
+    t0 = time.perf_counter()
     n_known = sum(int(k.sum()) for *_, k in data)
     history = []
+    search = []
+    if "widths" in learn and search_widths:
+        start = _search_start(start, data, n_iter, spatial_dims, loss, n_known, search)
+    pack = _Packing(start, learn)
+    x0 = pack.vector(start)
     bar = _progress(progress, max_iter)
 
     def objective(x):
@@ -278,21 +307,74 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
 
     from scipy.optimize import minimize  # here, not at import: scipy.optimize takes ~0.35 s to import
 
-    t0 = time.perf_counter()
     try:
         result = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=pack.bounds(),
                           options=dict(maxiter=int(max_iter)), callback=step)
     finally:
         if bar is not None:
             bar.close()
-    best = pack.params(result.x)
+    evaluations = len(history)
+    objective(result.x)  # the loss at the result, without the penalty
+    loss_fit, loss_best_start = history[-1], history[0]
+    kept_start = loss_fit > loss_best_start  # never worse on the training loss than the best start tried
+    best = start if kept_start else pack.params(result.x)
     params = dict(best, n_iter=n_iter)
     if np.ndim(params["compat"]) == 2 and "compat" not in learn and init.get("compat") is None:
         params["compat"] = None  # Potts, as it came
     if not return_info:
         return params
-    objective(result.x)  # the loss at the result, without the penalty
-    info = dict(loss_start=history[0], loss=history[-1], history=history[:-1], evaluations=int(result.nfev),
+    info = dict(loss_start=search[0][1] if search else loss_best_start, loss_best_start=loss_best_start,
+                loss=min(loss_fit, loss_best_start), history=history[:evaluations], evaluations=int(result.nfev),
                 iterations=int(result.nit), seconds=time.perf_counter() - t0, converged=bool(result.success),
-                message=str(result.message))
+                message=str(result.message), search=search, start={k: start[k] for k in WIDTHS},
+                kept_start=bool(kept_start))
     return params, info
+
+
+def _image_range(data):
+    lo = min(float(np.min(img)) for _, img, _, _ in data)
+    hi = max(float(np.max(img)) for _, img, _, _ in data)
+    return hi - lo
+
+
+def _search_start(start, data, n_iter, spatial_dims, loss, n_known, search):
+    """The best start for the gradient steps among ``start`` and a coarse grid of widths scaled to the data (the
+    images' size and value range): a few dozen forward passes on up to four images, each recorded in ``search``
+    as ``(widths, loss)``. Users call fit because they do not know good widths; a poor start (a colour width far
+    from the image's units) otherwise leaves L-BFGS where the loss is flat."""
+    sample = data[:4]
+    n_sample = sum(int(k.sum()) for *_, k in sample)
+    size = max(max(np.shape(lg)[:spatial_dims]) for lg, *_ in sample)
+    value_range = _image_range(sample)
+
+    def value(widths):
+        params = dict(start, **widths)
+        values = []
+        for lg, img, lab, known in sample:
+            try:
+                out, _ = meanfield_fwd(lg, img, n_iter=n_iter, spatial_dims=spatial_dims, keep_residuals=False,
+                                       output="logits" if loss == "cross_entropy" else "probs", **params)
+            except ValueError:  # widths too small for the lattice on these images
+                return np.inf
+            values.append(_loss_and_grad(out, lab, known, loss)[0])
+        if loss == "dice":
+            inter, pred, true = (sum(v[j] for v in values) for j in range(3))
+            return float(1.0 - np.mean(2 * inter / (pred + true + 1e-6)))
+        return float(sum(values) / n_sample)
+
+    def scaled(name, x):  # keep the form (one value or one per axis / channel)
+        return x * np.ones(np.shape(start[name])) if np.ndim(start[name]) else float(x)
+
+    candidates = [{k: start[k] for k in WIDTHS}]
+    alphas = [size * f for f in (0.03, 0.1, 0.3)]
+    betas = [value_range * f for f in (0.03, 0.1, 0.3)] if value_range > 0 else [None]
+    gammas = [1.0, 3.0]
+    for a in alphas:
+        for b in betas:
+            for g in gammas:
+                candidates.append(dict(theta_alpha=scaled("theta_alpha", a), theta_gamma=scaled("theta_gamma", g),
+                                       theta_beta=start["theta_beta"] if b is None else scaled("theta_beta", b)))
+    for widths in candidates:
+        search.append((widths, value(widths)))
+    best = min(range(len(search)), key=lambda i: search[i][1])
+    return dict(start, **search[best][0])

@@ -109,3 +109,51 @@ def test_bad_data(data):
         crfcore.fit(logits, images, np.full_like(labels, 7), ignore_index=7, progress=False)
     with pytest.raises(ValueError, match=r"`logits\[0\]` contains"):
         crfcore.fit(np.where(labels[..., None] == 0, np.nan, logits), images, labels, progress=False)
+
+
+def _two_regions(rng, n=3, size=40):
+    imgs, lgs, labs = [], [], []
+    for _ in range(n):
+        lab = np.zeros((size, size), np.int64)
+        lab[:, size // 2:] = 1
+        imgs.append(np.where(lab[..., None] == 1, 200.0, 0.0) + rng.normal(0, 10, size=(size, size, 3)))
+        lgs.append(np.stack([-(lab - 0.5) * 0.8, (lab - 0.5) * 0.8], -1) + rng.normal(0, 1, size=(size, size, 2)))
+        labs.append(lab)
+    return lgs, imgs, labs
+
+
+def _accuracy(params, lgs, imgs, labs):
+    return np.mean([(crfcore.meanfield(lg, img, **params).argmax(-1) == lab).mean()
+                    for lg, img, lab in zip(lgs, imgs, labs)])
+
+
+def test_fit_finds_its_way_from_a_poor_start(rng):
+    """The report's case: theta_beta 1.0 on 0-255 colours makes the bilateral term and its gradient vanish; the
+    gradient steps alone ended below their own start (0.739 < 0.750)."""
+    lgs, imgs, labs = _two_regions(rng)
+    init = dict(theta_alpha=80.0, theta_beta=1.0, theta_gamma=30.0)
+    start = _accuracy(dict(init), lgs, imgs, labs)
+    params, info = crfcore.fit(lgs, imgs, labs, init=init, progress=False, return_info=True)
+    assert _accuracy(params, lgs, imgs, labs) >= max(start, 0.99)
+    assert len(info["search"]) == 19 and info["search"][0][0]["theta_beta"] == 1.0
+    assert info["loss"] <= info["loss_best_start"] <= info["loss_start"]
+    assert info["start"]["theta_beta"] > 1.0  # the search moved the start
+
+
+def test_fit_never_returns_worse_than_its_best_start(rng):
+    lgs, imgs, labs = _two_regions(rng, n=2, size=24)
+    for init in (dict(theta_alpha=80.0, theta_beta=1.0, theta_gamma=30.0), {}):
+        for search in (True, False):
+            _, info = crfcore.fit(lgs, imgs, labs, init=init, progress=False, return_info=True, max_iter=5,
+                                  search_widths=search)
+            assert info["loss"] <= info["loss_best_start"] + 1e-12
+            if info["kept_start"]:
+                assert info["loss"] == info["loss_best_start"]
+
+
+def test_fit_warns_about_degenerate_labels(rng):
+    lgs, imgs, labs = _two_regions(rng, n=1, size=16)
+    with pytest.warns(UserWarning, match="every labelled pixel is class 0"):
+        crfcore.fit(lgs, imgs, [np.zeros_like(labs[0])], progress=False, max_iter=2)
+    with pytest.warns(UserWarning, match="`ignore_index`=1 is also a label"):
+        crfcore.fit(lgs, imgs, labs, ignore_index=1, progress=False, max_iter=2)

@@ -156,12 +156,13 @@ def _widths_setting(args):
     return "widths learned" if learned is True else "theta_alpha, theta_beta learned (theta_gamma held)"
 
 
-def _evaluate_sets(unet, crf_model, sets, args):
+def _evaluate_sets(unet, crf_model, sets, args, meanfield_params=None):
     from . import pipeline
 
     sections, summary = [], {}
     for title, ds in sets:
-        results, preds = pipeline.evaluate(unet, crf_model, ds, progress=_progress())
+        results, preds = pipeline.evaluate(unet, crf_model, ds, progress=_progress(),
+                                           meanfield_params=meanfield_params)
         sections.append((title, ds, results, preds))
         summary[title] = results
         print(f"\n{title} ({len(ds)} images)")
@@ -197,7 +198,21 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
             raise SystemExit(f"error: nothing to evaluate: {title} has no images")
     if not sets:
         raise SystemExit("error: nothing to evaluate: pass --data, a --split or --smartdoc")
-    sections, summary = _evaluate_sets(unet, crf_model, sets, args)
+    dev = (parts or {}).get("dev")
+    if dev is None and args.split not in ("all", "none") and not args.data:
+        dev = _splits(args, only="dev")["dev"]
+    elif dev is None and args.data and args.split not in ("all", "none"):
+        dev = _splits(args)["dev"]
+    meanfield_params = None
+    if dev is not None and len(dev):
+        print(f"fitting meanfield's parameters on the dev split ({min(len(dev), 16)} images, crfcore.fit)")
+        meanfield_params = pipeline.fit_postprocessing(unet, dev)
+        import numpy as np
+
+        shown = {k: (round(float(v), 4) if np.ndim(v) == 0 else np.round(v, 4).tolist())
+                 for k, v in meanfield_params.items() if k != "compat" and v is not None and not isinstance(v, str)}
+        print(f"  fitted: {shown}")
+    sections, summary = _evaluate_sets(unet, crf_model, sets, args, meanfield_params=meanfield_params)
     pipeline.save_json(summary, os.path.join(args.out, "metrics.json"))
     path = report.write(args.out, sections, settings=settings,
                         crf_weights=pipeline.crf_weights(crf_model["unet+crf-rnn"] if isinstance(crf_model, dict)

@@ -34,8 +34,10 @@ CRF_STARTS = {"densecrf": DENSECRF_DEFAULTS, "tuned": CRF_PARAMS}
 #: others it grew to 5-11 px on the synthetic photos, a plain blur that rounds the document's outline, while the
 #: bilateral kernel shrank to 3 px, and the CRF lost Dice against the hand-tuned one.
 LEARNED_WIDTHS = ("theta_alpha", "theta_beta")
-METHODS = ("unet", "unet+meanfield", "unet+crf-rnn-tuned", "unet+crf-rnn")
-LABELS = {"unet": "U-Net alone", "unet+meanfield": "U-Net + crfcore.meanfield (defaults)",
+METHODS = ("unet", "unet+meanfield-defaults", "unet+meanfield", "unet+crf-rnn-tuned", "unet+crf-rnn")
+LABELS = {"unet": "U-Net alone",
+          "unet+meanfield-defaults": "U-Net + crfcore.meanfield, densecrf's default parameters (not tuned)",
+          "unet+meanfield": "U-Net + crfcore.meanfield, parameters from crfcore.fit on the dev split",
           "unet+crf-rnn-tuned": "U-Net + CRF-RNN, hand-tuned widths (fixed)",
           "unet+crf-rnn": "U-Net + trained CRF-RNN layer"}
 
@@ -305,7 +307,17 @@ def crf_weights(crf_model):
     return out
 
 
-def predict(unet, crf_model, data, *, batch_size=8, progress=None):
+def fit_postprocessing(unet, dev, *, max_images=16, max_iter=30, batch_size=8, progress=False):
+    """``crfcore.fit`` on (up to ``max_images`` of) the dev split: the meanfield parameters a user would tune for
+    post-processing this U-Net, for images in 0-255 as :func:`predict` gives them."""
+    n = min(len(dev), max_images)
+    logits = unet.predict(dev.images[:n], batch_size=batch_size, verbose=0)
+    images = (dev.images[:n] * 255).round().astype(np.uint8)
+    return crfcore.fit(list(logits), list(images), list(dev.masks[:n].astype(np.int64)), max_iter=max_iter,
+                       progress=progress)
+
+
+def predict(unet, crf_model, data, *, batch_size=8, progress=None, meanfield_params=None):
     """Masks and seconds per image of each method on ``data``.
 
     ``crf_model`` is a model from :func:`attach_crf` (method ``"unet+crf-rnn"``), a dict ``{method: model}`` of
@@ -314,8 +326,9 @@ def predict(unet, crf_model, data, *, batch_size=8, progress=None):
     Returns
     -------
     dict
-        method -> ``(masks (n, H, W) uint8, seconds_per_image)`` for ``"unet"``, ``"unet+meanfield"`` (crfcore's
-        default parameters on the 0-255 image) and each CRF-RNN model.
+        method -> ``(masks (n, H, W) uint8, seconds_per_image)`` for ``"unet"``, ``"unet+meanfield-defaults"``
+        (crfcore's default parameters on the 0-255 image), ``"unet+meanfield"`` (``meanfield_params``, from
+        :func:`fit_postprocessing`, when given) and each CRF-RNN model.
     """
     n = len(data)
     unet.predict(data.images[:1], verbose=0)  # build and warm up outside the timings
@@ -326,13 +339,17 @@ def predict(unet, crf_model, data, *, batch_size=8, progress=None):
     for _ in range(2):  # JIT warm-up; on a cold cache the first is NumPy's (crfcore.warmup): time the kernels
         crfcore.meanfield(logits[:1], (data.images[:1] * 255).round().astype(np.uint8))
         crfcore.warmup.wait()
-    post = np.empty((n,) + logits.shape[1:3], dtype=np.uint8)
-    t0 = time.perf_counter()
-    items = range(n) if progress is None else progress(range(n), desc="meanfield post-processing")
-    for i in items:
-        q = crfcore.meanfield(logits[i], (data.images[i] * 255).round().astype(np.uint8))
-        post[i] = q.argmax(-1)
-    out["unet+meanfield"] = (post, t_unet + (time.perf_counter() - t0) / n)
+    rows = {"unet+meanfield-defaults": {}}
+    if meanfield_params is not None:
+        rows["unet+meanfield"] = meanfield_params
+    for method, params in rows.items():
+        post = np.empty((n,) + logits.shape[1:3], dtype=np.uint8)
+        t0 = time.perf_counter()
+        items = range(n) if progress is None else progress(range(n), desc=f"{method} post-processing")
+        for i in items:
+            q = crfcore.meanfield(logits[i], (data.images[i] * 255).round().astype(np.uint8), **params)
+            post[i] = q.argmax(-1)
+        out[method] = (post, t_unet + (time.perf_counter() - t0) / n)
     models = crf_model if isinstance(crf_model, dict) else ({} if crf_model is None else {"unet+crf-rnn": crf_model})
     for method, model in models.items():
         model.predict(data.images[:1], verbose=0)
@@ -342,13 +359,14 @@ def predict(unet, crf_model, data, *, batch_size=8, progress=None):
     return out
 
 
-def evaluate(unet, crf_model, data, *, batch_size=8, progress=None):
+def evaluate(unet, crf_model, data, *, batch_size=8, progress=None, meanfield_params=None):
     """Metrics of each method on ``data``: ``(results, predictions)``.
 
     ``results[method]`` holds mean ``dice``, ``iou``, ``pixel_accuracy``, ``islands_per_image`` and
     ``ms_per_image``; ``predictions`` is the output of :func:`predict`.
     """
-    preds = predict(unet, crf_model, data, batch_size=batch_size, progress=progress)
+    preds = predict(unet, crf_model, data, batch_size=batch_size, progress=progress,
+                    meanfield_params=meanfield_params)
     results = {}
     for method, (masks, seconds) in preds.items():
         results[method] = dict(metrics.summarise(masks, data.masks), ms_per_image=1000.0 * seconds,

@@ -28,7 +28,7 @@ def figure(data, preds, index, path):
     truth = data.masks[index].astype(bool)
     panels = [Image.fromarray((data.images[index] * 255).round().astype(np.uint8)),
               Image.fromarray((truth * 255).astype(np.uint8)).convert("RGB")]
-    crf_method = "unet+crf-rnn" if "unet+crf-rnn" in preds else "unet+meanfield"
+    crf_method = next(m for m in ("unet+crf-rnn", "unet+meanfield", "unet+meanfield-defaults") if m in preds)
     for method in ("unet", crf_method):
         panels.append(_mask_panel(preds[method][0][index].astype(bool), truth))
     w, h = panels[0].size

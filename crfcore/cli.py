@@ -74,5 +74,6 @@ def main(argv=None):
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{'; rerun the same command to continue' if args.command == 'refine' else ''}",
+              file=sys.stderr)
         return 130

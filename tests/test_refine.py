@@ -329,3 +329,32 @@ def test_unreachable_dask_scheduler_is_a_message(rng, tmp_path, capsys):
                  "--dask", "tcp://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the Dask scheduler") and "Traceback" not in err
+
+
+def test_ctrl_c_is_a_message_not_a_traceback(rng, tmp_path):
+    imgs, scs = scene_folders(rng, tmp_path, [f"{i:02d}" for i in range(30)], h=160, w=200, n_lab=2)
+    out = tmp_path / "o"
+    argv = [sys.executable, "-m", "crfcore", "refine", str(imgs), "--scores", str(scs), "--out", str(out),
+            "--no-progress", "--n-iter", "10"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len([f for f in os.listdir(out) if f.endswith(".png")] if out.exists()
+                                          else []) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+
+
+def test_alpha_is_not_a_colour(rng, tmp_path):
+    from crfcore.refine import imageio
+
+    image = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    rgba = np.concatenate([image, np.full((20, 30, 1), 255, np.uint8)], -1)
+    tifffile.imwrite(tmp_path / "a.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "data.tif", rgba, photometric="rgb", extrasamples=["unspecified"])
+    np.testing.assert_array_equal(imageio.read_image(str(tmp_path / "a.tif")), image)
+    np.testing.assert_array_equal(imageio.read_image(str(tmp_path / "a.png")), image)
+    assert imageio.read_image(str(tmp_path / "data.tif")).shape == (20, 30, 4)  # a fourth data channel stays

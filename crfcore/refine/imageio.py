@@ -51,7 +51,8 @@ def _channels_last(arr, axes):
 
 
 def read_image(path, lazy=None):
-    """An image as ``(H, W, C)`` in its own units (uint8, uint16 or float), alpha dropped, palette images as RGB.
+    """An image as ``(H, W, C)`` in its own units (uint8, uint16 or float), alpha dropped (PNG's, and TIFF extra
+    samples marked as alpha), palette images as RGB.
 
     ``lazy``: None opens TIFFs of more than :data:`LAZY_PIXELS` pixels lazily (a zarr array that reads the tiles it
     is sliced on; also when True), else reads whole.
@@ -62,6 +63,9 @@ def read_image(path, lazy=None):
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, axes = series.shape, series.axes
+            # extra samples marked as alpha (associated 1, unassociated 2) are not colours; unspecified ones (0)
+            # are data channels and kept
+            alpha = sum(1 for e in (getattr(tif.pages[0], "extrasamples", None) or ()) if int(e) in (1, 2))
         big = int(np.prod(shape[:2])) > LAZY_PIXELS if len(shape) >= 2 else False
         if lazy or (lazy is None and big):
             import zarr
@@ -74,6 +78,8 @@ def read_image(path, lazy=None):
                 return _Lazy(arr, "first")
             return _Lazy(arr, "last")
         arr = _channels_last(np.asarray(tifffile.imread(path)), axes)
+        if alpha and arr.ndim == 3 and arr.shape[-1] > alpha:
+            arr = arr[..., :-alpha]
     else:
         Image = _pil()
         with Image.open(path) as im:

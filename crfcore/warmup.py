@@ -159,7 +159,7 @@ def cache_folder():
     from ._kernels import lattice
 
     try:
-        return os.path.dirname(lattice.build._cache._cache_path)  # Numba internals; tests/test_warmup.py checks them
+        return os.path.dirname(lattice.build._cache._cache_path)  # Numba internals (0.5x-0.6x)
     except AttributeError:
         import numba
 
@@ -180,7 +180,6 @@ def compile_all(*, training=False, progress=True, file=None):
     import crfcore
 
     file = sys.stderr if file is None else file
-    before = {name for name, d in _all_dispatchers().items() if d.signatures}
     steps, failed = [], []
     t_all = time.perf_counter()
     saved = os.environ.get(ENV)
@@ -211,7 +210,7 @@ def compile_all(*, training=False, progress=True, file=None):
         else:
             os.environ[ENV] = saved
     ready = {name: len(d.signatures) for name, d in _all_dispatchers().items() if d.signatures}
-    return dict(kernels=len(ready), signatures=sum(ready.values()), new=len(set(ready) - before), steps=steps,
+    return dict(kernels=len(ready), signatures=sum(ready.values()), steps=steps,
                 seconds=time.perf_counter() - t_all, cache=cache_folder(), failed=failed, training=bool(training))
 
 

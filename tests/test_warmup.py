@@ -169,3 +169,19 @@ def test_import_leaves_heavy_optional_modules_unloaded():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "", proc.stdout
+
+
+def test_warmup_command_compiles_and_reports(capsys):
+    from crfcore.cli import main
+
+    assert main(["warmup", "--training"]) == 0
+    captured = capsys.readouterr()
+    assert "[4/4] float64, 3+ labels:" in captured.err
+    report = captured.out
+    assert report.startswith("crfcore warmup: ") and "with the training kernels" in report
+    assert f"cache folder: {warmup.cache_folder()}" in report and "FAILED" not in report
+    assert os.path.isdir(warmup.cache_folder())
+    assert warmup.kernels_ready(2) and warmup.kernels_ready(3)
+    assert main(["info"]) == 0
+    info = capsys.readouterr().out
+    assert f"crfcore {crfcore.__version__}" in info and "2 labels yes, 3+ labels yes" in info

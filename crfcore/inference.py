@@ -312,7 +312,9 @@ def meanfield_bwd(residuals, grad, *, features=True):
     round widths (``theta_alpha=6.0``, the defaults 80, 13 and 3) put whole rows and columns of pixels on
     boundaries: a finite difference there measures the jump (at ``theta_alpha=6.0`` a central difference with step
     6e-7 gave 19709 where the analytic gradient is 19.5; at 6.137 both give 10.08). Check gradients off such ties;
-    for learning, a step moves across pieces and the loss still decreases in the large (:func:`crfcore.fit`).
+    for learning, a step moves across pieces and the loss still decreases in the large (:func:`crfcore.fit`; a
+    trainable layer started on the round defaults trains as well as one started just off them, see
+    ``CrfRnnLayer``).
     """
     if not isinstance(residuals, MeanfieldResiduals):
         raise TypeError("`residuals` must be the second value returned by meanfield_fwd(..., keep_residuals=True)")

@@ -172,3 +172,16 @@ def test_empty_batch_and_swapped_layouts(rng):
     with pytest.raises(ValueError, match=r"`compat` must be None \(Potts\) or an \(3, 3\) matrix for 3 labels, "
                                          r"got shape \(3,\)"):
         crfcore.meanfield(logits, image, compat=np.ones(3))
+
+
+def test_value_errors_under_jit_carry_the_core_message(rng):
+    # Under jax.jit a width or a NaN is a tracer until the host callback runs, so no Python exception can be raised
+    # at trace time; JAX wraps the core's ValueError in a JaxRuntimeError whose text ends with the core's message.
+    logits, image, _ = data(rng)
+    width = jax.jit(lambda t: crf_refine(logits, image, theta_alpha=t))
+    with pytest.raises(Exception, match="`theta_alpha` must be a positive finite number, got -1.0"):
+        jax.block_until_ready(width(-1.0))
+    nan = jax.jit(lambda lg: crf_refine(lg, image))
+    with pytest.raises(Exception, match="`logits` contains"):
+        jax.block_until_ready(nan(logits * np.nan))
+    assert np.isfinite(np.asarray(width(5.37))).all()  # the jitted function still works after an error

@@ -10,10 +10,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -26,6 +24,7 @@ from crfcore._shared import positive_int, run_on_compute_thread, threads
 from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
+from . import first_call
 from .inputs import case
 from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, dcrf, densecrf, ours
 from .timing import _with_threads, peak_memory, timed, timed_interleaved
@@ -92,73 +91,6 @@ def _phases(logits, image, repeats):
     out["blur_ms"] = 1e3 * timed(blur_all, repeats)[0]
     out["slice_ms"] = 1e3 * timed(slice_, repeats)[0]
     out["lattice_vertices"] = lat.num_vertices
-    return out
-
-
-#: Fresh processes timed for the warm first call, and for the Numba floor beside it (the median is reported).
-WARM_ROUNDS = 5
-
-#: The floor: a module with one cached Numba kernel, imported and called on an array like the CRF's logits.
-_FLOOR_MODULE = """from numba import njit
-
-
-@njit(cache=True)
-def total(x):
-    s = 0.0
-    for v in x.ravel():
-        s += v
-    return s
-"""
-
-
-def compile_time():
-    """Seconds of ``import crfcore`` + the first ``meanfield`` (float32 224x224 RGB, L=2) in a fresh process with an
-    empty Numba cache: served by NumPy while a background process compiles (the default, :mod:`crfcore.warmup`),
-    then until the compiled kernels are ready, and compiling in the process (``CRFCORE_FIRST_CALL=compile``); warm
-    (the filled cache: the median of :data:`WARM_ROUNDS` processes), interleaved with the same for a one-loop cached
-    Numba kernel (``numba_floor_s``: what any Numba-based library pays to import NumPy and Numba and load a cached
-    kernel); then the cold first backward."""
-    first = ("import time; t = time.perf_counter(); import numpy as np, crfcore; from crfcore import warmup; "
-             "img = np.zeros((224, 224, 3), np.uint8); lg = np.zeros((224, 224, 2), np.float32); "
-             "crfcore.meanfield(lg, img); print(time.perf_counter() - t, warmup.pending()); warmup.wait(); "
-             "print(time.perf_counter() - t)")
-    backward = ("import time, numpy as np, crfcore; lg = np.zeros((32, 32, 2), np.float32); "
-                "img = np.zeros((32, 32, 3), np.uint8); crfcore.meanfield(lg, img); t = time.perf_counter(); "
-                "r = crfcore.meanfield_fwd(lg, img)[1]; crfcore.meanfield_bwd(r, lg); print(time.perf_counter() - t)")
-
-    def lines(code, env, *args):
-        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-                              timeout=600)
-        return [[float(x) for x in line.split()] for line in proc.stdout.split("\n") if line.strip()] \
-            if proc.returncode == 0 else None
-
-    out = dict.fromkeys(["cold_s", "served_by_numpy", "kernels_ready_s", "cold_compile_s", "warm_s", "warm_runs_s",
-                         "numba_floor_s", "cold_backward_s"])
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, CRFCORE_FIRST_CALL="numpy")
-        cold = lines(first, env)
-        if cold:
-            out.update(cold_s=cold[0][0], served_by_numpy=bool(cold[0][1]), kernels_ready_s=cold[1][0])
-        floor = ("import sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import numpy as np; "
-                 "import numba_floor; numba_floor.total(np.zeros((224, 224, 2), np.float32)); "
-                 "print(time.perf_counter() - t)")
-        with open(os.path.join(cache, "numba_floor.py"), "w") as f:
-            f.write(_FLOOR_MODULE)
-        lines(floor, env, cache)  # compiles it into the cache
-        warm, bare = [], []
-        for _ in range(WARM_ROUNDS):
-            warm.append(lines(first, env))
-            bare.append(lines(floor, env, cache))
-        if all(warm):
-            out["warm_s"] = statistics.median(w[0][0] for w in warm)
-            out["warm_runs_s"] = [w[0][0] for w in warm]
-        if all(bare):
-            out["numba_floor_s"] = statistics.median(b[0][0] for b in bare)
-        backward = lines(backward, env)
-        out["cold_backward_s"] = backward[0][0] if backward else None
-    with tempfile.TemporaryDirectory() as cache:
-        compiled = lines(first, dict(os.environ, NUMBA_CACHE_DIR=cache, CRFCORE_FIRST_CALL="compile"))
-        out["cold_compile_s"] = compiled[0][0] if compiled else None
     return out
 
 
@@ -298,8 +230,8 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     if dcrf is None:
         progress(INSTALL_HINT + "; benchmarking crfcore alone")
     if with_compile:
-        progress("measuring JIT compile time (fresh process, empty Numba cache)...")
-        result["jit_compile"] = compile_time()
+        progress("measuring the first calls (fresh processes, empty Numba cache)...")
+        result["first_call"] = first_call.measure()
     rows = []
     for size, n_lab, n_iter in configs(quick, large):
         reps = repeats or (2 if quick else (9 if size <= 224 else 5 if size <= 512 else 3))
@@ -332,25 +264,10 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     return result
 
 
-def compile_report(c):
-    """The report's line for :func:`compile_time`'s result ``c`` (a measurement that failed reads "failed")."""
-    def sec(key, digits=1):
-        return "failed" if c[key] is None else f"{c[key]:.{digits}f} s"
-
-    how = "served by NumPy while a background process compiles" if c["served_by_numpy"] else "compiled"
-    return (f"first call (fresh process, import + meanfield float32 224x224 L=2; not in the timings): cold "
-            f"(empty Numba cache) {sec('cold_s')} ({how}; compiled kernels ready {sec('kernels_ready_s')} "
-            f"after the start; compiling in the process instead, CRFCORE_FIRST_CALL=compile: "
-            f"{sec('cold_compile_s')}), warm {sec('warm_s', 2)} (median of {WARM_ROUNDS}; a one-loop "
-            f"cached Numba kernel's import + first call, interleaved: {sec('numba_floor_s', 2)}); then the "
-            f"first backward, cold: {sec('cold_backward_s')}")
-
-
 def report(result):
     lines = [fmt_table(result["rows"]), ""]
-    c = result.get("jit_compile")
-    if c and c["cold_s"] is not None:
-        lines.append(compile_report(c))
+    if result.get("first_call"):
+        lines.append(first_call.report(result["first_call"]))
     for b in result["backward"]:
         lines.append(f"backward {b['size']}x{b['size']} L={b['labels']} {b['iterations']} it: forward "
                      f"{b['forward_ms']:.1f} ms (keeping residuals {b['forward_with_residuals_ms']:.1f} ms), "

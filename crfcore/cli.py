@@ -35,7 +35,7 @@ def _info(args):
     print(f"python {sys.version.split()[0]}, numpy {numpy.__version__}, numba {numba.__version__}")
     print(f"Numba threads: {numba.config.NUMBA_NUM_THREADS}; threading layer: {threads.layer() or 'not started yet'}; "
           f"TBB runtime: {threads.configure() or 'not loaded'}")
-    print(f"kernel cache: {warmup.cache_folder()}")
+    print(f"kernel cache: {warmup.cache_folder()} ({warmup.cache_note()})")
     ready = {n: warmup.kernels_ready(n) for n in (2, 3)}
     print("inference kernels cached: " + ", ".join(f"{'2 labels' if n == 2 else '3+ labels'} "
                                                   f"{'yes' if ok else 'no (run: crfcore warmup)'}"

@@ -154,11 +154,21 @@ class Lattice:
         # a chunk has at most chunk * (d + 1) local rows: 16-bit offsets where they fit (half the memory traffic)
         offsets = np.empty(n * (d + 1), dtype=np.uint16 if chunk * (d + 1) <= 1 << 16 else np.int32)
         weights = np.empty(n * (d + 1), dtype=dtype)
-        starts, remap, uniq, tkeys, tids, shift = K.build(
-            f, scale, lo, bits, per_word, n_words, chunk, _WAVE, offsets, weights, _parallel.stop_flag()
-        )
-        _parallel.checkpoint()  # a cancelled build stopped half way
-        m = uniq.shape[0]
+        # embed _WAVE chunks at a time in parallel, then number their new vertices globally in chunk order (serial:
+        # the numbering is the same whatever the thread count). The loop is Python's, not a kernel's: a kernel
+        # calling embed would compile (and generate the code of) embed and everything it calls a second time
+        d1, n_chunks = d + 1, -(-n // chunk)
+        stride = chunk * d1
+        counts, keys, starts, remap, uniq, tkeys, tids, shift = K.new_tables(n, d1, n_chunks, _WAVE, stride, n_words)
+        m, shift = np.int64(0), np.uint64(shift)  # scalars come back as Python ints: typed as the kernels take them
+        for c0 in range(0, n_chunks, _WAVE):
+            _parallel.checkpoint()  # cancelled: the half-built lattice is discarded
+            c1 = min(n_chunks, c0 + _WAVE)
+            K.embed(f, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)
+            remap, uniq, m, tkeys, tids, shift = K.merge_wave(c0, c1, stride, keys, counts, starts, remap, uniq, m,
+                                                              tkeys, tids, shift)
+            m, shift = np.int64(m), np.uint64(shift)
+        remap, uniq = remap[:starts[n_chunks]].copy(), uniq[:m]
         neighbours = K.blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word)
         del uniq, tkeys, tids
         indptr, rows = K.invert_remap(remap, m)

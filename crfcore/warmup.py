@@ -1,37 +1,49 @@
-"""A process's first calls without waiting for Numba: NumPy serves them while a background process compiles.
+"""A process's first calls from an empty Numba cache: answered in about a second, then full speed.
 
-Numba compiles crfcore's kernels on their first call and keeps them in its on-disk cache (``cache=True``); a fresh
-install would otherwise wait about 20 s on its first :func:`crfcore.meanfield`. When the kernels a call needs are
-neither compiled in this process nor in the cache, that call and the next ones are computed by
-:mod:`crfcore._engine.numpy_lattice` (the same lattice; results agree with the kernels' to float rounding) while a
-background Python process (``python -m crfcore.warmup``) compiles exactly those kernels into the cache; once it is
-done, calls load them from the cache (under a second) and run at full speed. If it fails, calls compile in the
-process as before.
+Numba compiles crfcore's kernels on first use and keeps them in its on-disk cache (``cache=True``); after
+``crfcore warmup`` (or any first call) every later process loads them in well under a second. From an empty cache
+(a fresh install), the kernels of an inference call are compiled by worker processes, concurrently, one per
+core (:mod:`crfcore._engine.compile_workers`), about 8 s on 2 cores against 15 s in one process. Meanwhile:
 
-Set the environment variable ``CRFCORE_FIRST_CALL=compile`` to compile in the calling process instead (every
-result then comes from the compiled kernels, bit for bit the same from the first call on). Only inference
-(:func:`crfcore.meanfield`, and :func:`crfcore.meanfield_fwd` without residuals) is served this way; training and
-the other entry points compile as they are called.
+- the **first** inference call (:func:`crfcore.meanfield`, :func:`crfcore.meanfield_fwd` without residuals) of
+  this kind (dtype; two labels or more) is computed by NumPy (:mod:`crfcore._engine.numpy_lattice`, the same
+  lattice: results agree with the kernels' to float rounding) and returns in about a second;
+- every **later** call waits for the compile to finish and then runs the compiled kernels. No call after the first
+  is ever served at NumPy's speed, so the usual "one warm-up call, then time" measures full speed (the first
+  timed call includes the rest of the compile).
+
+Both are said once per kind at INFO level on the ``crfcore`` logger, with the seconds left and how to avoid it
+(run ``crfcore warmup`` once after installing). Calls with more than :data:`MAX_POINTS` pixels skip NumPy and wait
+for the compile. The workers run at a lower CPU priority and end with the process that started them; the kernels
+they finished stay in the cache. Where workers cannot start, the kernels compile in the calling process.
+
+``CRFCORE_FIRST_CALL=compile`` makes even the first call wait for the compiled kernels (every result then comes
+from the kernels, bit for bit the same from the first call on). Training (``meanfield_fwd`` with residuals,
+``meanfield_bwd``) always runs the kernels, compiling what ``crfcore warmup --training`` has not.
 """
 
-import json
+import logging
 import math
 import os
-import subprocess
 import sys
 import threading
 import time
 
-import numpy as np
+
+from ._engine import compile_workers, numba_cache
+from ._kernels import signatures
 
 ENV = "CRFCORE_FIRST_CALL"
 MODES = ("numpy", "compile")
-#: Calls with more pixels than this (over the batch) compile: the NumPy lattice's memory grows with them, and on
-#: such sizes the compile time is a small part of the work.
+#: Calls with more pixels than this (over the batch) wait for the compile instead of NumPy: the NumPy lattice's
+#: memory grows with them, and on such sizes the compile time is a small part of the work.
 MAX_POINTS = 4_000_000
 
+log = logging.getLogger("crfcore")
+
 _lock = threading.Lock()
-_jobs = {}  # _signature(...) -> (pid of the process that started it, Popen)
+_jobs = {}  # profile key -> (pid of the process that started it, compile_workers.Workers)
+_said = set()  # (message kind, profile key) already logged
 
 
 def mode():
@@ -42,81 +54,97 @@ def mode():
     return value
 
 
-def _dispatchers(n_labels):
-    """The compiled kernels an inference call runs (their other helpers compile with them)."""
-    from ._kernels import lattice as K
-    from ._kernels import meanfield as MK
+def missing(key):
+    """The kernels of profile ``key`` (see :func:`crfcore._kernels.signatures.profile_key`) neither compiled in
+    this process nor in the cache, as ``(name, encoded signature)``; None for a profile the table lacks. A cache
+    whose state cannot be read (another Numba's internals) counts as missing: the workers then load from it."""
+    entries = signatures.entries(key)
+    if entries is None:
+        return None
+    out = []
+    for name, sig in entries:
+        d, types = signatures.dispatcher(name), signatures.decode_all(sig)
+        if not numba_cache.compiled(d, types) and numba_cache.cached(d, types) is not True:
+            out.append((name, sig))
+    return out
 
-    combine = MK.combine_softmax_pair if n_labels == 2 else MK.combine_softmax
-    return (K.feature_range, K.build, K.blur_neighbours, K.invert_remap, K.splat, K.gather_rows, K.blur, K.scatter_rows,
-            K.slice_, combine)
 
-
-def _available(dispatcher):
-    """Compiled in this process, or something of it in Numba's on-disk cache (its index file exists)."""
-    if dispatcher.signatures:
-        return True
-    try:
-        index = dispatcher._cache._cache_file._index_path  # Numba internals (0.5x-0.6x)
-    except AttributeError:  # caching off, or another Numba: compile as usual
-        return True
-    return os.path.exists(index)
+def ready(what="inference", dtype="float32", n_labels=2):
+    """Whether every kernel of the profile is compiled in this process or in the cache (False for a profile the
+    signature table lacks)."""
+    return missing(signatures.profile_key(what, dtype, n_labels)) == []
 
 
 def kernels_ready(n_labels):
-    """Whether an inference call with ``n_labels`` labels finds its kernels compiled or cached (by the presence
-    of their cache index: a cache filled for other dtypes still compiles the missing ones in the process)."""
-    return all(_available(k) for k in _dispatchers(n_labels))
+    """Whether inference with ``n_labels`` labels finds its kernels compiled or cached, in float32 and float64."""
+    return all(ready("inference", dtype, n_labels) for dtype in ("float32", "float64"))
 
 
-def _signature(dtype, n_labels, spatial_shape, n_channels):
-    """What fixes the compiled kernels' signatures: the dtype, two labels or more, the number of axes and channels,
-    and whether each lattice's chunks need 32-bit offsets (see :class:`crfcore.Lattice`)."""
+def _in_table(n_labels, spatial_shape, n_channels):
+    """Whether the table's signatures are this call's: its lattices' offsets fit 16 bits (see
+    :class:`crfcore.Lattice`; always for 2-D images with up to 4 channels, 3-D volumes with up to 3)."""
     from .lattice import chunk_size
 
     chunk = chunk_size(math.prod(spatial_shape))
     dims = len(spatial_shape)
-    wide = tuple(chunk * (d + 1) > 1 << 16 for d in (dims, dims + n_channels))
-    return (np.dtype(dtype).name, n_labels == 2, dims, int(n_channels)) + wide
+    return all(chunk * (d + 1) <= 1 << 16 for d in (dims, dims + n_channels))
+
+
+def _say(kind, key, message):
+    if (kind, key) not in _said:
+        _said.add((kind, key))
+        log.info(message)
+
+
+def _what(key):
+    _, dtype, labels = key.split("/")
+    return f"{dtype} inference with {'2 labels' if labels == '2' else '3 or more labels'}"
 
 
 def serve_with_numpy(dtype, n_labels, spatial_shape, n_channels, n_batch):
-    """Whether this inference call should be computed by NumPy (starting the background compile it needs).
-
-    True while the kernels are neither compiled nor cached and a background compile for calls of this kind
-    (:func:`_signature`) is running or was just started.
-    """
-    if mode() == "compile":
-        return False
+    """Whether this inference call should be computed by NumPy; called by the inference entry points before
+    they run the kernels. Starts the compile workers where the kernels are missing, and waits for them when
+    this is not the first call of its kind (see the module's doc)."""
+    first_call = mode() == "numpy"
+    if os.environ.get("CRFCORE_COMPILE_WORKER"):
+        return False  # a compile worker itself (or the signature recorder): Numba compiles in this process
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if int(n_batch) * math.prod(spatial_shape) > MAX_POINTS:
-        return False
-    key = _signature(dtype, n_labels, spatial_shape, n_channels)
+        first_call = False
+    key = signatures.profile_key("inference", dtype, n_labels)
+    if not _in_table(n_labels, spatial_shape, n_channels):
+        return False  # rare lattices (more than 7 feature dimensions): compiled in this process on first use
     with _lock:
         job = _jobs.get(key)
         if job is not None and job[0] == os.getpid():
-            return job[1].poll() is None  # running: NumPy; done (or failed): the kernels
-        if kernels_ready(n_labels):
-            return False
-        try:
-            _jobs[key] = (os.getpid(), _start((np.dtype(dtype).name, int(n_labels), spatial_shape, int(n_channels))))
-        except (OSError, ValueError):  # cannot start a process here (no interpreter?): compile in this one
-            return False
+            workers = job[1]
+            first_call = False
+        else:
+            todo = missing(key)
+            if not todo:
+                return False
+            try:
+                workers = compile_workers.Workers(todo)
+            except (OSError, ValueError):  # no processes here (no interpreter?): compile in this one
+                return False
+            _jobs[key] = (os.getpid(), workers)
+    if first_call:
+        _say("numpy", key, f"crfcore: compiling the kernels of {_what(key)} in {len(workers.procs)} background "
+                           f"process(es), about {workers.seconds_left():.0f} s more (once per install); this call is "
+                           f"computed by NumPy, the next ones wait for the kernels. Run `crfcore warmup` once "
+                           f"after installing to skip this.")
         return True
-
-
-def _start(args):
-    env = dict(os.environ, **{ENV: "compile"})  # the child compiles (and must not start children of its own)
-    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this crfcore, wherever it was imported from
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-m", "crfcore.warmup", json.dumps(args)], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if workers.running():
+        _say("wait", key, f"crfcore: waiting about {workers.seconds_left():.0f} s for the kernels of {_what(key)} "
+                          f"to finish compiling (once per install; `crfcore warmup` does it ahead).")
+        workers.wait()
+    return False  # compiled into the cache, or a worker failed and Numba compiles the rest here
 
 
 def pending():
     """How many background compiles started by this process are still running."""
     with _lock:
-        return sum(1 for pid, p in _jobs.values() if pid == os.getpid() and p.poll() is None)
+        return sum(1 for pid, w in _jobs.values() if pid == os.getpid() and w.running())
 
 
 def wait(timeout=None):
@@ -124,33 +152,8 @@ def wait(timeout=None):
     not), False if ``timeout`` seconds passed first."""
     end = None if timeout is None else time.monotonic() + timeout
     with _lock:
-        jobs = [p for pid, p in _jobs.values() if pid == os.getpid()]
-    for p in jobs:
-        try:
-            p.wait(None if end is None else max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False
-    return True
-
-
-def _compile(profile):
-    """Run one inference of this kind (one iteration on zeros), which compiles its kernels into Numba's cache."""
-    import crfcore
-
-    dtype, n_labels, spatial_shape, n_channels = profile
-    logits = np.zeros(tuple(spatial_shape) + (n_labels,), dtype=dtype)
-    image = np.zeros(tuple(spatial_shape) + (n_channels,), dtype=np.uint8)
-    crfcore.meanfield(logits, image, n_iter=1, spatial_dims=len(spatial_shape))
-
-
-def _all_dispatchers():
-    """Every compiled kernel of crfcore (Numba dispatchers), by name."""
-    from numba.core.registry import CPUDispatcher
-
-    from ._kernels import lattice, meanfield
-
-    return {f"{m.__name__.rsplit('.', 1)[-1]}.{name}": obj for m in (lattice, meanfield)
-            for name, obj in vars(m).items() if isinstance(obj, CPUDispatcher)}
+        jobs = [w for pid, w in _jobs.values() if pid == os.getpid()]
+    return all(w.wait(None if end is None else max(0.0, end - time.monotonic())) for w in jobs)
 
 
 def cache_folder():
@@ -158,71 +161,92 @@ def cache_folder():
     ``__pycache__`` folders, or a per-user cache folder where those are not writable (Numba's own fallback)."""
     from ._kernels import lattice
 
-    try:
-        return os.path.dirname(lattice.build._cache._cache_path)  # Numba internals (0.5x-0.6x)
-    except AttributeError:
+    path = numba_cache.folder(lattice.embed)
+    if path is None:
         import numba
 
         return numba.config.CACHE_DIR or "(Numba's default cache locations)"
+    return path
 
 
-#: What ``crfcore warmup`` compiles: inference for float32 and float64, two labels (the pair kernels) and more.
-PROFILES = tuple((dtype, n_labels) for dtype in ("float32", "float64") for n_labels in (2, 3))
+def cache_note():
+    """Why the kernels are cached where they are, in words (for ``crfcore warmup`` and ``crfcore info``)."""
+    import numba
+
+    path = cache_folder()
+    if numba.config.CACHE_DIR:
+        return "set by NUMBA_CACHE_DIR"
+    if os.path.isabs(path) and numba_cache.in_package(path, os.path.dirname(os.path.abspath(__file__))):
+        return "inside the installed package"
+    return "Numba's per-user cache folder: the installed package's folder is not writable"
 
 
-def compile_all(*, training=False, progress=True, file=None):
-    """Compile (or load from the cache) every kernel inference calls need, and with ``training`` those of the
-    backward pass, for float32 and float64; returns a report (see :func:`format_report`).
+#: What ``crfcore warmup`` compiles: inference for float32 and float64, two labels (the pair kernels) and more;
+#: ``--training`` adds the kernels of ``meanfield_fwd`` with residuals and ``meanfield_bwd``.
+PROFILES = signatures.PROFILES
 
-    Each profile runs one small call in this process with the compiled kernels (never the NumPy fallback), so the
-    kernels land in Numba's on-disk cache for every later process.
-    """
-    import crfcore
 
+def compile_all(*, training=False, progress=True, file=None, n_workers=None):
+    """Compile into the cache every kernel inference calls need (and with ``training`` those of the backward
+    pass), float32 and float64, in worker processes (one per core); returns a report (see
+    :func:`format_report`). Kernels already compiled or cached are skipped. Where workers cannot start, compiles
+    in this process."""
     file = sys.stderr if file is None else file
-    steps, failed = [], []
+    keys = [signatures.profile_key(*p) for p in PROFILES if training or p[0] == "inference"]
     t_all = time.perf_counter()
-    saved = os.environ.get(ENV)
-    os.environ[ENV] = "compile"  # this process compiles: that is the command's whole job
-    try:
-        for k, (dtype, n_labels) in enumerate(PROFILES):
-            what = f"{dtype}, {'2 labels' if n_labels == 2 else f'{n_labels}+ labels'}"
+    todo = list(dict.fromkeys(item for key in keys for item in missing(key)))
+    steps, failed, workers = [], [], None
+    if todo:
+        try:
+            workers = compile_workers.Workers(todo, n_workers=n_workers, report=True)
+        except (OSError, ValueError) as exc:
             if progress:
-                print(f"[{k + 1}/{len(PROFILES)}] {what}: compiling...", file=file, flush=True)
-            t0 = time.perf_counter()
-            try:
-                rng = np.random.default_rng(0)
-                logits = rng.normal(size=(2, 24, 20, n_labels)).astype(dtype)
-                image = rng.integers(0, 255, size=(2, 24, 20, 3), dtype=np.uint8)
-                crfcore.meanfield(logits, image, n_iter=1)
-                if training:
-                    out, res = crfcore.meanfield_fwd(logits, image, n_iter=1)
-                    crfcore.meanfield_bwd(res, np.ones_like(out), features=True)
-            except Exception as exc:  # report and go on: the other profiles still compile
-                failed.append((what, f"{type(exc).__name__}: {exc}"))
-            seconds = time.perf_counter() - t0
-            steps.append((what, seconds))
-            if progress:
-                print(f"[{k + 1}/{len(PROFILES)}] {what}: {seconds:.1f} s", file=file, flush=True)
-    finally:
-        if saved is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = saved
-    ready = {name: len(d.signatures) for name, d in _all_dispatchers().items() if d.signatures}
-    return dict(kernels=len(ready), signatures=sum(ready.values()), steps=steps,
-                seconds=time.perf_counter() - t_all, cache=cache_folder(), failed=failed, training=bool(training))
+                print(f"crfcore warmup: no worker processes ({exc}); compiling in this process", file=file)
+    if workers is not None:
+        if progress:
+            print(f"crfcore warmup: compiling {len(todo)} kernel specialisations in {len(workers.procs)} "
+                  f"process(es), about {workers.expected_s:.0f} s", file=file, flush=True)
+        shown = 0
+        while True:
+            finished = not workers.running()
+            for name, seconds, error in workers.done[shown:]:
+                shown += 1
+                steps.append((name, seconds))
+                if error:
+                    failed.append((name, error))
+                if progress:
+                    bar = "#" * (20 * shown // len(todo))
+                    print(f"[{bar:<20}] {shown}/{len(todo)} {name}: {seconds:.1f} s"
+                          f"{' FAILED' if error else ''}", file=file, flush=True)
+            if finished:
+                break
+            time.sleep(0.1)
+        workers.wait()
+    left = [item for key in keys for item in missing(key)]
+    for name, sig in left:  # not compiled by a worker (it failed, or none could start): here
+        t0 = time.perf_counter()
+        try:
+            signatures.dispatcher(name).compile(signatures.decode_all(sig))
+        except Exception as exc:
+            failed.append((name, f"{type(exc).__name__}: {exc}"))
+        steps.append((name, time.perf_counter() - t0))
+    names = {name for key in keys for name, _ in signatures.entries(key)}
+    return dict(kernels=len(names), compiled=len(steps), steps=steps, seconds=time.perf_counter() - t_all,
+                workers=0 if workers is None else len(workers.procs), cache=cache_folder(), cache_note=cache_note(),
+                failed=failed, training=bool(training))
 
 
 def format_report(report):
-    """The summary ``crfcore warmup`` prints."""
-    lines = [f"crfcore warmup: {report['kernels']} kernels ({report['signatures']} specialisations) ready in "
-             f"{report['seconds']:.1f} s{' with the training kernels' if report['training'] else ''}",
-             f"  cache folder: {report['cache']}"]
-    lines += [f"  {what}: {seconds:.1f} s" for what, seconds in report["steps"]]
-    lines += [f"  FAILED {what}: {msg}" for what, msg in report["failed"]]
+    """The summary ``crfcore warmup`` prints: what was compiled, how long it took, where it is cached."""
+    what = "inference and training" if report["training"] else "inference"
+    if report["compiled"]:
+        lines = [f"crfcore warmup: {report['compiled']} kernel specialisations compiled in {report['seconds']:.1f} s "
+                 f"({report['workers']} worker process(es)); all {report['kernels']} {what} kernels are ready"]
+        by_time = sorted(report["steps"], key=lambda s: -s[1])
+        lines += ["  slowest: " + ", ".join(f"{n} {s:.1f} s" for n, s in by_time[:5])]
+    else:
+        lines = [f"crfcore warmup: all {report['kernels']} {what} kernels were already compiled "
+                 f"({report['seconds']:.1f} s to check)"]
+    lines.append(f"  cache folder: {report['cache']} ({report['cache_note']})")
+    lines += [f"  FAILED {name}: {msg}" for name, msg in report["failed"]]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    _compile(json.loads(sys.argv[1]))

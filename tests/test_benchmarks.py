@@ -49,20 +49,22 @@ def test_quick_agreement_with_densecrf(quick_result):
         assert row["speedup"] > 0 and row["densecrf_ms"] > 0
 
 
-def test_compile_report_reads_every_measurement():
-    """The first-call line (``compile_time`` takes minutes, so its result is given here): every figure, the floor
-    beside the warm call, and "failed" for a measurement that did not come back."""
-    from benchmarks.cli import compile_report
+def test_first_call_report_reads_every_measurement():
+    """The first-call rows (``first_call.measure`` takes minutes, so its result is given here): every figure,
+    the per-kernel row largest first, and "failed" for a measurement that did not come back."""
+    from benchmarks.first_call import report
 
-    c = dict(cold_s=0.8, served_by_numpy=True, kernels_ready_s=26.0, cold_compile_s=24.0, warm_s=0.84,
-             warm_runs_s=[0.8, 0.84, 1.08], numba_floor_s=0.71, cold_backward_s=9.5)
-    line = compile_report(c)
-    for text in ("cold (empty Numba cache) 0.8 s (served by NumPy", "ready 26.0 s",
-                 "CRFCORE_FIRST_CALL=compile: 24.0 s", "warm 0.84 s", "first call, interleaved: 0.71 s",
-                 "first backward, cold: 9.5 s"):
-        assert text in line, text
-    line = compile_report(dict(c, numba_floor_s=None, served_by_numpy=False))
-    assert "interleaved: failed" in line and "s (compiled;" in line
+    c = dict(cores=2, pattern_s=[0.32, 0.55, 9.33, 0.046, 0.053, 0.053, 0.051], served_by_numpy=True,
+             kernels={"lattice.embed": 6.0, "lattice.slice_": 1.6, "lattice.blur": 0.4}, workers=2, workers_s=8.2,
+             in_process_s=16.5, training_s=6.6, warm_s=0.68, warm_runs_s=[0.7, 0.68], numba_floor_s=0.43)
+    text = report(c)
+    for part in ("import 0.32 s; call 1 0.55 s (NumPy", "call 2 9.33 s (waits", "calls 3-6 46 ms, 53 ms",
+                 "8.2 s in 2 worker process(es), 16.5 s in the calling process", "training kernels after them 6.6 s",
+                 "per kernel (one core, 8.0 s in all): embed 6.0, slice_ 1.6, blur 0.4", "first call 0.68 s",
+                 "interleaved: 0.43 s", "2 cores"):
+        assert part in text, part
+    text = report(dict(c, numba_floor_s=None, kernels=None, pattern_s=None))
+    assert "interleaved: failed" in text and "per kernel: failed" in text and "calls: failed" in text
 
 
 def test_deployment_rows_run_every_way():

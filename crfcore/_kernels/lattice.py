@@ -121,7 +121,7 @@ def key_fields(d, bits, per_word, n_words):
     return word, shift, ones
 
 
-@njit(**PJIT)
+@njit(**JIT)
 def feature_range(features):
     """Per-feature minimum and maximum, and whether every value is finite: one parallel pass over the points.
 
@@ -311,6 +311,38 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
     return t, m
 
 
+@njit(**JIT_EXACT)
+def _embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, keys, counts):
+    """Embed chunk ``c`` (the ``ci``-th of this wave): see :func:`embed`."""
+    n, d = features.shape
+    d1 = d + 1
+    stride = chunk * d1
+    store = keys[ci * stride:(ci + 1) * stride]
+    capacity = np.int64(8192)  # np.int64(...): a literal would compile a second specialisation (seconds)
+    tkeys, tids, shift = _table(store, np.int64(0), capacity)
+    el = np.empty((d1, _BLOCK))
+    r0 = np.empty((d1, _BLOCK), dtype=np.int64)
+    rank = np.empty((d1, _BLOCK), dtype=np.int64)
+    prev = np.empty((2, d1), dtype=np.int64)
+    srt = np.empty((d1, _BLOCK))
+    same = np.empty(_BLOCK, dtype=np.bool_)
+    m = np.int64(0)
+    first = c * chunk
+    end = min(n, first + chunk)
+    for b0 in range(first, end, _BLOCK):
+        nb = min(_BLOCK, end - b0)
+        _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights)
+        t = np.int64(0)
+        while True:
+            t, m = _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids,
+                                   shift)
+            if t == nb:
+                break
+            capacity *= 2
+            tkeys, tids, shift = _table(store, m, capacity)
+    counts[c] = m
+
+
 @njit(**PJIT_EXACT)
 def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts):
     """Embed the points of chunks ``c0 .. c1 - 1`` (in parallel over chunks).
@@ -318,37 +350,10 @@ def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, 
     Writes each point's barycentric ``weights`` and chunk-local vertex ``offsets``, chunk ``c``'s unique vertex
     keys in order of first use at ``keys[(c - c0) * chunk * (d + 1):]`` and their number at ``counts[c]``.
     """
-    n, d = features.shape
-    d1 = d + 1
-    n_words = keys.shape[1]
-    stride = chunk * d1
-    fields = key_fields(d, bits, per_word, n_words)
+    fields = key_fields(features.shape[1], bits, per_word, keys.shape[1])
     for ci in prange(c1 - c0):
-        c = c0 + ci
-        store = keys[ci * stride:(ci + 1) * stride]
-        capacity = np.int64(8192)  # np.int64(...): a literal would compile a second specialisation (seconds)
-        tkeys, tids, shift = _table(store, np.int64(0), capacity)
-        el = np.empty((d1, _BLOCK))
-        r0 = np.empty((d1, _BLOCK), dtype=np.int64)
-        rank = np.empty((d1, _BLOCK), dtype=np.int64)
-        prev = np.empty((2, d1), dtype=np.int64)
-        srt = np.empty((d1, _BLOCK))
-        same = np.empty(_BLOCK, dtype=np.bool_)
-        m = np.int64(0)
-        first = c * chunk
-        end = min(n, first + chunk)
-        for b0 in range(first, end, _BLOCK):
-            nb = min(_BLOCK, end - b0)
-            _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights)
-            t = np.int64(0)
-            while True:
-                t, m = _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids,
-                                       shift)
-                if t == nb:
-                    break
-                capacity *= 2
-                tkeys, tids, shift = _table(store, m, capacity)
-        counts[c] = m
+        i = np.int64(ci)  # prange indices are unsigned: a second specialisation of _embed_chunk otherwise
+        _embed_chunk(features, scale, lo, fields, chunk, c0 + i, i, offsets, weights, keys, counts)
 
 
 @njit(**JIT_EXACT)
@@ -391,50 +396,46 @@ def _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, rows):
 
 
 @njit(**JIT_EXACT)
-def build(features, scale, lo, bits, per_word, n_words, chunk, wave, offsets, weights, stop):
-    """The whole lattice construction: embed ``wave`` chunks at a time in parallel, then number their unique
-    vertices globally in chunk order (serial, so the numbering is the same whatever the thread count).
-
-    Fills ``offsets`` (uint16 or int32, ``N * (d + 1)``) and ``weights`` (float32 or float64) and returns ``starts``,
-    ``remap``, the unique keys ``(M, n_words)`` and the global hash table (``tkeys``, ``tids``, ``shift``) for
-    the neighbour search. Stops early, leaving the lattice incomplete, once ``stop[0]`` is set.
-    """
-    n, d = features.shape
-    d1 = d + 1
-    n_chunks = (n + chunk - 1) // chunk
-    stride = chunk * d1
+def new_tables(n, d1, n_chunks, wave, stride, n_words):
+    """The buffers :func:`merge_wave` fills: ``counts``, the wave's ``keys``, ``starts``, ``remap``, the unique keys
+    and the global hash table (``tkeys``, ``tids``, ``shift``)."""
     counts = np.zeros(n_chunks, dtype=np.int64)
     keys = np.empty((wave * stride, n_words), dtype=np.uint64)
     starts = np.zeros(n_chunks + 1, dtype=np.int64)
     remap = np.empty(max(16, n * d1 // 4), dtype=np.int32)
-    capacity = np.int64(1 << 12)  # np.int64(...): see embed
+    capacity = np.int64(1 << 12)  # np.int64(...): see _embed_chunk
     uniq = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
     tkeys, tids, shift = _table(uniq, np.int64(0), capacity)
-    m = np.int64(0)
-    for c0 in range(0, n_chunks, wave):
-        if stop[0]:  # cancelled (crfcore._engine.parallel.stop_flag): the caller raises, the lattice is discarded
-            break
-        c1 = min(n_chunks, c0 + wave)
-        embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)
-        for c in range(c0, c1):
-            starts[c + 1] = starts[c] + counts[c]
-            if starts[c + 1] > remap.shape[0]:
-                grown = np.empty(max(2 * remap.shape[0], starts[c + 1]), dtype=np.int32)
-                _copy(grown, remap, starts[c])
-                remap = grown
-            chunk_keys = keys[(c - c0) * stride:(c - c0) * stride + counts[c]]
-            e = np.int64(0)
-            while True:
-                e, m = _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, starts[c])
-                if e == chunk_keys.shape[0]:
-                    break
-                capacity *= 2
-                grown_keys = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
-                for i in range(m):
-                    _copy(grown_keys[i], uniq[i], n_words)
-                uniq = grown_keys
-                tkeys, tids, shift = _table(uniq, m, capacity)
-    return starts, remap[:starts[n_chunks]].copy(), uniq[:m].copy(), tkeys, tids, shift
+    return counts, keys, starts, remap, uniq, tkeys, tids, shift
+
+
+@njit(**JIT_EXACT)
+def merge_wave(c0, c1, stride, keys, counts, starts, remap, uniq, m, tkeys, tids, shift):
+    """Number the unique vertices of chunks ``c0 .. c1 - 1`` (just embedded by :func:`embed`) globally, in chunk
+    order (serial, so the numbering is the same whatever the thread count).
+
+    Returns ``(remap, uniq, m, tkeys, tids, shift)``: the arrays grow (are replaced) when they fill.
+    """
+    n_words = uniq.shape[1]
+    for c in range(c0, c1):
+        starts[c + 1] = starts[c] + counts[c]
+        if starts[c + 1] > remap.shape[0]:
+            grown = np.empty(max(2 * remap.shape[0], starts[c + 1]), dtype=np.int32)
+            _copy(grown, remap, starts[c])
+            remap = grown
+        chunk_keys = keys[(c - c0) * stride:(c - c0) * stride + counts[c]]
+        e = np.int64(0)
+        while True:
+            e, m = _merge_keys(chunk_keys, e, uniq, m, tkeys, tids, shift, remap, starts[c])
+            if e == chunk_keys.shape[0]:
+                break
+            capacity = np.int64(2 * tids.shape[0])
+            grown_keys = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
+            for i in range(m):
+                _copy(grown_keys[i], uniq[i], n_words)
+            uniq = grown_keys
+            tkeys, tids, shift = _table(uniq, m, capacity)
+    return remap, uniq, m, tkeys, tids, shift
 
 
 @njit(**PJIT)

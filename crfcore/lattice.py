@@ -168,6 +168,7 @@ class Lattice:
             remap, uniq, m, tkeys, tids, shift = K.merge_wave(c0, c1, stride, keys, counts, starts, remap, uniq, m,
                                                               tkeys, tids, shift)
             m, shift = np.int64(m), np.uint64(shift)
+        m = int(m)
         remap, uniq = remap[:starts[n_chunks]].copy(), uniq[:m]
         neighbours = K.blur_neighbours(uniq, tkeys, tids, shift, d, bits, per_word)
         del uniq, tkeys, tids

@@ -338,3 +338,26 @@ print(json.dumps(dict(attrs=[hasattr(d, "_cache"), hasattr(d._cache, "_index_key
     assert not gone, f"this Numba changed the internals crfcore._engine.numba_cache reads: {gone}"
     assert (state["before"], state["after"], state["other"], state["compiled"]) == (False, True, False, True), state
     assert state["folder"].startswith(str(tmp_path / "cache"))
+
+
+def test_warmup_from_an_unwritable_install_uses_the_user_cache(tmp_path):
+    """An installed crfcore whose package folder cannot take a cache (here its ``__pycache__`` is a file, which
+    even root cannot write into): Numba falls back to the per-user cache folder, ``crfcore warmup`` fills it and
+    says so, and a later process finds the kernels there."""
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "crfcore"), site / "crfcore",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "adapters"))
+    for folder, _, _ in os.walk(site / "crfcore"):
+        open(os.path.join(folder, "__pycache__"), "w").close()  # not a folder: nothing can be cached there
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "CRFCORE_COMPILE_WORKER")}
+    env.update(PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "user-cache"), HOME=str(tmp_path / "home"))
+    cmd = subprocess.run([sys.executable, "-m", "crfcore", "warmup"], env=env, capture_output=True, text=True,
+                         timeout=590, cwd=tmp_path)
+    assert cmd.returncode == 0, cmd.stderr[-3000:]
+    assert "the installed package's folder is not writable" in cmd.stdout, cmd.stdout
+    assert f"cache folder: {tmp_path / 'user-cache'}" in cmd.stdout, cmd.stdout
+    info = subprocess.run([sys.executable, "-m", "crfcore", "info"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert info.returncode == 0 and "2 labels yes, 3+ labels yes" in info.stdout, info.stdout

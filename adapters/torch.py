@@ -207,7 +207,7 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
     ----------
     logits : torch.Tensor, (B, L, H, W) or (B, L, D, H, W)
         Unnormalised class scores, channels first; float32 or float64.
-    image : torch.Tensor, (B, C, *spatial)
+    image : torch.Tensor, ``(B, C, *spatial)``
         The guidance image in its own units (``theta_beta`` is in them); receives a gradient.
     n_iter, normalization
         As in :func:`crfcore.meanfield`.

@@ -25,6 +25,7 @@ from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
 from . import first_call
+from .provenance import provenance
 from .inputs import case
 from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, dcrf, densecrf, ours
 from .timing import _with_threads, peak_memory, timed, timed_interleaved
@@ -218,7 +219,7 @@ def fmt_table(rows):
     return "\n".join(lines)
 
 
-def run(quick=False, large=False, repeats=None, with_compile=True, progress=print):
+def run(quick=False, large=False, repeats=None, with_compile=True, progress=print, extras=True):
     # the timings are the compiled kernels': a cold cache compiles in this process (before the warm-up calls end)
     # rather than serving calls from NumPy meanwhile (crfcore.warmup); the first-call figures set their own mode
     os.environ[warmup.ENV] = "compile"
@@ -246,7 +247,7 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     progress("  the pydensecrf script through crfcore.pydensecrf...")
     shim_cfg = [(224, 2, 5)] if quick else [(224, 2, 5), (512, 2, 5), (512, 21, 10)]
     result["pydensecrf"] = [bench_pydensecrf(s, n, it, repeats or (3 if quick else 5)) for s, n, it in shim_cfg]
-    if not quick:
+    if not quick and extras:
         from . import adapters, processes
 
         progress("  several processes at once...")
@@ -313,14 +314,18 @@ def main(argv=None):
     p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed repeats per peer and row (default 9 at 224, 5 at 512, 3 larger)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--no-compile-time", action="store_true", help="skip the JIT compile measurement")
+    p.add_argument("--no-compile-time", action="store_true", help="skip the first-call (compile) measurement")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip the sections of several processes, the framework adapters and deployment")
     args = p.parse_args(argv)
     if args.json:  # checked before a run of minutes, not after it
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(args.json):
             p.error(f"--json {args.json}: cannot write there ({folder} is not a writable folder)")
+    meta = provenance("python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]))
     result = run(quick=args.quick, large=args.large, repeats=args.repeats, with_compile=not args.no_compile_time,
-                 progress=lambda s: print(s, file=sys.stderr, flush=True))
+                 progress=lambda s: print(s, file=sys.stderr, flush=True), extras=not args.no_extras)
+    result["meta"] = meta
     print(report(result))
     if args.json:
         with open(args.json, "w") as f:

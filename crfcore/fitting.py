@@ -169,12 +169,12 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
 
     Parameters
     ----------
-    logits : array_like (B, *spatial, L) or list of (*spatial, L) arrays
+    logits : array_like ``(B, *spatial, L)`` or list of ``(*spatial, L)`` arrays
         The segmentation network's (or any scorer's) logits for each image; images may differ in size when given
         as lists.
-    images : array_like (B, *spatial, C) or list of (*spatial, C) arrays
+    images : array_like ``(B, *spatial, C)`` or list of ``(*spatial, C)`` arrays
         The guidance images, in the units ``theta_beta`` is in (0-255 for uint8).
-    labels : array_like (B, *spatial) or list of (*spatial) integer arrays
+    labels : array_like ``(B, *spatial)`` or list of ``(*spatial)`` integer arrays
         The true label of each pixel, ``0 .. L - 1``; pixels equal to ``ignore_index`` do not count (sparse
         annotations work).
     n_iter : int, default 5

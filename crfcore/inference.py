@@ -370,10 +370,10 @@ def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, the
 
     Parameters
     ----------
-    logits : array_like, shape (..., *spatial, L)
+    logits : array_like, shape ``(..., *spatial, L)``
         Unnormalised class scores (higher is more likely), e.g. a network's output before softmax; the unary
         potential is ``-logits``. Leading axes are a batch. float32 or float64 (other floats become float32).
-    image : array_like, shape (..., *spatial, C)
+    image : array_like, shape ``(..., *spatial, C)``
         The image that guides the bilateral kernel, same leading and spatial shape as ``logits``; uint8 or
         float in its own units (``theta_beta`` is in those units); any number of channels. A single-channel
         image may omit its channel axis.

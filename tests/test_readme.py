@@ -1,34 +1,66 @@
-"""The README's Python examples run as written."""
+"""The README's and the documentation's Python examples run as written, and what they show is what they claim."""
 
+import glob
+import json
 import os
 import re
+import sys
 
 import pytest
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+DOCS = os.path.join(ROOT, "docs")
+PAGES = [README] + sorted(glob.glob(os.path.join(DOCS, "*.md")) + glob.glob(os.path.join(DOCS, "design", "*.md")))
+FRAMEWORKS = {"tensorflow": "tensorflow", "keras": "tensorflow", "torch": "torch", "jax": "jax"}
 
 
-def python_blocks():
-    with open(README, encoding="utf-8") as f:
+def python_blocks(path):
+    with open(path, encoding="utf-8") as f:
         return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
 
 
-def block(marker):
-    """The README's Python block that contains ``marker``."""
-    found = [b for b in python_blocks() if marker in b]
-    assert len(found) == 1, marker
+def all_blocks():
+    return [(os.path.relpath(p, ROOT), k, b) for p in PAGES for k, b in enumerate(python_blocks(p))]
+
+
+def block(marker, path=None):
+    """The Python block that contains ``marker`` (in ``path``, or in the docs' pages)."""
+    paths = [path] if path else PAGES[1:]
+    found = [b for p in paths for b in python_blocks(p) if marker in b]
+    assert len(found) == 1, (marker, len(found))
     return found[0]
 
 
-def test_readme_has_examples():
-    assert len(python_blocks()) >= 7
+def test_pages_have_examples():
+    assert len(python_blocks(README)) >= 5
+    assert len(all_blocks()) >= 14
 
 
-def test_postprocessing_example():
+@pytest.mark.parametrize("where, k, code", all_blocks(), ids=[f"{w}:{k}" for w, k, _ in all_blocks()])
+def test_every_example_runs(where, k, code):
+    """Each block runs alone; the README's blocks after the quick start continue its namespace, as a reader's
+    session would."""
+    for module, extra in FRAMEWORKS.items():
+        if re.search(rf"^\s*(import|from) {module}\b", code, flags=re.M):
+            pytest.importorskip(extra)
     ns = {}
-    exec(block("q = crfcore.meanfield(logits, image, n_iter=5,"), ns)
-    assert ns["q"].shape == (240, 320, 2)
-    assert ns["labels"].shape == (240, 320)
+    if where == "README.md" and k > 0:
+        exec(python_blocks(README)[0], ns)
+    exec(compile(code, f"{where}:block{k}", "exec"), ns)
+
+
+def test_quick_start():
+    ns = {}
+    exec(block("q = crfcore.meanfield(logits, image, n_iter=5,", README), ns)
+    assert ns["q"].shape == (240, 320, 2) and ns["labels"].shape == (240, 320)
+
+
+def test_getting_started_shows_the_crf_helping():
+    ns = {}
+    exec(block("print((q.argmax(-1) == truth).mean()"), ns)
+    truth, q, logits = ns["truth"], ns["q"], ns["logits"]
+    assert (q.argmax(-1) == truth).mean() > (logits.argmax(-1) == truth).mean() + 0.05
 
 
 def test_fit_example():
@@ -70,3 +102,34 @@ def test_jax_example():
     ns = {}
     exec(block("from crfcore.adapters.jax import crf_refine"), ns)
     assert float(ns["value"]) > 0 and ns["params"]["compat"].shape == (2, 2)
+
+
+def test_readme_is_short_undated_and_links_absolutely():
+    """The README is the package index's long description: about 250 lines at most, no dated rows, and links
+    that work there (absolute; no checkout paths)."""
+    text = open(README, encoding="utf-8").read()
+    assert text.count("\n") <= 250
+    body = text.split("<!-- performance:start")[0] + text.split("<!-- performance:end -->")[1]
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", body), "a dated row outside the rendered performance table"
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert link.startswith("https://"), link
+
+
+def test_readme_performance_is_the_newest_results_file():
+    sys.path.insert(0, os.path.join(DOCS, "scripts"))
+    import render_results
+
+    files = render_results.load_all(os.path.join(DOCS, "results"), "benchmark")
+    assert files, "docs/results/ has no benchmark results file"
+    text = open(README, encoding="utf-8").read()
+    shown = text.split("<!-- performance:start")[1].split("\n", 1)[1].split("<!-- performance:end -->")[0]
+    assert shown.strip() == "\n".join(render_results.readme_table(files[0][1])).strip(), \
+        "README's performance table is stale: run `python docs/scripts/render_results.py`"
+
+
+def test_results_files_say_where_they_came_from():
+    for path in glob.glob(os.path.join(DOCS, "results", "*.json")):
+        with open(path) as f:
+            meta = json.load(f).get("meta")
+        if os.path.basename(path).startswith(("benchmark-", "demo-")):
+            assert meta and {"date", "commit", "versions", "machine", "command"} <= set(meta), path

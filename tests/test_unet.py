@@ -191,3 +191,23 @@ def test_tiny_end_to_end_cli(tmp_path):
     assert report["saved_model_max_abs_dlogits"] <= 1e-3 and report["tflite_max_abs_dlogits"] <= 1e-3
     assert report["tflite_dice_vs_keras"] > 0.999 and report["tflite_crf_ms_per_image"] > 0
     assert report["tflite_interpreter"] in ("ai_edge_litert", "tf.lite")
+
+
+def test_a_tiny_demo_writes_its_results_file(tmp_path):
+    """``python -m unet demo`` end to end on a few small synthetic images: the report, and the results file that
+    the docs' results page renders (metrics per test set and method, where it came from)."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "unet", "demo", "--out", str(out), "--size", "64", "--n-train", "8", "--n-dev",
+           "4", "--n-test", "4", "--n-crf", "4", "--epochs", "1", "--crf-epochs", "1", "--smartdoc", "none"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert {"date", "commit", "versions", "machine", "command"} <= set(result["meta"])
+    (title, methods), = result["metrics"].items()
+    assert set(methods) >= {"unet", "unet+crf-rnn"} and all(0 <= m["dice"] <= 1 for m in methods.values())
+    assert (out / "report.md").exists()

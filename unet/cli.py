@@ -256,7 +256,13 @@ def cmd_demo(args):
     }
     summary = cmd_evaluate(args, unet=unet, crf_model={"unet+crf-rnn": crf_model, "unet+crf-rnn-tuned": tuned},
                            parts=parts, settings=settings)
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    print(f"demo finished in {seconds:.0f} s")
+    from benchmarks.provenance import provenance
+
+    # the results file the docs' results page renders (docs/results/demo-*.json keeps copies of these)
+    pipeline.save_json({"meta": provenance(), "settings": settings, "seconds": seconds, "metrics": summary,
+                        "labels": pipeline.LABELS}, os.path.join(args.out, "results.json"))
     return summary
 
 

@@ -7,6 +7,7 @@ arguments or inputs (a one-line ``error:`` message, never a traceback), 130 inte
 import argparse
 import sys
 
+from ._engine.argtypes import positive_int
 from ._version import __version__
 
 
@@ -19,7 +20,7 @@ def _refine(args):
 def _warmup(args):
     from . import warmup
 
-    report = warmup.compile_all(training=args.training, progress=not args.no_progress)
+    report = warmup.compile_all(training=args.training, progress=not args.no_progress, n_workers=args.workers)
     print(warmup.format_report(report))
     return 0 if not report["failed"] else 1
 
@@ -56,11 +57,15 @@ def parser():
     r.set_defaults(run=_refine)
     w = sub.add_parser("warmup", help="compile every kernel into Numba's cache (once per install)",
                        description="Compile the kernels that inference calls need (and, with --training, those of "
-                                   "the backward pass) into Numba's on-disk cache, so that no later process waits "
-                                   "for a compile or is served by the slower NumPy fallback. Prints the kernels, the "
-                                   "seconds and the cache folder.")
+                                   "the backward pass) into Numba's on-disk cache, in one worker process per core, "
+                                   "so that no later process waits for a compile or is served by the slower NumPy "
+                                   "fallback. Kernels already cached are skipped. Shows a progress bar and prints "
+                                   "the kernels, the seconds and the cache folder (NUMBA_CACHE_DIR, the package, "
+                                   "or Numba's per-user folder when the package's is read-only).")
     w.add_argument("--training", action="store_true", help="also the backward pass's kernels (CRF-as-RNN training)")
-    w.add_argument("--no-progress", action="store_true", help="no progress lines")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
+    w.add_argument("--workers", type=positive_int, default=None,
+                   help="compile processes (default: one per usable core, at most 4)")
     w.set_defaults(run=_warmup)
     i = sub.add_parser("info", help="versions, threading layer and kernel cache", description="Print crfcore's "
                                                                                              "versions and set-up.")

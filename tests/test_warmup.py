@@ -296,7 +296,7 @@ def test_warmup_command_compiles_everything_a_call_needs(tmp_path):
 
 def test_signature_table_is_current(tmp_path):
     """The table of kernel argument types (crfcore/_kernels/signature_table.py) is what the kernels are called
-    with today: regenerate it with ``python -m crfcore._kernels.signatures`` when this fails."""
+    with today: regenerate it with ``python -m crfcore._kernels`` when this fails."""
     from crfcore._kernels import signature_table
 
     code = "import json; from crfcore._kernels import signatures; print(json.dumps(signatures.record()))"
@@ -306,7 +306,7 @@ def test_signature_table_is_current(tmp_path):
     recorded = {k: {n: [tuple(s) for s in sigs] for n, sigs in v.items()}
                 for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
     assert recorded == signature_table.TABLE, \
-        "the kernels' argument types changed: run `python -m crfcore._kernels.signatures` and commit the table"
+        "the kernels' argument types changed: run `python -m crfcore._kernels` and commit the table"
 
 
 def test_numba_internals_the_cache_check_reads_are_there(tmp_path):
@@ -361,3 +361,19 @@ def test_warmup_from_an_unwritable_install_uses_the_user_cache(tmp_path):
     info = subprocess.run([sys.executable, "-m", "crfcore", "info"], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert info.returncode == 0 and "2 labels yes, 3+ labels yes" in info.stdout, info.stdout
+
+
+def test_unknown_cache_state_counts_as_missing(monkeypatch):
+    """Where the cache cannot be read (another Numba's internals: ``cached`` says None), every kernel not compiled
+    in this process counts as missing, so the workers load or compile it: never a kernel assumed cached."""
+    from crfcore._engine import numba_cache
+    from crfcore._kernels import signatures
+
+    key = "inference/float64/3"
+    names = [name for name, _ in signatures.entries(key)]
+    monkeypatch.setattr(numba_cache, "cached", lambda dispatcher, sig: None)
+    monkeypatch.setattr(numba_cache, "compiled", lambda dispatcher, sig: False)
+    assert [name for name, _ in warmup.missing(key)] == names
+    monkeypatch.setattr(numba_cache, "compiled", lambda dispatcher, sig: True)
+    assert warmup.missing(key) == []
+    assert warmup.missing("inference/float16/3") is None  # not in the table

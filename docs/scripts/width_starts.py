@@ -73,7 +73,8 @@ def main(data=None, out=None, steps=40, seed=0):
             run["grad_widths"].append([float(g) for g in grads[len(matrices):]])
         run["seconds"] = time.perf_counter() - t0
         results["runs"][label] = run
-        print(f"start {label} {np.round(run['widths'][0], 3).tolist()}: test loss {run['test_loss'][0]:.4f} -> {run['test_loss'][-1]:.4f}, widths "
+        print(f"start {label} {np.round(run['widths'][0], 3).tolist()}: test loss {run['test_loss'][0]:.4f} -> "
+              f"{run['test_loss'][-1]:.4f}, widths "
               f"{np.round(run['widths'][0], 4).tolist()} -> {np.round(run['widths'][-1], 4).tolist()}, "
               f"|d/dlog theta| first step {np.abs(run['grad_widths'][0]).round(4).tolist()}", flush=True)
     unary = float(loss_fn(masks[test], logits[test]))

@@ -155,16 +155,19 @@ class Lattice:
         offsets = np.empty(n * (d + 1), dtype=np.uint16 if chunk * (d + 1) <= 1 << 16 else np.int32)
         weights = np.empty(n * (d + 1), dtype=dtype)
         # embed _WAVE chunks at a time in parallel, then number their new vertices globally in chunk order (serial:
-        # the numbering is the same whatever the thread count). The loop is Python's, not a kernel's: a kernel
-        # calling embed would compile (and generate the code of) embed and everything it calls a second time
+        # the numbering is the same whatever the thread count). The chunks run as a serial kernel on several
+        # threads, and the loops are Python's: a prange kernel, or a kernel calling one, compiles the embedding's
+        # code two or three times over (6 s of a cold compile against 3; docs/design/compile-time.md)
         d1, n_chunks = d + 1, -(-n // chunk)
         stride = chunk * d1
         counts, keys, starts, remap, uniq, tkeys, tids, shift = K.new_tables(n, d1, n_chunks, _WAVE, stride, n_words)
+        fields = K.key_fields(np.int64(d), np.int64(bits), np.int64(per_word), np.int64(n_words))
         m, shift = np.int64(0), np.uint64(shift)  # scalars come back as Python ints: typed as the kernels take them
         for c0 in range(0, n_chunks, _WAVE):
             _parallel.checkpoint()  # cancelled: the half-built lattice is discarded
             c1 = min(n_chunks, c0 + _WAVE)
-            K.embed(f, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts)
+            _parallel.spread(lambda i: K.embed_chunk(f, scale, lo, fields, chunk, c0 + i, i, offsets, weights, keys,
+                                                     counts), c1 - c0)
             remap, uniq, m, tkeys, tids, shift = K.merge_wave(c0, c1, stride, keys, counts, starts, remap, uniq, m,
                                                               tkeys, tids, shift)
             m, shift = np.int64(m), np.uint64(shift)

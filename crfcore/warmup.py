@@ -161,7 +161,7 @@ def cache_folder():
     ``__pycache__`` folders, or a per-user cache folder where those are not writable (Numba's own fallback)."""
     from ._kernels import lattice
 
-    path = numba_cache.folder(lattice.embed)
+    path = numba_cache.folder(lattice.embed_chunk)
     if path is None:
         import numba
 

@@ -23,7 +23,7 @@ import time
 #: with ``benchmarks/compile_kernels.py`` on the project's 2-core machine): only for balancing the workers and
 #: the estimate of the time left, never for correctness. Kernels not listed count :data:`DEFAULT_HINT`.
 HINTS = {
-    "lattice.embed": 6.0, "lattice.slice_": 1.7, "lattice.blur_neighbours": 1.6, "meanfield.combine_softmax": 1.0,
+    "lattice.embed_chunk": 3.1, "lattice.slice_": 1.7, "lattice.blur_neighbours": 1.6, "meanfield.combine_softmax": 1.0,
     "meanfield.combine_softmax_pair": 0.9, "lattice.new_tables": 0.9, "lattice.merge_wave": 0.8,
     "lattice.splat": 0.8, "lattice.feature_range": 0.6, "lattice.blur": 0.5, "lattice.gather_rows": 0.5,
     "lattice.scatter_rows": 0.3, "lattice.invert_remap": 0.3,

@@ -106,8 +106,44 @@ def _before_fork():
     # right after a first call without this pause, 0/10 with it
 
 
+_helpers = None  # the helper threads of spread(): a ThreadPoolExecutor, made on first use
+
+
+def spread(fn, n):
+    """``fn(i)`` for ``i`` in ``range(n)``, split in contiguous shares between the calling thread (the compute
+    thread) and up to ``numba.get_num_threads() - 1`` helper threads; returns once all have run and raises the first
+    error. For serial ``nogil`` kernels, whose compile is a fraction of a ``prange`` kernel's (see
+    ``docs/design/compile-time.md``): they start no Numba thread team, so the one-team rule above still holds.
+    Helper threads block the caller's signals like the compute thread."""
+    global _helpers
+    threads = min(int(n), numba.get_num_threads())
+    if threads <= 1:
+        for i in range(n):
+            fn(i)
+        return
+    with _lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                          thread_name_prefix="crfcore-helper", initializer=_compute_thread_start)
+        helpers = _helpers
+    bounds = [k * n // threads for k in range(threads + 1)]
+
+    def share(k):
+        for i in range(bounds[k], bounds[k + 1]):
+            fn(i)
+
+    futures = [helpers.submit(share, k) for k in range(1, threads)]
+    try:
+        share(0)
+    finally:
+        wait(futures)
+    for f in futures:
+        f.result()  # raises a helper's error
+
+
 def _reset_after_fork():
-    global _lock, _executor, _worker, _current, _launched
+    global _lock, _executor, _worker, _current, _launched, _helpers
+    _helpers = None  # the helper threads did not survive the fork
     _lock = threading.Lock()  # another thread may have held it at the fork
     _executor = None  # the child has no compute thread: make a new one on first use
     _worker = None

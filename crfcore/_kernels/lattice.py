@@ -312,8 +312,13 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
 
 
 @njit(**JIT_EXACT)
-def _embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, keys, counts):
-    """Embed chunk ``c`` (the ``ci``-th of this wave): see :func:`embed`."""
+def embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, keys, counts):
+    """Embed the points of chunk ``c``, the ``ci``-th of its wave (serial: chunks run on several threads at once,
+    :func:`crfcore._engine.parallel.spread`, each writing only its own rows).
+
+    Writes each point's barycentric ``weights`` and chunk-local vertex ``offsets``, the chunk's unique vertex keys
+    in order of first use at ``keys[ci * chunk * (d + 1):]`` and their number at ``counts[c]``.
+    """
     n, d = features.shape
     d1 = d + 1
     stride = chunk * d1
@@ -341,19 +346,6 @@ def _embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, ke
             capacity *= 2
             tkeys, tids, shift = _table(store, m, capacity)
     counts[c] = m
-
-
-@njit(**PJIT_EXACT)
-def embed(features, scale, lo, bits, per_word, chunk, c0, c1, offsets, weights, keys, counts):
-    """Embed the points of chunks ``c0 .. c1 - 1`` (in parallel over chunks).
-
-    Writes each point's barycentric ``weights`` and chunk-local vertex ``offsets``, chunk ``c``'s unique vertex
-    keys in order of first use at ``keys[(c - c0) * chunk * (d + 1):]`` and their number at ``counts[c]``.
-    """
-    fields = key_fields(features.shape[1], bits, per_word, keys.shape[1])
-    for ci in prange(c1 - c0):
-        i = np.int64(ci)  # prange indices are unsigned: a second specialisation of _embed_chunk otherwise
-        _embed_chunk(features, scale, lo, fields, chunk, c0 + i, i, offsets, weights, keys, counts)
 
 
 @njit(**JIT_EXACT)
@@ -403,7 +395,7 @@ def new_tables(n, d1, n_chunks, wave, stride, n_words):
     keys = np.empty((wave * stride, n_words), dtype=np.uint64)
     starts = np.zeros(n_chunks + 1, dtype=np.int64)
     remap = np.empty(max(16, n * d1 // 4), dtype=np.int32)
-    capacity = np.int64(1 << 12)  # np.int64(...): see _embed_chunk
+    capacity = np.int64(1 << 12)  # np.int64(...): see embed_chunk
     uniq = np.empty((capacity // 2 + 1, n_words), dtype=np.uint64)
     tkeys, tids, shift = _table(uniq, np.int64(0), capacity)
     return counts, keys, starts, remap, uniq, tkeys, tids, shift
@@ -411,7 +403,7 @@ def new_tables(n, d1, n_chunks, wave, stride, n_words):
 
 @njit(**JIT_EXACT)
 def merge_wave(c0, c1, stride, keys, counts, starts, remap, uniq, m, tkeys, tids, shift):
-    """Number the unique vertices of chunks ``c0 .. c1 - 1`` (just embedded by :func:`embed`) globally, in chunk
+    """Number the unique vertices of chunks ``c0 .. c1 - 1`` (just embedded by :func:`embed_chunk`) globally, in chunk
     order (serial, so the numbering is the same whatever the thread count).
 
     Returns ``(remap, uniq, m, tkeys, tids, shift)``: the arrays grow (are replaced) when they fill.

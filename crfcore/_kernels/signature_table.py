@@ -9,9 +9,10 @@ TABLE = {
             ("Array(uint64, 2, 'C')", "Array(uint64, 2, 'C')", "Array(int32, 1, 'C')", 'uint64', 'int64', 'int64',
              'int64',),
         ],
-        'lattice.embed': [
-            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')", 'int64', 'int64', 'int64',
-             'int64', 'int64', "Array(uint16, 1, 'C')", "Array(float32, 1, 'C')", "Array(uint64, 2, 'C')",
+        'lattice.embed_chunk': [
+            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')",
+             "Tuple((Array(int64, 1, 'C'), Array(uint64, 1, 'C'), Array(uint64, 1, 'C'), ))", 'int64', 'int64',
+             'int64', "Array(uint16, 1, 'C')", "Array(float32, 1, 'C')", "Array(uint64, 2, 'C')",
              "Array(int64, 1, 'C')",),
         ],
         'lattice.feature_range': [
@@ -22,6 +23,9 @@ TABLE = {
         ],
         'lattice.invert_remap': [
             ("Array(int32, 1, 'C')", 'int64',),
+        ],
+        'lattice.key_fields': [
+            ('int64', 'int64', 'int64', 'int64',),
         ],
         'lattice.merge_wave': [
             ('int64', 'int64', 'int64', "Array(uint64, 2, 'C')", "Array(int64, 1, 'C')", "Array(int64, 1, 'C')",
@@ -56,9 +60,10 @@ TABLE = {
             ("Array(uint64, 2, 'C')", "Array(uint64, 2, 'C')", "Array(int32, 1, 'C')", 'uint64', 'int64', 'int64',
              'int64',),
         ],
-        'lattice.embed': [
-            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')", 'int64', 'int64', 'int64',
-             'int64', 'int64', "Array(uint16, 1, 'C')", "Array(float32, 1, 'C')", "Array(uint64, 2, 'C')",
+        'lattice.embed_chunk': [
+            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')",
+             "Tuple((Array(int64, 1, 'C'), Array(uint64, 1, 'C'), Array(uint64, 1, 'C'), ))", 'int64', 'int64',
+             'int64', "Array(uint16, 1, 'C')", "Array(float32, 1, 'C')", "Array(uint64, 2, 'C')",
              "Array(int64, 1, 'C')",),
         ],
         'lattice.feature_range': [
@@ -69,6 +74,9 @@ TABLE = {
         ],
         'lattice.invert_remap': [
             ("Array(int32, 1, 'C')", 'int64',),
+        ],
+        'lattice.key_fields': [
+            ('int64', 'int64', 'int64', 'int64',),
         ],
         'lattice.merge_wave': [
             ('int64', 'int64', 'int64', "Array(uint64, 2, 'C')", "Array(int64, 1, 'C')", "Array(int64, 1, 'C')",
@@ -103,9 +111,10 @@ TABLE = {
             ("Array(uint64, 2, 'C')", "Array(uint64, 2, 'C')", "Array(int32, 1, 'C')", 'uint64', 'int64', 'int64',
              'int64',),
         ],
-        'lattice.embed': [
-            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')", 'int64', 'int64', 'int64',
-             'int64', 'int64', "Array(uint16, 1, 'C')", "Array(float64, 1, 'C')", "Array(uint64, 2, 'C')",
+        'lattice.embed_chunk': [
+            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')",
+             "Tuple((Array(int64, 1, 'C'), Array(uint64, 1, 'C'), Array(uint64, 1, 'C'), ))", 'int64', 'int64',
+             'int64', "Array(uint16, 1, 'C')", "Array(float64, 1, 'C')", "Array(uint64, 2, 'C')",
              "Array(int64, 1, 'C')",),
         ],
         'lattice.feature_range': [
@@ -116,6 +125,9 @@ TABLE = {
         ],
         'lattice.invert_remap': [
             ("Array(int32, 1, 'C')", 'int64',),
+        ],
+        'lattice.key_fields': [
+            ('int64', 'int64', 'int64', 'int64',),
         ],
         'lattice.merge_wave': [
             ('int64', 'int64', 'int64', "Array(uint64, 2, 'C')", "Array(int64, 1, 'C')", "Array(int64, 1, 'C')",
@@ -150,9 +162,10 @@ TABLE = {
             ("Array(uint64, 2, 'C')", "Array(uint64, 2, 'C')", "Array(int32, 1, 'C')", 'uint64', 'int64', 'int64',
              'int64',),
         ],
-        'lattice.embed': [
-            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')", 'int64', 'int64', 'int64',
-             'int64', 'int64', "Array(uint16, 1, 'C')", "Array(float64, 1, 'C')", "Array(uint64, 2, 'C')",
+        'lattice.embed_chunk': [
+            ("Array(float64, 2, 'C')", "Array(float64, 1, 'C')", "Array(int64, 1, 'C')",
+             "Tuple((Array(int64, 1, 'C'), Array(uint64, 1, 'C'), Array(uint64, 1, 'C'), ))", 'int64', 'int64',
+             'int64', "Array(uint16, 1, 'C')", "Array(float64, 1, 'C')", "Array(uint64, 2, 'C')",
              "Array(int64, 1, 'C')",),
         ],
         'lattice.feature_range': [
@@ -163,6 +176,9 @@ TABLE = {
         ],
         'lattice.invert_remap': [
             ("Array(int32, 1, 'C')", 'int64',),
+        ],
+        'lattice.key_fields': [
+            ('int64', 'int64', 'int64', 'int64',),
         ],
         'lattice.merge_wave': [
             ('int64', 'int64', 'int64', "Array(uint64, 2, 'C')", "Array(int64, 1, 'C')", "Array(int64, 1, 'C')",

@@ -34,7 +34,7 @@ def block(marker, path=None):
 
 def test_pages_have_examples():
     assert len(python_blocks(README)) >= 5
-    assert len(all_blocks()) >= 14
+    assert len(all_blocks()) >= 13
 
 
 @pytest.mark.parametrize("where, k, code", all_blocks(), ids=[f"{w}:{k}" for w, k, _ in all_blocks()])
@@ -60,7 +60,7 @@ def test_getting_started_shows_the_crf_helping():
     ns = {}
     exec(block("print((q.argmax(-1) == truth).mean()"), ns)
     truth, q, logits = ns["truth"], ns["q"], ns["logits"]
-    assert (q.argmax(-1) == truth).mean() > (logits.argmax(-1) == truth).mean() + 0.05
+    assert (q.argmax(-1) == truth).mean() > 0.99 > 0.75 > (logits.argmax(-1) == truth).mean()
 
 
 def test_fit_example():

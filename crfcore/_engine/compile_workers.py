@@ -23,10 +23,13 @@ import time
 #: with ``benchmarks/compile_kernels.py`` on the project's 2-core machine): only for balancing the workers and
 #: the estimate of the time left, never for correctness. Kernels not listed count :data:`DEFAULT_HINT`.
 HINTS = {
-    "lattice.embed_chunk": 3.1, "lattice.slice_": 1.7, "lattice.blur_neighbours": 1.6, "meanfield.combine_softmax": 1.0,
-    "meanfield.combine_softmax_pair": 0.9, "lattice.new_tables": 0.9, "lattice.merge_wave": 0.8,
-    "lattice.splat": 0.8, "lattice.feature_range": 0.6, "lattice.blur": 0.5, "lattice.gather_rows": 0.5,
-    "lattice.scatter_rows": 0.3, "lattice.invert_remap": 0.3,
+    "lattice.embed_chunk": 3.1, "lattice.slice_": 1.7, "lattice.blur_neighbours": 1.6,
+    "meanfield.combine_softmax": 1.5, "meanfield.combine_softmax_pair": 0.9, "lattice.new_tables": 0.3,
+    "lattice.merge_wave": 0.8, "lattice.splat": 0.8, "lattice.feature_range": 0.6, "lattice.blur": 0.4,
+    "lattice.gather_rows": 0.5, "lattice.scatter_rows": 0.3, "lattice.invert_remap": 0.3, "lattice.key_fields": 0.05,
+    # the training kernels (crfcore warmup --training)
+    "lattice.weights_to_features": 2.4, "meanfield.combine_bwd": 1.8, "lattice.slice_grad": 0.9,
+    "meanfield.row_dots": 0.5, "meanfield.iteration_bwd": 0.5, "meanfield.softmax_rows_bwd": 0.45,
 }
 DEFAULT_HINT = 0.8
 #: More workers than this gain little: the largest kernel alone is about a third of the work.

@@ -44,6 +44,7 @@ log = logging.getLogger("crfcore")
 _lock = threading.Lock()
 _jobs = {}  # profile key -> (pid of the process that started it, compile_workers.Workers)
 _said = set()  # (message kind, profile key) already logged
+_ready = set()  # profile keys whose kernels are all compiled in this process: nothing to check on later calls
 
 
 def mode():
@@ -105,13 +106,15 @@ def serve_with_numpy(dtype, n_labels, spatial_shape, n_channels, n_batch):
     """Whether this inference call should be computed by NumPy; called by the inference entry points before
     they run the kernels. Starts the compile workers where the kernels are missing, and waits for them when
     this is not the first call of its kind (see the module's doc)."""
-    first_call = mode() == "numpy"
+    first_call = mode() == "numpy"  # checked on every call: a bad value is always an error
+    key = signatures.profile_key("inference", dtype, n_labels)
+    if key in _ready:
+        return False  # every call after the kernels are in: one set lookup
     if os.environ.get("CRFCORE_COMPILE_WORKER"):
         return False  # a compile worker itself (or the signature recorder): Numba compiles in this process
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if int(n_batch) * math.prod(spatial_shape) > MAX_POINTS:
         first_call = False
-    key = signatures.profile_key("inference", dtype, n_labels)
     if not _in_table(n_labels, spatial_shape, n_channels):
         return False  # rare lattices (more than 7 feature dimensions): compiled in this process on first use
     with _lock:
@@ -122,6 +125,7 @@ def serve_with_numpy(dtype, n_labels, spatial_shape, n_channels, n_batch):
         else:
             todo = missing(key)
             if not todo:
+                _ready.add(key)  # compiled, or cached and loaded by this call
                 return False
             try:
                 workers = compile_workers.Workers(todo)

@@ -30,11 +30,9 @@ myst_heading_anchors = 3
 
 autosummary_generate = True
 autodoc_typehints = "none"
-autodoc_mock_imports = []
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_validation_checks = set()
-nitpicky = False
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"crfcore {release}"

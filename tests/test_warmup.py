@@ -117,6 +117,7 @@ def test_policy_numpy_for_the_first_call_then_every_call_waits(monkeypatch, capl
     monkeypatch.delenv("CRFCORE_COMPILE_WORKER", raising=False)
     monkeypatch.setattr(warmup, "_jobs", {})
     monkeypatch.setattr(warmup, "_said", set())
+    monkeypatch.setattr(warmup, "_ready", set())
     missing = {"inference/float32/2", "inference/float64/2", "inference/float32/3"}
     monkeypatch.setattr(warmup, "missing", lambda key: [("lattice.embed", ())] if key in missing else [])
     started = []

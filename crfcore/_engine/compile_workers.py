@@ -58,10 +58,9 @@ def split(items, n_workers):
     return [s for s in shares if s]
 
 
-def estimate(items, n_workers):
-    """Expected seconds for ``n_workers`` to compile ``items`` (from :data:`HINTS`)."""
-    shares = split(items, n_workers)
-    return START_S + max((sum(HINTS.get(n, DEFAULT_HINT) for n, _ in s) for s in shares), default=0.0)
+def _seconds(share):
+    """A share's expected compile seconds (from :data:`HINTS`)."""
+    return sum(HINTS.get(name, DEFAULT_HINT) for name, _ in share)
 
 
 class Workers:
@@ -73,7 +72,7 @@ class Workers:
         n = min(usable_cores(), MAX_WORKERS) if n_workers is None else n_workers
         self.shares = split(items, min(n, len(items)))
         self.started = time.monotonic()
-        self.expected_s = estimate(items, len(self.shares))
+        self.expected_s = START_S + max((_seconds(s) for s in self.shares), default=0.0)
         self.done = []  # (name, seconds, error or None), in the order the workers reported them (with ``report``)
         self._lock = threading.Lock()
         home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

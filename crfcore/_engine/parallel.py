@@ -24,7 +24,6 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout  # the builtin TimeoutError from Python 3.11 on
 
 import numba
-import numpy as np
 
 from . import threads as _threads
 
@@ -34,18 +33,13 @@ class Cancelled(Exception):
 
 
 class _Job:
-    __slots__ = ("cancelled", "flag")
+    __slots__ = ("cancelled",)
 
     def __init__(self):
         self.cancelled = False
-        self.flag = np.zeros(1, np.uint8)  # the same, for long kernels to poll (see stop_flag)
 
     def cancel(self):
         self.cancelled = True
-        self.flag[0] = 1
-
-
-_NEVER = np.zeros(1, np.uint8)
 
 
 _lock = threading.Lock()
@@ -153,13 +147,6 @@ def _reset_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_child=_reset_after_fork)
-
-
-def stop_flag():
-    """A one-element uint8 array that becomes 1 when the current work is cancelled, for kernels with long loops
-    to poll (they return early; the caller's next :func:`checkpoint` raises)."""
-    job = _current
-    return _NEVER if job is None else job.flag
 
 
 def checkpoint():

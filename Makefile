@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	@# PyTorch's CPU build first (this version's wheel is on the project's machines; a plain `torch` would be a
 	@# CUDA build of several GB): the torch tests skip if it cannot be installed
 	$(PY) -m pip install -q "torch==2.13.0" || echo "torch did not install: the PyTorch adapter's tests will be skipped"
-	$(PY) -m pip install -q -e ".[demo,dev,refine,dask,jax]"
+	@# the cuda extra brings numba-cuda and NVVM (no GPU needed): the CUDA backend's tests run in Numba's simulator
+	@# and its kernels are compiled to PTX with the real compiler
+	$(PY) -m pip install -q -e ".[demo,dev,refine,dask,jax,cuda]"
 	@# the C++ densecrf is an optional oracle for tests and benchmarks: tolerate a failed build
 	$(PY) -m pip install -q "pydensecrf2>=1.1" || echo "pydensecrf2 did not build: its comparisons will be skipped"
 	touch $(STAMP)

@@ -101,23 +101,26 @@ _warned_scale = set()
 
 
 def _check_image_scale(img, theta_beta):
+    if img.dtype == np.uint8 or img.dtype == np.int8:
+        return
+    _check_image_range(float(np.min(img)), float(np.max(img)), theta_beta)
+
+
+def _check_image_range(lo, hi, theta_beta):
     """Warn once per process when the image's value range says ``theta_beta`` is in other units: a float image in
     [0, 1] with a width of 0-255 images (the bilateral kernel then sees every colour as the same), or values far
     beyond 255 (16-bit) with a width of 8-bit ones (the kernel then separates nearly every pixel)."""
-    if img.dtype == np.uint8 or img.dtype == np.int8:
-        return
-    lo, hi = float(np.min(img)), float(np.max(img))
     beta = float(np.max(theta_beta))
     if hi <= 1.0 and lo >= -1.0 and beta >= 2.0 and "unit" not in _warned_scale:
         _warned_scale.add("unit")
         warnings.warn(f"`image` values lie in [{lo:.3g}, {hi:.3g}] but theta_beta={beta:g} is in 0-255 units: the "
                       f"bilateral kernel sees every colour as the same. Pass theta_beta in the image's units "
-                      f"({beta:g}/255 = {beta / 255:.3g}) or the image in 0-255", UserWarning, stacklevel=4)
+                      f"({beta:g}/255 = {beta / 255:.3g}) or the image in 0-255", UserWarning, stacklevel=5)
     elif hi > 1024 and beta * 40 < hi and "wide" not in _warned_scale:
         _warned_scale.add("wide")
         warnings.warn(f"`image` values reach {hi:.6g} (16-bit?) but theta_beta={beta:g} is a width for 0-255 "
                       f"images: the bilateral kernel separates nearly every pixel. Pass theta_beta in the image's "
-                      f"units (x257 for 16-bit: {beta * 257:g})", UserWarning, stacklevel=4)
+                      f"units (x257 for 16-bit: {beta * 257:g})", UserWarning, stacklevel=5)
 
 
 def _combined(params):
@@ -208,7 +211,7 @@ def _width_grad(column_sums, width):
 
 def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0,
                   w_bilateral=10.0, w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2,
-                  output="probs", keep_residuals=True):
+                  output="probs", keep_residuals=True, device="cpu"):
     """Mean-field forward pass returning the output and the residuals for :func:`meanfield_bwd`.
 
     Parameters are those of :func:`meanfield`, plus:
@@ -224,13 +227,20 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     Returns
     -------
     out : ndarray
-        Shape and dtype of ``logits`` (float16 and other floats become float32).
+        Shape and dtype of ``logits`` (float16 and other floats become float32); with ``device="cuda"``, a Numba
+        device array when ``logits`` was on the device.
     residuals : MeanfieldResiduals or None
         Holds the lattices (built once per image, reused by the backward) and, per iteration, ``Q_{t-1}``,
-        ``K_s Q_{t-1}`` and ``K_b Q_{t-1}``: ``3 * L * itemsize`` bytes per pixel per iteration.
+        ``K_s Q_{t-1}`` and ``K_b Q_{t-1}``: ``3 * L * itemsize`` bytes per pixel per iteration (on the device with
+        ``device="cuda"``, where they are a ``CudaMeanfieldResiduals``).
     """
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
+    if _check_device(device) == "cuda":
+        return _cuda_forward(logits, image, spatial_dims, output, keep_residuals,
+                             dict(n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta,
+                                  theta_gamma=theta_gamma, w_spatial=w_spatial, w_bilateral=w_bilateral,
+                                  compat=compat, normalization=normalization, spatial_dims=spatial_dims))
     u, img = _check_inputs(logits, image, spatial_dims)
     params = check_params(
         u.shape[-1], n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
@@ -281,7 +291,41 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     return out, res
 
 
-def meanfield_bwd(residuals, grad, *, features=True):
+DEVICES = ("cpu", "cuda")
+
+
+def _check_device(device):
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"`device` must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
+    """:func:`meanfield_fwd` on the CUDA device (:mod:`crfcore._cuda`)."""
+    if isinstance(spatial_dims, (bool, np.bool_)) or not isinstance(spatial_dims, (numbers.Integral, np.integer)):
+        raise TypeError(f"`spatial_dims` must be an int, got {type(spatial_dims).__name__}")
+    if spatial_dims < 1:
+        raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
+    from ._cuda import device as cuda_device
+    from ._cuda import meanfield as cuda_meanfield
+
+    cuda_device.require()
+    u, img, on_device, (lo, hi) = cuda_meanfield.check_inputs(logits, image, spatial_dims)
+    params = check_params(tuple(u.shape)[-1], n_channels=tuple(img.shape)[-1], **kwargs)
+    if np.dtype(img.dtype) not in (np.uint8, np.int8):
+        _check_image_range(lo, hi, params.theta_beta)
+    spatial_shape = tuple(u.shape)[-1 - spatial_dims:-1]
+    image_shape = tuple(image.shape) if cuda_device.is_device_array(image) else np.shape(image)
+    out, res = cuda_meanfield.forward(u, img, spatial_shape, params, _combined(params), output, keep_residuals,
+                                      image_shape, on_device)
+    return (out if on_device else cuda_device.to_host(out)), res
+
+
+def _is_cuda_residuals(residuals):
+    return type(residuals).__name__ == "CudaMeanfieldResiduals" and type(residuals).__module__ == "crfcore._cuda.meanfield"
+
+
+def meanfield_bwd(residuals, grad, *, features=True, device=None):
     """Exact gradient of the unrolled mean field, given the output's gradient ``grad``.
 
     Parameters
@@ -294,6 +338,10 @@ def meanfield_bwd(residuals, grad, *, features=True):
         Also differentiate through the kernels' features: the widths ``theta_alpha``, ``theta_beta``,
         ``theta_gamma`` and the guidance ``image`` (including the normalisation, which depends on them). It
         costs about one more filtering per kernel and iteration; False skips it (those fields are None).
+    device : {None, "cpu", "cuda"}
+        Where the backward runs: where the forward ran (None, the default; naming another is an error). With
+        ``"cuda"``, ``logits`` and ``image`` come back as device arrays when the forward's logits were, else as
+        NumPy; the parameter gradients are host values either way.
 
     Returns
     -------
@@ -316,10 +364,16 @@ def meanfield_bwd(residuals, grad, *, features=True):
     trainable layer started on the round defaults trains as well as one started just off them, see
     ``CrfRnnLayer``).
     """
-    if not isinstance(residuals, MeanfieldResiduals):
+    on_cuda = _is_cuda_residuals(residuals)
+    if not on_cuda and not isinstance(residuals, MeanfieldResiduals):
         raise TypeError("`residuals` must be the second value returned by meanfield_fwd(..., keep_residuals=True)")
     if not isinstance(features, (bool, np.bool_)):
         raise TypeError(f"`features` must be True or False, got {features!r}")
+    if device is not None and _check_device(device) != ("cuda" if on_cuda else "cpu"):
+        raise ValueError(f"device={device!r} but the forward ran on {'cuda' if on_cuda else 'cpu'}: the backward runs "
+                         f"where the forward's residuals are (leave `device` out)")
+    if on_cuda:
+        return _cuda_backward(residuals, grad, bool(features))
     g = as_float_array(grad, "grad", dtype=residuals.dtype)
     if g.shape != residuals.shape:
         raise ValueError(f"`grad` must have the output's shape {residuals.shape}, got {g.shape}")
@@ -347,6 +401,29 @@ def meanfield_bwd(residuals, grad, *, features=True):
             sums_b += s_b
             # bilateral features are (positions / theta_alpha, image / theta_beta)
             d_image[i] = df_image / np.asarray(p.theta_beta)
+    if features:
+        d_image = d_image.reshape(residuals.image_shape)
+    return _param_grads(p, d_logits.reshape(residuals.shape), da_s, da_b, sums_s, sums_b, d_image, features)
+
+
+def _cuda_backward(residuals, grad, features):
+    """:func:`meanfield_bwd` of a forward on the CUDA device."""
+    from ._cuda import device as cuda_device
+    from ._cuda import meanfield as cuda_meanfield
+
+    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features)
+    if features:
+        d_image = d_image.reshape(*residuals.image_shape)
+    if not residuals.on_device:
+        d_logits = cuda_device.to_host(d_logits)
+        d_image = cuda_device.to_host(d_image) if features else None
+    return _param_grads(residuals.params, d_logits, da_s, da_b, sums_s, sums_b, d_image, features)
+
+
+def _param_grads(p, d_logits, da_s, da_b, sums_s, sums_b, d_image, features):
+    """:class:`MeanfieldGrads` from the gradients w.r.t. ``A = mu W`` and the features' column sums."""
+    n_sp = p.spatial_dims
+    n_lab = da_s.shape[0]
     # A_s = mu W_s, A_b = mu W_b
     ws = p.w_spatial if np.ndim(p.w_spatial) else p.w_spatial * np.eye(n_lab)
     wb = p.w_bilateral if np.ndim(p.w_bilateral) else p.w_bilateral * np.eye(n_lab)
@@ -360,12 +437,12 @@ def meanfield_bwd(residuals, grad, *, features=True):
         widths = dict(theta_alpha=_width_grad(sums_b[:n_sp][::-1], p.theta_alpha),
                       theta_beta=_width_grad(sums_b[n_sp:], p.theta_beta),
                       theta_gamma=_width_grad(sums_s[::-1], p.theta_gamma),
-                      image=d_image.reshape(residuals.image_shape))
-    return MeanfieldGrads(d_logits.reshape(residuals.shape), d_compat, d_ws, d_wb, **widths)
+                      image=d_image)
+    return MeanfieldGrads(d_logits, d_compat, d_ws, d_wb, **widths)
 
 
 def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
-              w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
+              w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2, device="cpu"):
     """Dense-CRF mean-field inference (Krähenbühl & Koltun 2011): refine per-pixel class scores.
 
     Parameters
@@ -395,6 +472,11 @@ def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, the
         Kernel normalisation: densecrf's default ``"symmetric"``, crfasrnn's ``"after"``.
     spatial_dims : int, default 2
         Number of spatial axes: 2 for images, 3 for volumes.
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"`` runs on an NVIDIA GPU (needs ``pip install 'crfcore[cuda]'``). ``logits`` and ``image`` may then
+        be NumPy arrays (copied to the GPU; the result comes back as NumPy) or any array with
+        ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba device arrays: used in place; the result is
+        a Numba device array). Results equal the CPU's to float rounding.
 
     Returns
     -------
@@ -414,6 +496,6 @@ def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, the
     q, _ = meanfield_fwd(
         logits, image, n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
         w_bilateral=w_bilateral, w_spatial=w_spatial, compat=compat, normalization=normalization,
-        spatial_dims=spatial_dims, output="probs", keep_residuals=False,
+        spatial_dims=spatial_dims, output="probs", keep_residuals=False, device=device,
     )
     return q

@@ -1,0 +1,153 @@
+"""The CUDA device: whether there is one, the stream kernels run on, launches, and arrays in and out.
+
+Arrays the caller gives on the device (anything with ``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors,
+Numba device arrays) are used in place, never copied to the host; NumPy arrays are copied to the device.
+"""
+
+import contextlib
+import importlib.util
+import os
+import threading
+
+import numpy as np
+
+_state = threading.local()
+_checked = None
+
+
+def _simulator():
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def require():
+    """Import ``numba.cuda`` and check that kernels can run: a GPU with a working driver, or the simulator.
+
+    Raises
+    ------
+    ImportError
+        If ``numba-cuda`` is not installed.
+    RuntimeError
+        If there is neither a usable GPU nor the simulator.
+    """
+    global _checked
+    if _checked is not None:
+        return _checked
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise ImportError("device='cuda' needs the numba-cuda package: pip install 'crfcore[cuda]' (CUDA 13; "
+                          "'numba-cuda[cu12]' for a CUDA 12 driver)")
+    from numba import cuda
+
+    if not _simulator():
+        try:
+            ok = cuda.is_available()
+        except Exception:  # a broken driver install raises instead of answering
+            ok = False
+        if not ok:
+            raise RuntimeError("device='cuda' was asked for but no CUDA GPU is usable here (numba.cuda.is_available() "
+                               "is False: no NVIDIA GPU, no driver, or CUDA_VISIBLE_DEVICES hides it); use "
+                               "device='cpu', or set NUMBA_ENABLE_CUDASIM=1 before importing numba to run the CUDA "
+                               "code in Numba's simulator (slow, for tests)")
+    _checked = cuda
+    return cuda
+
+
+#: The simulator's launches: every kernel loops over its elements (grid-stride), so a few threads cover any size,
+#: and two blocks of four still run threads side by side and across blocks (each is a Python thread, ~0.3 ms to
+#: start: a thread per element made a 30-pixel backward take seconds).
+_SIM_GRID = (2, 4)
+
+
+def grid(n):
+    """``(blocks, threads per block)`` of a launch over ``n`` elements: one thread an element (blocks of 256, at
+    most 2**20 blocks, the kernels loop past that) on a GPU, :data:`_SIM_GRID` in the simulator."""
+    if _simulator():
+        return _SIM_GRID
+    return min((n + 255) // 256, 1 << 20), 256
+
+
+def stream():
+    """The stream kernels are launched on (0: the default stream, unless :func:`on_stream` says otherwise)."""
+    return getattr(_state, "stream", 0)
+
+
+@contextlib.contextmanager
+def on_stream(handle):
+    """Launch this thread's kernels on the CUDA stream ``handle`` (a ``cudaStream_t`` as an int, e.g. PyTorch's
+    ``torch.cuda.current_stream().cuda_stream``) inside the block, so they order with the framework's work."""
+    cuda = require()
+    previous = stream()
+    _state.stream = cuda.external_stream(handle) if handle and not _simulator() else 0
+    try:
+        yield
+    finally:
+        _state.stream = previous
+
+
+def launch(kernel, n, *args):
+    """Run ``kernel`` on ``n`` threads (a 1-D grid) with ``args``."""
+    if n <= 0:
+        return
+    blocks, tpb = grid(n)
+    kernel[blocks, tpb, stream()](*args)
+
+
+def empty(shape, dtype):
+    """A device array, uninitialised."""
+    return require().device_array(shape, dtype=np.dtype(dtype), stream=stream())
+
+
+def zeros(shape, dtype):
+    """A device array of zeros (copied from the host: the simulator has no memset)."""
+    return to_device(np.zeros(shape, dtype=dtype))
+
+
+def full(shape, value, dtype):
+    return to_device(np.full(shape, value, dtype=dtype))
+
+
+def to_device(x):
+    """A NumPy array copied to the device."""
+    return require().to_device(np.ascontiguousarray(x), stream=stream())
+
+
+def to_host(x):
+    """A device array copied to the host (waits for the stream)."""
+    return x.copy_to_host(stream=stream())
+
+
+def synchronize():
+    s = stream()
+    if s == 0:
+        require().synchronize()
+    else:
+        s.synchronize()
+
+
+_NUMBA_ARRAYS = ("DeviceNDArray", "MappedNDArray", "ManagedNDArray", "FakeCUDAArray")
+
+
+def is_device_array(x):
+    """Whether ``x`` lives on the device: it has ``__cuda_array_interface__``, or is a Numba device array (the
+    simulator's have no interface)."""
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ in _NUMBA_ARRAYS
+
+
+def as_device_array(x, name):
+    """``x`` (any CUDA array) as a C-contiguous Numba device array over the same memory: no copy.
+
+    Raises
+    ------
+    TypeError
+        If Numba cannot use it or it is not C-contiguous (a strided view would need a copy: make it contiguous
+        first, e.g. ``tensor.contiguous()`` or ``cupy.ascontiguousarray``).
+    """
+    cuda = require()
+    if type(x).__name__ not in _NUMBA_ARRAYS:
+        try:
+            x = cuda.as_cuda_array(x)
+        except Exception as exc:
+            raise TypeError(f"`{name}` has __cuda_array_interface__ but Numba cannot use it: {exc}") from None
+    if not x.is_c_contiguous():
+        raise TypeError(f"`{name}` is a strided (non-contiguous) device array of shape {x.shape}; pass a contiguous "
+                        f"one (tensor.contiguous(), cupy.ascontiguousarray(...))")
+    return x

@@ -6,8 +6,9 @@ float64. The forward and the backward are two custom ops (``crfcore::meanfield``
 with fake (meta) implementations, so ``torch.compile`` traces around them; the forward's residuals (lattices and
 iterates) wait in a bounded store for the backward, which recomputes them if they were evicted.
 
-CUDA tensors are computed on the CPU (crfcore's kernels are CPU kernels) and returned on their device, with a
-warning the first time.
+CUDA tensors stay on their GPU: with ``crfcore[cuda]`` installed the CRF runs there (``device="cuda"`` of the core,
+on PyTorch's current stream, zero-copy through ``__cuda_array_interface__``); without it they are computed on the
+CPU and returned on their device, with a warning the first time.
 """
 
 import warnings
@@ -21,7 +22,8 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs PyTorch: pip install 'crfcore[torch]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, check_layout, deprecated, run_on_compute_thread, transpose_scaled
+from crfcore._shared import (ResidualStore, check_layout, cuda_backend, deprecated, run_on_compute_thread,
+                             transpose_scaled)
 from crfcore.params import NORMALIZATIONS, kernel_width
 
 __all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
@@ -30,13 +32,61 @@ _STORE = ResidualStore()
 _warned_device = False
 
 
-def _to_numpy(t):
+_cuda_error = None
+
+
+def _on_gpu(t):
+    """Whether the CRF of a tensor runs on its GPU (a CUDA tensor, and crfcore's CUDA backend usable); else it runs
+    on the CPU, with a warning saying why the first time."""
+    global _cuda_error
+    if t.device.type != "cuda":
+        return False
+    if _cuda_error is None:
+        try:
+            cuda_backend().require()
+            _cuda_error = ""
+        except (ImportError, RuntimeError) as exc:
+            _cuda_error = str(exc)
+    return not _cuda_error
+
+
+def _to_numpy(t, quiet=False):
     global _warned_device
-    if t.device.type != "cpu" and not _warned_device:
+    if t.device.type != "cpu" and not _warned_device and not quiet:
         _warned_device = True
+        why = f" ({_cuda_error})" if _cuda_error else ""
         warnings.warn(f"crfcore computes on the CPU: {t.device.type} tensors are copied to the CPU and the results "
-                      f"back to {t.device}", RuntimeWarning, stacklevel=4)
+                      f"back to {t.device}{why}", RuntimeWarning, stacklevel=4)
     return t.detach().cpu().numpy()
+
+
+class _OnGpu:
+    """The tensor's GPU as Numba's current device, and PyTorch's current stream as crfcore's (so the kernels order
+    with PyTorch's work on it)."""
+
+    def __init__(self, t):
+        self.index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        self.handle = torch.cuda.current_stream(t.device).cuda_stream
+
+    def __enter__(self):
+        self.gpu = cuda_backend().require().gpus[self.index]
+        self.gpu.__enter__()
+        self.stream = cuda_backend().on_stream(self.handle)
+        self.stream.__enter__()
+
+    def __exit__(self, *exc):
+        self.stream.__exit__(*exc)
+        self.gpu.__exit__(*exc)
+
+
+def _gpu_last(t):
+    """A CUDA tensor channels last and contiguous, on its device (what the core's device="cuda" takes)."""
+    return t.detach().movedim(1, -1).contiguous()
+
+
+def _gpu_first(a, like):
+    """A core device array (channels last) as a contiguous channels-first tensor on ``like``'s device."""
+    return torch.as_tensor(a, device=like.device).movedim(-1, 1).to(like.dtype).contiguous()
 
 
 #: Elements from which the blocked parallel transpose beats NumPy's strided copy (measured on 2 cores).
@@ -78,10 +128,10 @@ def _fresh(t):
     return t.new_empty(t.shape)
 
 
-def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims):
-    ta, tb, tg = (float(x) for x in _to_numpy(widths))
-    return dict(n_iter=n_iter, theta_alpha=ta, theta_beta=tb, theta_gamma=tg, w_spatial=_to_numpy(ws),
-                w_bilateral=_to_numpy(wb), compat=_to_numpy(mu), normalization=normalization,
+def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims, quiet=False):
+    ta, tb, tg = (float(x) for x in _to_numpy(widths, quiet))
+    return dict(n_iter=n_iter, theta_alpha=ta, theta_beta=tb, theta_gamma=tg, w_spatial=_to_numpy(ws, quiet),
+                w_bilateral=_to_numpy(wb, quiet), compat=_to_numpy(mu, quiet), normalization=normalization,
                 spatial_dims=spatial_dims, output="logits")
 
 
@@ -91,10 +141,17 @@ def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, w
                                                                                                 torch.Tensor]:
     if logits.shape[0] == 0:  # an empty batch: an empty result (the core refuses empty arrays)
         return _fresh(logits), torch.tensor(0, dtype=torch.int64)
-    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2)
-    out, res = meanfield_fwd(_channels_last(logits), _channels_last(image), keep_residuals=keep, **kw)
+    gpu = _on_gpu(logits)
+    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2, quiet=gpu)
+    if gpu:  # the parameters above are a few numbers; the images never leave the GPU
+        with _OnGpu(logits):
+            out, res = meanfield_fwd(_gpu_last(logits), _gpu_last(image), keep_residuals=keep, device="cuda", **kw)
+            out = _gpu_first(out, logits)
+    else:
+        out, res = meanfield_fwd(_channels_last(logits), _channels_last(image), keep_residuals=keep, **kw)
+        out = _channels_first(out, logits)
     handle = _STORE.put(res) if keep else 0
-    return _channels_first(out, logits), torch.tensor(handle, dtype=torch.int64)
+    return out, torch.tensor(handle, dtype=torch.int64)
 
 
 @_meanfield_op.register_fake
@@ -108,8 +165,11 @@ def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: tor
                            normalization: str, features: bool) -> list[torch.Tensor]:
     if logits.shape[0] == 0:  # an empty batch: no gradient flows
         return [_fresh(t).zero_() for t in (logits, ws, wb, mu, image, widths)]
-    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2)
+    gpu = _on_gpu(logits)
+    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2, quiet=gpu)
     res = _STORE.pop(int(handle)) if int(handle) > 0 else None
+    if gpu:
+        return _gpu_backward(res, grad, logits, image, ws, mu, widths, features, kw)
     if res is None:  # evicted, or the forward kept nothing: recompute it
         _, res = meanfield_fwd(_channels_last(logits), _channels_last(image), **kw)
     g = meanfield_bwd(res, _channels_last(grad), features=features)
@@ -123,6 +183,26 @@ def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: tor
                                 device=widths.device))
     else:
         out += [_fresh(image).zero_(), _fresh(widths).zero_()]
+    return out
+
+
+def _gpu_backward(res, grad, logits, image, ws, mu, widths, features, kw):
+    """The backward op's gradients for CUDA tensors, computed on their GPU."""
+    with _OnGpu(logits):
+        if res is None:
+            _, res = meanfield_fwd(_gpu_last(logits), _gpu_last(image), device="cuda", **kw)
+        g = meanfield_bwd(res, _gpu_last(grad), features=features)
+        dtype = logits.dtype
+        out = [_gpu_first(g.logits, logits)]
+        out += [torch.as_tensor(np.asarray(x), dtype=dtype).to(ws.device).contiguous()
+                for x in (g.w_spatial, g.w_bilateral)]
+        out.append(torch.as_tensor(g.compat, dtype=dtype).to(mu.device).contiguous())
+        if features:
+            out.append(_gpu_first(g.image, image))
+            out.append(torch.tensor([g.theta_alpha, g.theta_beta, g.theta_gamma], dtype=widths.dtype,
+                                    device=widths.device))
+        else:
+            out += [_fresh(image).zero_(), _fresh(widths).zero_()]
     return out
 
 

@@ -14,5 +14,15 @@ from ._engine.validation import check_layout, positive_scalar
 from ._kernels import lattice as lattice_kernels
 from ._kernels.meanfield import transpose_scaled
 
-__all__ = ["ResidualStore", "check_layout", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
+
+
+def cuda_backend():
+    """crfcore's CUDA device module (:mod:`crfcore._cuda.device`: ``require``, ``on_stream``), imported on first
+    use (it imports ``numba.cuda``)."""
+    from ._cuda import device
+
+    return device
+
+
+__all__ = ["cuda_backend", "ResidualStore", "check_layout", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
            "threads", "deprecated", "positive_int", "positive_float", "non_negative_float"]

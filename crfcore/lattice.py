@@ -187,6 +187,11 @@ class Lattice:
     def __repr__(self):
         return f"Lattice(num_points={self.num_points}, dim={self.dim}, num_vertices={self.num_vertices})"
 
+    @property
+    def nbytes(self):
+        """Memory of the lattice's index arrays and weights."""
+        return sum(a.nbytes for a in self.arrays)
+
     def ones(self, dtype):
         """A cached vector of N ones (the identity scaling)."""
         dtype = np.dtype(dtype)

@@ -233,3 +233,43 @@ def test_kernels_compile_for_the_gpu():
         pytest.skip(f"no NVVM to compile with: {run.stdout.strip()[-300:]}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "compiled" in run.stdout
+
+
+def test_torch_cuda_tensors_stay_on_the_gpu(rng):
+    """The PyTorch adapter on CUDA tensors: the core's device path (no host round trip), the CPU's results and
+    gradients, and torch.compile around it. Needs a GPU and a CUDA build of PyTorch."""
+    torch = pytest.importorskip("torch")
+    if SIM or not torch.cuda.is_available():
+        pytest.skip("needs a GPU and PyTorch with CUDA")
+    from crfcore.adapters import torch as adapter
+
+    logits = torch.tensor(rng.normal(size=(2, 3, 6, 7)), dtype=torch.float64)
+    image = torch.tensor(rng.integers(0, 255, (2, 3, 6, 7)), dtype=torch.float64)
+    kw = dict(KW)
+    outs, grads = [], []
+    for device in ("cpu", "cuda"):
+        lg = logits.to(device).requires_grad_()
+        im = image.to(device).requires_grad_()
+        out = adapter.crf_refine(lg, im, **kw)
+        assert out.device.type == device
+        (out * torch.arange(out.numel(), device=device).reshape(out.shape).sin()).sum().backward()
+        outs.append(out.detach().cpu())
+        grads.append((lg.grad.cpu(), im.grad.cpu()))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
+    compiled = torch.compile(lambda a, b: adapter.crf_refine(a, b, **kw) * 2)
+    torch.testing.assert_close(compiled(logits.cuda(), image.cuda()).cpu(), outs[0] * 2, rtol=1e-10, atol=1e-10)
+
+
+def test_gpu_benchmark_runs_and_agrees():
+    """``python -m benchmarks gpu``'s rows on a tiny size (in the simulator its times mean nothing; its results
+    must still match the CPU path)."""
+    from benchmarks import gpu
+
+    result = gpu.run([10], [2], [1], 1, progress=lambda s: None)
+    (row,) = result["rows"]
+    for key in ("gpu_forward", "gpu_forward_backward", "cpu_forward", "cpu_forward_backward"):
+        assert row[key]["median_ms"] > 0
+    assert row["max_abs_diff_vs_cpu"] < 1e-5
+    assert "report" and "10x10" in gpu.report(result)

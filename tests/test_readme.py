@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 DOCS = os.path.join(ROOT, "docs")
 PAGES = [README] + sorted(glob.glob(os.path.join(DOCS, "*.md")) + glob.glob(os.path.join(DOCS, "design", "*.md")))
-FRAMEWORKS = {"tensorflow": "tensorflow", "keras": "tensorflow", "torch": "torch", "jax": "jax"}
+FRAMEWORKS = {"tensorflow": "tensorflow", "keras": "tensorflow", "torch": "torch", "jax": "jax", "cupy": "cupy"}
 
 
 def python_blocks(path):

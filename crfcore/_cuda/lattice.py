@@ -142,6 +142,11 @@ class CudaLattice:
     def __repr__(self):
         return f"CudaLattice(num_points={self.num_points}, dim={self.dim}, num_vertices={self.num_vertices})"
 
+    @property
+    def nbytes(self):
+        """Device memory of the lattice's arrays."""
+        return sum(a.nbytes for a in (self.weights, self.vertex, self.rows, self.indptr, self.neighbours))
+
     def ones(self, dtype, n_channels=None):
         """A cached device array of N ones (``(N, n_channels)`` when given)."""
         key = (np.dtype(dtype), n_channels)

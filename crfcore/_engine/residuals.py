@@ -15,10 +15,11 @@ import numpy as np
 
 
 def residual_bytes(res):
-    """Memory held by a forward's residuals (iterates, messages and lattices)."""
-    arrays = [v for v in res if isinstance(v, np.ndarray)]
-    lattices = [k.lattice for pair in getattr(res, "kernels", []) for k in pair]
-    return sum(a.nbytes for a in arrays) + sum(sum(a.nbytes for a in lat.arrays) for lat in lattices)
+    """Memory held by a forward's residuals (iterates, messages and lattices; device memory for a CUDA
+    forward's)."""
+    arrays = [v for v in res if isinstance(v, np.ndarray) or hasattr(v, "__cuda_array_interface__")]
+    lattices = [k.lattice for pair in getattr(res, "kernels", []) if pair is not None for k in pair]
+    return sum(a.nbytes for a in arrays) + sum(lat.nbytes for lat in lattices)
 
 
 class ResidualStore:

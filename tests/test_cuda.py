@@ -154,6 +154,21 @@ def test_float32_gray_image_and_volumes(rng):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_inference_paths_equal_the_cpu(rng):
+    """meanfield's own paths (no residuals): summed messages for scalar weights, apart for matrices, Z for logits."""
+    logits, image = _inputs(rng, shape=(1, 5, 4))
+    n_lab = logits.shape[-1]
+    for kw in (dict(KW), dict(KW, w_spatial=rng.uniform(0.5, 2, (n_lab, n_lab)), compat=rng.uniform(0, 1, (n_lab,
+                                                                                                          n_lab)))):
+        np.testing.assert_allclose(crfcore.meanfield(logits, image, device="cuda", **kw),
+                                   crfcore.meanfield(logits, image, **kw), rtol=1e-12, atol=1e-12)
+        for output in ("logits", "probs"):
+            a = crfcore.meanfield_fwd(logits, image, device="cuda", output=output, keep_residuals=False, **kw)
+            b = crfcore.meanfield_fwd(logits, image, output=output, keep_residuals=False, **kw)
+            assert a[1] is None
+            np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
+
+
 def test_inference_is_deterministic_and_device_arrays_stay_on_the_device(rng):
     logits, image = _inputs(rng)
     q_c = crfcore.meanfield(logits, image, **KW)

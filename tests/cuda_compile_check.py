@@ -63,6 +63,9 @@ def signatures(t):
         (M.column_dots, (arr(f64, 2), arr(f64, 2), i64, arr(f64, 2))),
         (M.image_grad, (arr(f64, 2), i64, arr(f64, 1), v2)),
         (M.copy_bytes, (arr(u8, 1), arr(u8, 1))),
+        (M.fill, (v1, t)),
+        (M.fill, (arr(i32, 1), i32)),
+        (M.fill, (arr(i64, 1), i64)),
     ]
 
 

@@ -97,12 +97,21 @@ def empty(shape, dtype):
 
 
 def zeros(shape, dtype):
-    """A device array of zeros (copied from the host: the simulator has no memset)."""
-    return to_device(np.zeros(shape, dtype=dtype))
+    """A device array of zeros."""
+    return full(shape, 0, dtype)
 
 
 def full(shape, value, dtype):
-    return to_device(np.full(shape, value, dtype=dtype))
+    """A device array filled with ``value`` on the device (a hash table of 2**24 slots copied from the host would
+    cost more than the CRF)."""
+    from .._kernels.cuda_meanfield import fill
+
+    dtype = np.dtype(dtype)
+    out = empty(shape, dtype)
+    if out.size:
+        flat = out.reshape(-1)
+        launch(fill, flat.shape[0], flat, dtype.type(value))
+    return out
 
 
 def to_device(x):

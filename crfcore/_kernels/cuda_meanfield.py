@@ -291,3 +291,10 @@ def copy_bytes(src, dst):
     """``dst[i] = src[i]`` (uint8 views: a device copy of any array)."""
     for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
         dst[i] = src[i]
+
+
+@cuda.jit(cache=True)
+def fill(out, value):
+    """``out[:] = value`` (1-D): zeros and tables filled on the device, not copied from the host."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = value

@@ -21,6 +21,14 @@ def main():
     assert not any(os.path.abspath(p or ".") == checkout for p in sys.path), sys.path
     import crfcore
     import crfcore.adapters  # no framework needed
+    import importlib.util
+
+    assert importlib.util.find_spec("crfcore._cuda.meanfield"), "the CUDA backend is missing from the wheel"
+    try:  # without the cuda extra, device="cuda" says what to install
+        crfcore.meanfield(np.zeros((4, 4, 2), np.float32), np.zeros((4, 4, 3)), device="cuda")
+        raise AssertionError("device='cuda' ran without numba-cuda")
+    except ImportError as exc:
+        assert "crfcore[cuda]" in str(exc), exc
 
     assert not os.path.abspath(crfcore.__file__).startswith(checkout + os.sep), crfcore.__file__
     top = installed_top_level()

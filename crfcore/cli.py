@@ -41,7 +41,26 @@ def _info(args):
     print("inference kernels cached: " + ", ".join(f"{'2 labels' if n == 2 else '3+ labels'} "
                                                   f"{'yes' if ok else 'no (run: crfcore warmup)'}"
                                                   for n, ok in ready.items()))
+    print(f"device='cuda': {_cuda_status()}")
     return 0
+
+
+def _cuda_status():
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        return "numba-cuda is not installed (pip install 'crfcore[cuda]')"
+    from ._cuda import device
+
+    try:
+        cuda = device.require()
+    except RuntimeError:
+        return "no usable GPU (numba.cuda.is_available() is False)"
+    if device._simulator():
+        return "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1: on the CPU, slow)"
+    gpu = cuda.get_current_device()
+    name = gpu.name.decode() if isinstance(gpu.name, bytes) else gpu.name
+    return f"{name}, compute capability {'.'.join(map(str, gpu.compute_capability))}"
 
 
 def parser():

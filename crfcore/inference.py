@@ -307,9 +307,10 @@ def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
     if spatial_dims < 1:
         raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
     from ._cuda import device as cuda_device
+
+    cuda_device.require()  # before the kernels' module imports numba.cuda
     from ._cuda import meanfield as cuda_meanfield
 
-    cuda_device.require()
     u, img, on_device, (lo, hi) = cuda_meanfield.check_inputs(logits, image, spatial_dims)
     params = check_params(tuple(u.shape)[-1], n_channels=tuple(img.shape)[-1], **kwargs)
     if np.dtype(img.dtype) not in (np.uint8, np.int8):

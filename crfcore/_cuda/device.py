@@ -58,11 +58,12 @@ _SIM_GRID = (2, 4)
 
 
 def grid(n):
-    """``(blocks, threads per block)`` of a launch over ``n`` elements: one thread an element (blocks of 256, at
-    most 2**20 blocks, the kernels loop past that) on a GPU, :data:`_SIM_GRID` in the simulator."""
+    """``(blocks, threads per block)`` of a launch over ``n`` elements: one thread an element in blocks of 256 on a
+    GPU, at least 128 blocks (the extra ones exit at once; fewer would make numba-cuda warn of low occupancy at every
+    small launch) and at most 2**20 (the kernels loop past that); :data:`_SIM_GRID` in the simulator."""
     if _simulator():
         return _SIM_GRID
-    return min((n + 255) // 256, 1 << 20), 256
+    return min(max((n + 255) // 256, 128), 1 << 20), 256
 
 
 def stream():

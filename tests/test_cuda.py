@@ -203,6 +203,12 @@ def test_clear_errors(rng):
         crfcore.meanfield(logits, image[:, :4], device="cuda")
     with pytest.raises(ValueError, match="theta_alpha"):
         crfcore.meanfield(logits, image, device="cuda", theta_alpha=-1.0)
+    with pytest.raises(TypeError, match="strided"):
+        crfcore.meanfield(dev.to_device(np.zeros((4, 8, 2))).__getitem__((slice(None), slice(None, None, 2))),
+                          image[0, :4, :4], device="cuda")
+    with pytest.raises(ValueError, match="up to 15 feature dimensions"):
+        crfcore.meanfield(np.zeros((3, 3, 2)), rng.integers(0, 255, (3, 3, 14)).astype(np.uint8), device="cuda",
+                          n_iter=1)
     _, res = crfcore.meanfield_fwd(logits, image, device="cuda", **KW)
     with pytest.raises(ValueError, match="the forward ran on cuda"):
         crfcore.meanfield_bwd(res, logits, device="cpu")

@@ -13,7 +13,6 @@ CRF-as-RNN, Zheng et al. 2015)::
 iterations in reverse (densecrf's ``DenseCRF::gradient``) for the exact gradient of the unrolled loop.
 """
 
-import numbers
 import warnings
 from typing import NamedTuple
 
@@ -23,7 +22,8 @@ from . import warmup
 from ._engine import numpy_lattice
 from ._engine import parallel as _parallel
 from ._kernels import meanfield as MK
-from ._engine.validation import as_float_array, check_finite, check_layout, check_nonempty
+from ._engine.validation import (as_float_array, check_finite, check_logits_shape, check_spatial_dims,
+                                 image_shape_with_channels)
 from .features import bilateral_features, spatial_features
 from ._engine.iterations import Transform, backward_one, forward_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
@@ -65,33 +65,16 @@ class MeanfieldGrads(NamedTuple):
 
 
 def _check_inputs(logits, image, spatial_dims):
-    if isinstance(spatial_dims, (bool, np.bool_)) or not isinstance(spatial_dims, (numbers.Integral, np.integer)):
-        raise TypeError(f"`spatial_dims` must be an int, got {type(spatial_dims).__name__}")
-    if spatial_dims < 1:
-        raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
+    check_spatial_dims(spatial_dims)
     if np.ndim(logits) == 0:
         raise ValueError("`logits` is a scalar; pass an array of shape (..., *spatial, L)")
     u = as_float_array(logits, "logits")
-    if u.ndim < spatial_dims + 1:
-        raise ValueError(
-            f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes, got shape {u.shape}"
-        )
-    check_nonempty(u, "logits")
-    if u.shape[-1] < 2:
-        raise ValueError(f"`logits` has {u.shape[-1]} label(s) in its last axis; a CRF needs L >= 2")
+    check_logits_shape(u.shape, spatial_dims)
     check_finite(u, "logits")
     img = np.asarray(image)
     if img.dtype.kind not in "fiu" or img.dtype == np.bool_:
         raise TypeError(f"`image` must be a real numeric array (uint8 or float), got dtype {img.dtype}")
-    if img.shape == u.shape[:-1]:
-        img = img[..., None]  # single-channel image given without its channel axis
-    check_layout(u.shape, img.shape, spatial_dims)
-    if img.shape[:-1] != u.shape[:-1]:
-        raise ValueError(
-            f"`image` has shape {img.shape} but `logits` has shape {u.shape}; all axes but the last must match "
-            f"(batch and spatial): resize one to match"
-        )
-    check_nonempty(img, "image")
+    img = img.reshape(image_shape_with_channels(u.shape, img.shape, spatial_dims))
     if img.dtype.kind == "f":
         check_finite(img, "image")
     return u, img  # in its own dtype: the bilateral features convert it (no float64 copy of the whole batch)
@@ -302,19 +285,16 @@ def _check_device(device):
 
 def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
     """:func:`meanfield_fwd` on the CUDA device (:mod:`crfcore._cuda`)."""
-    if isinstance(spatial_dims, (bool, np.bool_)) or not isinstance(spatial_dims, (numbers.Integral, np.integer)):
-        raise TypeError(f"`spatial_dims` must be an int, got {type(spatial_dims).__name__}")
-    if spatial_dims < 1:
-        raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
+    check_spatial_dims(spatial_dims)
     from ._cuda import device as cuda_device
 
     cuda_device.require()  # before the kernels' module imports numba.cuda
     from ._cuda import meanfield as cuda_meanfield
 
-    u, img, on_device, (lo, hi) = cuda_meanfield.check_inputs(logits, image, spatial_dims)
+    u, img, on_device, img_range = cuda_meanfield.check_inputs(logits, image, spatial_dims)
     params = check_params(tuple(u.shape)[-1], n_channels=tuple(img.shape)[-1], **kwargs)
-    if np.dtype(img.dtype) not in (np.uint8, np.int8):
-        _check_image_range(lo, hi, params.theta_beta)
+    if img_range is not None:
+        _check_image_range(*img_range, params.theta_beta)
     spatial_shape = tuple(u.shape)[-1 - spatial_dims:-1]
     image_shape = tuple(image.shape) if cuda_device.is_device_array(image) else np.shape(image)
     out, res = cuda_meanfield.forward(u, img, spatial_shape, params, _combined(params), output, keep_residuals,
@@ -412,7 +392,8 @@ def _cuda_backward(residuals, grad, features):
     from ._cuda import device as cuda_device
     from ._cuda import meanfield as cuda_meanfield
 
-    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features)
+    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features,
+                                                                          _combined(residuals.params))
     if features:
         d_image = d_image.reshape(*residuals.image_shape)
     if not residuals.on_device:

@@ -46,7 +46,7 @@ def signatures(t):
         (L.weights_to_features, (arr(f64, 2), arr(f64, 1), arr(f64, 1), arr(f64, 2))),
         (M.combine_softmax, (v2, v2, v2, v2, v2, b1, t, t, b1, v2, b1, v2, t)),
         (M.softmax, (v2, v2, t)),
-        (M.add_scaled, (v2, t, v2, b1)),
+        (M.add, (v2, v2)),
         (M.softmax_rows_bwd, (v2, v2, v2, t)),
         (M.combine_bwd, (v2, v2, v2, b1, t, t, v2, v2, v2)),
         (M.outer_blocks, (v2, v2, v2, arr(f64, 4))),

@@ -5,6 +5,7 @@ Numba device arrays) are used in place, never copied to the host; NumPy arrays a
 """
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -15,7 +16,9 @@ _state = threading.local()
 _checked = None
 
 
+@functools.lru_cache(maxsize=None)
 def _simulator():
+    """Whether Numba's CUDA simulator is on (Numba reads the variable once, when imported: so does this)."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
@@ -105,14 +108,25 @@ def zeros(shape, dtype):
 def full(shape, value, dtype):
     """A device array filled with ``value`` on the device (a hash table of 2**24 slots copied from the host would
     cost more than the CRF)."""
-    from .._kernels.cuda_meanfield import fill
+    return fill(empty(shape, dtype), value)
 
-    dtype = np.dtype(dtype)
-    out = empty(shape, dtype)
-    if out.size:
-        flat = out.reshape(-1)
-        launch(fill, flat.shape[0], flat, dtype.type(value))
-    return out
+
+def fill(x, value):
+    """``x[...] = value`` on the device (``x`` C-contiguous); returns ``x``."""
+    from .._kernels.cuda_meanfield import fill as kernel
+
+    if x.size:
+        flat = x.reshape(-1)
+        launch(kernel, flat.shape[0], flat, np.dtype(x.dtype).type(value))
+    return x
+
+
+def copy(src, dst):
+    """``dst[...] = src`` on the device, for C-contiguous arrays of one shape and any dtype (as bytes)."""
+    from .._kernels.cuda_meanfield import copy_bytes
+
+    flat_src, flat_dst = src.reshape(-1).view(np.uint8), dst.reshape(-1).view(np.uint8)
+    launch(copy_bytes, flat_src.shape[0], flat_src, flat_dst)
 
 
 def to_device(x):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._engine.iterations import Transform, tiny
-from .._engine.validation import check_layout, supported_float_type
+from .._engine.validation import check_logits_shape, image_shape_with_channels, supported_float_type
 from .._kernels import cuda_meanfield as MK
 from ..params import CrfParams
 from . import device as dev
@@ -73,33 +73,22 @@ def check_finite(x, name):
 
 def check_inputs(logits, image, spatial_dims):
     """The checks of :func:`crfcore.inference._check_inputs` on device (or host) inputs: ``(u, img, on_device,
-    image range)`` with ``u``, ``img`` device arrays (``img`` with its channel axis)."""
+    image range)`` with ``u``, ``img`` device arrays (``img`` with its channel axis) and the image's ``(min, max)``
+    for :func:`crfcore.inference._check_image_range` (None for 8-bit images, which it does not check)."""
     if np.ndim(logits) == 0 and not dev.is_device_array(logits):
         raise ValueError("`logits` is a scalar; pass an array of shape (..., *spatial, L)")
     u, on_device = device_input(logits, "logits", float_only=True)
-    if u.ndim < spatial_dims + 1:
-        raise ValueError(f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes, got shape "
-                         f"{u.shape}")
-    if u.size == 0:
-        raise ValueError(f"`logits` is empty (shape {u.shape}); pass at least one element")
-    if tuple(u.shape)[-1] < 2:
-        raise ValueError(f"`logits` has {tuple(u.shape)[-1]} label(s) in its last axis; a CRF needs L >= 2")
+    check_logits_shape(tuple(u.shape), spatial_dims)
     check_finite(u, "logits")
     img, _ = device_input(image, "image", float_only=False)
-    if tuple(img.shape) == tuple(u.shape)[:-1]:
-        img = img.reshape(*img.shape, 1)
-    check_layout(u.shape, img.shape, spatial_dims)
-    if tuple(img.shape)[:-1] != tuple(u.shape)[:-1]:
-        raise ValueError(f"`image` has shape {tuple(img.shape)} but `logits` has shape {tuple(u.shape)}; all axes but "
-                         f"the last must match (batch and spatial): resize one to match")
-    if img.size == 0:
-        raise ValueError(f"`image` is empty (shape {img.shape}); pass at least one element")
-    if np.dtype(img.dtype).kind == "f":
-        img_range = check_finite(img, "image")
-    else:
-        lo, hi, _ = feature_range(img.reshape(-1, 1))
-        img_range = (float(lo[0]), float(hi[0]))
-    return u, img, on_device, img_range
+    img = img.reshape(*image_shape_with_channels(tuple(u.shape), tuple(img.shape), spatial_dims))
+    dtype = np.dtype(img.dtype)
+    if dtype.kind == "f":
+        return u, img, on_device, check_finite(img, "image")
+    if dtype in (np.uint8, np.int8):
+        return u, img, on_device, None
+    lo, hi, _ = feature_range(img.reshape(-1, 1))
+    return u, img, on_device, (float(lo[0]), float(hi[0]))
 
 
 def _features(img, spatial_shape, params, bilateral):
@@ -134,10 +123,6 @@ def _kernels(img, spatial_shape, params, dtype):
     return ks, kb
 
 
-def _copy(src, dst):
-    dev.launch(MK.add_scaled, tuple(src.shape)[0] * tuple(src.shape)[1], src, src.dtype.type(1), dst, False)
-
-
 def forward(u, img, spatial_shape, params, tr_mats, output, keep_residuals, image_shape, on_device):
     """Mean field on device arrays ``u`` (logits) and ``img`` (with its channel axis); returns ``(out,
     residuals)``, ``out`` a device array of ``u``'s shape (residuals None unless ``keep_residuals``)."""
@@ -166,9 +151,9 @@ def forward(u, img, spatial_shape, params, tr_mats, output, keep_residuals, imag
         if n_iter == 0:
             dev.launch(MK.softmax, n, ui, qi, eps)
             if output == "logits":
-                _copy(ui, out[i])
+                dev.copy(ui, out[i])
             elif keep_residuals:
-                _copy(qi, out[i])
+                dev.copy(qi, out[i])
             kernels.append(None)
             continue
         ks, kb = _kernels(img3[i], spatial_shape, params, dtype)
@@ -196,24 +181,17 @@ def forward(u, img, spatial_shape, params, tr_mats, output, keep_residuals, imag
             dev.launch(MK.combine_softmax, n, ui, ms, mb, a0, a1, tr.potts, c0, c1, not fused, z,
                        output == "logits" and last, q_next, eps)
         if output == "probs" and keep_residuals:
-            _copy(qi, out[i])
+            dev.copy(qi, out[i])
     out = out.reshape(u.shape)
     if not keep_residuals:
         return out, None
     image = dev.empty(img3.shape, img3.dtype)
-    _copy_any(img3, image)
+    dev.copy(img3, image)
     return out, CudaMeanfieldResiduals(params, output, tuple(u.shape), dtype, kernels, q_in, s, b, q_out, image,
                                        image_shape, on_device)
 
 
-def _copy_any(src, dst):
-    """A device copy of a C-contiguous array of any dtype (one element per thread, as bytes)."""
-    flat_src = src.reshape(-1).view(np.uint8)
-    flat_dst = dst.reshape(-1).view(np.uint8)
-    dev.launch(MK.copy_bytes, flat_src.shape[0], flat_src, flat_dst)
-
-
-def backward(res, grad, features):
+def backward(res, grad, features, tr_mats):
     """The gradients of :func:`crfcore.meanfield_bwd` for device residuals: ``(d_logits, dA_s, dA_b, sums_s,
     sums_b, d_image)``; ``d_logits`` and ``d_image`` device arrays, the rest host float64."""
     p = res.params
@@ -227,7 +205,7 @@ def backward(res, grad, features):
     check_finite(g, "grad")
     g3 = g.reshape(n_batch, n, n_lab)
     eps = tiny(dtype)
-    tr = Transform.of(tuple(_combined(p)), dtype)
+    tr = Transform.of(tr_mats, dtype)
     a0, a1 = dev.to_device(tr.mats[0]), dev.to_device(tr.mats[1])
     c0, c1 = tr.coefs
     d_logits = dev.empty((n_batch, n, n_lab), dtype)
@@ -246,11 +224,11 @@ def backward(res, grad, features):
         if res.output == "probs":
             dev.launch(MK.softmax_rows_bwd, n, res.q_out[i], g3[i], dz, eps)
         else:
-            _copy(g3[i], dz)
+            dev.copy(g3[i], dz)
         du = d_logits[i]
-        dev.launch(MK.add_scaled, n * n_lab, dz, dtype.type(0), du, False)  # zeros
+        dev.fill(du, 0)
         if n_iter == 0:
-            _copy(dz, du)
+            dev.copy(dz, du)
             continue
         ks, kb = res.kernels[i]
         grads = (CudaFeatureGrad(ks), CudaFeatureGrad(kb)) if run else None
@@ -268,7 +246,7 @@ def backward(res, grad, features):
             if grads:
                 grads[1].add_message(q_t, b_t, db, dq_b, blurred)
             dev.launch(MK.iteration_bwd, n, q_t, dq_s, dq_b, dz, eps)
-        dev.launch(MK.add_scaled, n * n_lab, dz, dtype.type(1), du, True)
+        dev.launch(MK.add, n * n_lab, dz, du)
         if not run:
             continue
         img = res.image[i]
@@ -288,9 +266,3 @@ def _column_dots(a, b):
     partial = dev.empty((n_blocks, d), np.float64)
     dev.launch(MK.column_dots, n_blocks * d, a, b, 0, partial)
     return dev.to_host(partial).sum(axis=0)
-
-
-def _combined(params):
-    from ..inference import _combined as combined
-
-    return combined(params)

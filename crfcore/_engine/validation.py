@@ -52,8 +52,46 @@ def check_finite(arr, name):
 
 
 def check_nonempty(arr, name):
-    if arr.size == 0:
-        raise ValueError(f"`{name}` is empty (shape {arr.shape}); pass at least one element")
+    check_nonempty_shape(tuple(arr.shape), name)
+
+
+def check_nonempty_shape(shape, name):
+    if int(np.prod(shape)) == 0:
+        raise ValueError(f"`{name}` is empty (shape {shape}); pass at least one element")
+
+
+def check_spatial_dims(spatial_dims):
+    """``spatial_dims``: an int >= 1, or a clear error."""
+    if isinstance(spatial_dims, (bool, np.bool_)) or not isinstance(spatial_dims, (numbers.Integral, np.integer)):
+        raise TypeError(f"`spatial_dims` must be an int, got {type(spatial_dims).__name__}")
+    if spatial_dims < 1:
+        raise ValueError(f"`spatial_dims` must be >= 1, got {spatial_dims}")
+
+
+def check_logits_shape(shape, spatial_dims):
+    """The logits' shape ``(..., *spatial, L)``: enough axes, not empty, at least two labels."""
+    if len(shape) < spatial_dims + 1:
+        raise ValueError(
+            f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes, got shape {shape}"
+        )
+    check_nonempty_shape(shape, "logits")
+    if shape[-1] < 2:
+        raise ValueError(f"`logits` has {shape[-1]} label(s) in its last axis; a CRF needs L >= 2")
+
+
+def image_shape_with_channels(logits_shape, image_shape, spatial_dims):
+    """The image's shape with its channel axis (a single-channel image may omit it), checked against the logits'
+    (layout, batch and spatial axes, not empty)."""
+    if image_shape == logits_shape[:-1]:
+        image_shape = image_shape + (1,)
+    check_layout(logits_shape, image_shape, spatial_dims)
+    if image_shape[:-1] != logits_shape[:-1]:
+        raise ValueError(
+            f"`image` has shape {image_shape} but `logits` has shape {logits_shape}; all axes but the last must match "
+            f"(batch and spatial): resize one to match"
+        )
+    check_nonempty_shape(image_shape, "image")
+    return image_shape
 
 
 def positive_scalar(x, name):

@@ -34,12 +34,21 @@ def test_threads_get_the_serial_results():
             np.testing.assert_array_equal(x, y)
 
 
-def test_a_call_waits_while_another_holds_the_cores():
+def test_a_call_waits_while_another_holds_the_cores(monkeypatch):
+    # the kernels, never NumPy's first-call path (which runs in the caller): this test is about the compute thread
+    monkeypatch.setenv("CRFCORE_FIRST_CALL", "compile")
     logits, image = _inputs(0)
+    holding = threading.Event()
     release = threading.Event()
     done = threading.Event()
-    holder = threading.Thread(target=_parallel.run, args=(release.wait, 30))  # another caller's image
+
+    def hold():  # another caller's image, running on the compute thread until released
+        holding.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=_parallel.run, args=(hold,))
     holder.start()
+    assert holding.wait(30), "the holder's work never started on the compute thread"
 
     def call():
         crfcore.meanfield(logits, image, n_iter=2)

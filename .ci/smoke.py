@@ -23,7 +23,8 @@ def main():
     import crfcore.adapters  # no framework needed
     import importlib.util
 
-    assert importlib.util.find_spec("crfcore._cuda.meanfield"), "the CUDA backend is missing from the wheel"
+    for name in ("crfcore._cuda.meanfield", "crfcore._cuda.crf"):
+        assert importlib.util.find_spec(name), f"the CUDA backend ({name}) is missing from the wheel"
     try:  # without the cuda extra, device="cuda" says what to install
         crfcore.meanfield(np.zeros((4, 4, 2), np.float32), np.zeros((4, 4, 3)), device="cuda")
         raise AssertionError("device='cuda' ran without numba-cuda")

@@ -22,8 +22,8 @@ from . import warmup
 from ._engine import numpy_lattice
 from ._engine import parallel as _parallel
 from ._kernels import meanfield as MK
-from ._engine.validation import (as_float_array, check_finite, check_logits_shape, check_spatial_dims,
-                                 image_shape_with_channels)
+from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite,
+                                 check_logits_shape, check_spatial_dims, image_shape_with_channels)
 from .features import bilateral_features, spatial_features
 from ._engine.iterations import Transform, backward_one, forward_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
@@ -219,7 +219,7 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     """
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
-    if _check_device(device) == "cuda":
+    if check_device(device) == "cuda":
         return _cuda_forward(logits, image, spatial_dims, output, keep_residuals,
                              dict(n_iter=n_iter, theta_alpha=theta_alpha, theta_beta=theta_beta,
                                   theta_gamma=theta_gamma, w_spatial=w_spatial, w_bilateral=w_bilateral,
@@ -272,15 +272,6 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     res = MeanfieldResiduals(params, output, u.shape, u.dtype, kernels, q_in, s, b, q_out, np.array(img3),
                              np.shape(image))
     return out, res
-
-
-DEVICES = ("cpu", "cuda")
-
-
-def _check_device(device):
-    if not isinstance(device, str) or device not in DEVICES:
-        raise ValueError(f"`device` must be one of {DEVICES}, got {device!r}")
-    return device
 
 
 def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
@@ -350,9 +341,7 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
         raise TypeError("`residuals` must be the second value returned by meanfield_fwd(..., keep_residuals=True)")
     if not isinstance(features, (bool, np.bool_)):
         raise TypeError(f"`features` must be True or False, got {features!r}")
-    if device is not None and _check_device(device) != ("cuda" if on_cuda else "cpu"):
-        raise ValueError(f"device={device!r} but the forward ran on {'cuda' if on_cuda else 'cpu'}: the backward runs "
-                         f"where the forward's residuals are (leave `device` out)")
+    check_backward_device(device, on_cuda)
     if on_cuda:
         return _cuda_backward(residuals, grad, bool(features))
     g = as_float_array(grad, "grad", dtype=residuals.dtype)

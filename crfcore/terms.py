@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ._engine import parallel as _parallel
-from ._engine.validation import as_float_array, check_finite, check_nonempty
+from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite,
+                                 check_nonempty_shape)
 from ._engine.iterations import Transform, backward_one, forward_one
 from ._engine.kernel import FeatureGrad, Kernel
 from .params import NORMALIZATIONS, compat_matrix, potts, weight
@@ -53,40 +54,104 @@ class CrfResiduals(NamedTuple):
     q_out: np.ndarray
 
 
-class _Term(NamedTuple):
+class CheckedTerm(NamedTuple):
     features: np.ndarray
     weight: object  # float or (L, L) float64
     compat: np.ndarray  # (L, L) float64
     normalization: str
 
 
-def _check_term(term, i, n, n_labels):
-    if not isinstance(term, PairwiseTerm):
-        if isinstance(term, (tuple, list)) and 1 <= len(term) <= 4:
-            term = PairwiseTerm(*term)
-        else:
-            raise TypeError(f"`terms[{i}]` must be a crfcore.PairwiseTerm, got {type(term).__name__}")
-    f = as_float_array(term.features, f"terms[{i}].features", dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] != n:
-        raise ValueError(f"`terms[{i}].features` must have shape ({n}, d) for {n} points, got {f.shape}")
-    check_nonempty(f, f"terms[{i}].features")
-    check_finite(f, f"terms[{i}].features")
+def as_term(term, i):
+    """``terms[i]`` as a :class:`PairwiseTerm` (a tuple of its fields is accepted)."""
+    if isinstance(term, PairwiseTerm):
+        return term
+    if isinstance(term, (tuple, list)) and 1 <= len(term) <= 4:
+        return PairwiseTerm(*term)
+    raise TypeError(f"`terms[{i}]` must be a crfcore.PairwiseTerm, got {type(term).__name__}")
+
+
+def check_features_shape(shape, i, n):
+    """A term's features must be ``(N, d)`` with ``d >= 1``."""
+    if len(shape) != 2 or shape[0] != n:
+        raise ValueError(f"`terms[{i}].features` must have shape ({n}, d) for {n} points, got {tuple(shape)}")
+    check_nonempty_shape(tuple(shape), f"terms[{i}].features")
+
+
+def check_term_params(term, i, n_labels):
+    """A term's weight (float or ``(L, L)`` float64) and compatibility (``(L, L)`` float64); its normalisation
+    checked."""
     w = weight(term.weight, f"terms[{i}].weight", n_labels)
     compat = potts(n_labels) if term.compat is None else compat_matrix(term.compat, n_labels, f"terms[{i}].compat")
     if term.normalization not in NORMALIZATIONS:
         raise ValueError(f"`terms[{i}].normalization` must be one of {NORMALIZATIONS}, got {term.normalization!r}")
-    return _Term(f, w, compat, term.normalization)
+    return w, compat
+
+
+def _check_term(term, i, n, n_labels):
+    term = as_term(term, i)
+    f = as_float_array(term.features, f"terms[{i}].features", dtype=np.float64)
+    check_features_shape(f.shape, i, n)
+    check_finite(f, f"terms[{i}].features")
+    return CheckedTerm(f, *check_term_params(term, i, n_labels), term.normalization)
+
+
+def check_logits_shape_2d(shape):
+    """``logits`` must be ``(N, L)``, non-empty, with ``L >= 2``."""
+    if len(shape) != 2:
+        raise ValueError(f"`logits` must have shape (N, L), got {tuple(shape)}")
+    check_nonempty_shape(tuple(shape), "logits")
+    if shape[1] < 2:
+        raise ValueError(f"`logits` has {shape[1]} label(s); a CRF needs L >= 2")
 
 
 def _check_logits(logits):
     u = as_float_array(logits, "logits")
-    if u.ndim != 2:
-        raise ValueError(f"`logits` must have shape (N, L), got {u.shape}")
-    check_nonempty(u, "logits")
-    if u.shape[1] < 2:
-        raise ValueError(f"`logits` has {u.shape[1]} label(s); a CRF needs L >= 2")
+    check_logits_shape_2d(u.shape)
     check_finite(u, "logits")
     return u
+
+
+def check_terms_list(terms):
+    """``terms`` as a non-empty list (a clear error for a single term, a string, an array or an empty list)."""
+    if isinstance(terms, PairwiseTerm):
+        raise TypeError("`terms` must be a list of PairwiseTerm, got a single PairwiseTerm: pass [term]")
+    if isinstance(terms, (str, bytes, np.ndarray)) or not hasattr(terms, "__iter__"):
+        raise TypeError(f"`terms` must be a list of PairwiseTerm, got {type(terms).__name__}")
+    terms = list(terms)
+    if not terms:
+        raise ValueError("`terms` is empty: a dense CRF needs at least one pairwise term")
+    return terms
+
+
+def check_run(n_iter, output):
+    """``n_iter`` (an int >= 0) and ``output`` (one of :data:`OUTPUTS`) of a forward; returns ``int(n_iter)``."""
+    if output not in OUTPUTS:
+        raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
+    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
+    return int(n_iter)
+
+
+def matrix(term):
+    """A term's label transform ``A = mu W`` (float64)."""
+    return term.compat * term.weight if np.ndim(term.weight) == 0 else term.compat @ term.weight
+
+
+def summable(terms):
+    """Whether the terms' messages can be summed into one array: scalar weights and one common compatibility."""
+    return all(np.ndim(t.weight) == 0 and np.array_equal(t.compat, terms[0].compat) for t in terms)
+
+
+def term_grads(terms, da, dfs, n_labels):
+    """A :class:`TermGrads` per term from ``dA_k`` (the gradients of the transforms ``A_k = mu_k W_k``) and the
+    features' gradients ``dfs`` (None entries where not asked for)."""
+    out = []
+    for t, dak, df in zip(terms, da, dfs):
+        w = t.weight if np.ndim(t.weight) else t.weight * np.eye(n_labels)
+        d_compat = dak @ w.T
+        d_w = t.compat.T @ dak
+        out.append(TermGrads(float(np.trace(d_w)) if np.ndim(t.weight) == 0 else d_w, d_compat, df))
+    return out
 
 
 class CrfModel:
@@ -101,25 +166,16 @@ class CrfModel:
     """
 
     def __init__(self, terms, n_points, n_labels, dtype=np.float32):
-        if isinstance(terms, PairwiseTerm):
-            raise TypeError("`terms` must be a list of PairwiseTerm, got a single PairwiseTerm: pass [term]")
-        if isinstance(terms, (str, bytes, np.ndarray)) or not hasattr(terms, "__iter__"):
-            raise TypeError(f"`terms` must be a list of PairwiseTerm, got {type(terms).__name__}")
-        terms = list(terms)
-        if not terms:
-            raise ValueError("`terms` is empty: a dense CRF needs at least one pairwise term")
+        terms = check_terms_list(terms)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"`dtype` must be float32 or float64, got {self.dtype}")
         self.terms = [_check_term(t, i, n_points, n_labels) for i, t in enumerate(terms)]
         self.num_points, self.num_labels = int(n_points), int(n_labels)
         self.kernels = _parallel.run(self._build)
-        mats = [t.compat * t.weight if np.ndim(t.weight) == 0 else t.compat @ t.weight for t in self.terms]
-        self.transform = Transform.of(mats, self.dtype)
-        # one common compatibility and scalar weights: the messages can be summed into one array
-        common = all(np.ndim(t.weight) == 0 and np.array_equal(t.compat, self.terms[0].compat) for t in self.terms)
+        self.transform = Transform.of([matrix(t) for t in self.terms], self.dtype)
         self._fused = (Transform.of((self.terms[0].compat,), self.dtype), [t.weight for t in self.terms]) \
-            if common else None
+            if summable(self.terms) else None
 
     def _build(self):
         return [Kernel(t.features, t.normalization, self.dtype) for t in self.terms]
@@ -133,12 +189,8 @@ class CrfModel:
 
     def forward(self, logits, n_iter=5, output="probs", keep_residuals=False):
         """Mean field from ``softmax(logits)``: ``(out, residuals)``, ``out`` ``Q_T`` or ``Z_T`` (``output``)."""
-        if output not in OUTPUTS:
-            raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
-        if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
-            raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
+        n_iter = check_run(n_iter, output)
         u = self._logits(logits)
-        n_iter = int(n_iter)
         trace = None
         if keep_residuals:
             shape = (n_iter, self.num_points, self.num_labels)
@@ -170,10 +222,10 @@ class CrfModel:
 
     def matrices(self):
         """The label transforms ``A_k = mu_k W_k`` (float64), as in ``Z = logits - sum_k (K_k Q) A_k^T``."""
-        return [t.compat * t.weight if np.ndim(t.weight) == 0 else t.compat @ t.weight for t in self.terms]
+        return [matrix(t) for t in self.terms]
 
 
-def crf_fwd(logits, terms, *, n_iter=5, output="probs", keep_residuals=True):
+def crf_fwd(logits, terms, *, n_iter=5, output="probs", keep_residuals=True, device="cpu"):
     """Mean-field forward of a dense CRF with any pairwise terms, returning the output and the residuals.
 
     Parameters
@@ -189,28 +241,54 @@ def crf_fwd(logits, terms, *, n_iter=5, output="probs", keep_residuals=True):
     keep_residuals : bool
         False: inference only (residuals None); terms with scalar weights and a common compatibility then sum
         their messages into one array, as :func:`crfcore.meanfield` does.
+    device : {"cpu", "cuda"}, default "cpu"
+        ``"cuda"`` runs on an NVIDIA GPU (``pip install 'crfcore[cuda]'``; see :func:`crfcore.meanfield`).
+        ``logits`` and each term's ``features`` may then be device arrays (``__cuda_array_interface__``: used in
+        place); the output is a Numba device array when ``logits`` is one. Up to 15 feature dimensions per term.
 
     Returns
     -------
     out : ndarray (N, L)
     residuals : CrfResiduals or None
+        With ``device="cuda"``, a ``CudaCrfResiduals`` on the device.
     """
+    if check_device(device) == "cuda":
+        n_iter = check_run(n_iter, output)
+        return _cuda().forward(logits, terms, n_iter, output, bool(keep_residuals))
     u = _check_logits(logits)
     model = CrfModel(terms, u.shape[0], u.shape[1], dtype=u.dtype)
     return model.forward(u, n_iter=n_iter, output=output, keep_residuals=keep_residuals)
 
 
-def crf(logits, terms, *, n_iter=5):
+def _cuda():
+    """:mod:`crfcore._cuda.crf`, after the check that ``device="cuda"`` can run (before numba.cuda is imported)."""
+    from ._cuda import device as cuda_device
+
+    cuda_device.require()
+    from ._cuda import crf as cuda_crf
+
+    return cuda_crf
+
+
+def crf(logits, terms, *, n_iter=5, device="cpu"):
     """Mean-field probabilities ``Q`` ``(N, L)`` of a dense CRF with any pairwise terms (see :func:`crf_fwd`)."""
-    return crf_fwd(logits, terms, n_iter=n_iter, output="probs", keep_residuals=False)[0]
+    return crf_fwd(logits, terms, n_iter=n_iter, output="probs", keep_residuals=False, device=device)[0]
 
 
-def crf_bwd(residuals, grad, *, features=True):
+def _is_cuda_residuals(residuals):
+    return type(residuals).__name__ == "CudaCrfResiduals" and type(residuals).__module__ == "crfcore._cuda.crf"
+
+
+def crf_bwd(residuals, grad, *, features=True, device=None):
     """Exact gradient of :func:`crf_fwd`'s output w.r.t. the logits and each term's weight and compatibility (and,
     with ``features``, each term's features: the lattice's features gradient, normalisation included).
 
     ``features`` defaults to True, as in :func:`crfcore.meanfield_bwd`; False skips the features gradient (about
     as costly as the rest of the backward) and leaves :attr:`TermGrads.features` None.
+
+    ``device`` (None, "cpu" or "cuda") must be left out or name where the forward ran: the backward runs there.
+    After a forward on the device, ``logits`` (and each term's ``features`` gradient) come back as device arrays
+    where the forward's inputs were; the weight and compatibility gradients are host values.
 
     Returns
     -------
@@ -218,8 +296,15 @@ def crf_bwd(residuals, grad, *, features=True):
         ``logits`` ``(N, L)`` and ``terms``: a :class:`TermGrads` per term (``weight`` a float or ``(L, L)``,
         ``compat`` ``(L, L)``, ``features`` ``(N, d)`` float64 or None).
     """
-    if not isinstance(residuals, CrfResiduals):
+    on_cuda = _is_cuda_residuals(residuals)
+    if not on_cuda and not isinstance(residuals, CrfResiduals):
         raise TypeError("`residuals` must be the second value returned by crf_fwd(..., keep_residuals=True)")
+    if not isinstance(features, (bool, np.bool_)):
+        raise TypeError(f"`features` must be True or False, got {features!r}")
+    check_backward_device(device, on_cuda)
+    if on_cuda:
+        du, da, dfs = _cuda().backward(residuals, grad, bool(features))
+        return CrfGrads(du, term_grads(residuals.terms, da, dfs, tuple(residuals.q_out.shape)[1]))
     model = residuals.model
     g = as_float_array(grad, "grad", dtype=model.dtype)
     if g.shape != (model.num_points, model.num_labels):
@@ -244,14 +329,8 @@ def _crf_bwd(res, g, features):
         du, da = dz, [np.zeros((model.num_labels,) * 2) for _ in model.kernels]
     else:
         du, da = backward_one(dz, model.kernels, model.transform, res.q_in, res.messages, grads)
-    out = []
-    for k, (t, dak) in enumerate(zip(model.terms, da)):
-        w = t.weight if np.ndim(t.weight) else t.weight * np.eye(model.num_labels)
-        d_compat = dak @ w.T  # A = mu W
-        d_w = t.compat.T @ dak
-        d_w = float(np.trace(d_w)) if np.ndim(t.weight) == 0 else d_w
-        df = None
-        if features:
-            df = grads[k].result(t.features) if grads is not None else np.zeros_like(t.features)
-        out.append(TermGrads(d_w, d_compat, df))
-    return CrfGrads(du, out)
+    dfs = [None] * len(model.terms)
+    if features:
+        dfs = [g.result(t.features) for g, t in zip(grads, model.terms)] if grads is not None else \
+            [np.zeros_like(t.features) for t in model.terms]
+    return CrfGrads(du, term_grads(model.terms, da, dfs, model.num_labels))

@@ -186,6 +186,16 @@ def test_bwd_features_default_is_the_same():
     assert a is b is True
 
 
+def test_device_is_the_same_keyword_everywhere():
+    """Forwards take ``device="cpu"``; backwards ``device=None`` (where the forward ran)."""
+    for fn in (crfcore.meanfield, crfcore.meanfield_fwd, crfcore.crf, crfcore.crf_fwd):
+        p = inspect.signature(fn).parameters["device"]
+        assert p.kind == p.KEYWORD_ONLY and p.default == "cpu", fn.__name__
+    for fn in (crfcore.meanfield_bwd, crfcore.crf_bwd):
+        p = inspect.signature(fn).parameters["device"]
+        assert p.kind == p.KEYWORD_ONLY and p.default is None, fn.__name__
+
+
 def test_all_names_the_public_api():
     assert set(crfcore.__all__) >= {"meanfield", "meanfield_fwd", "meanfield_bwd", "MeanfieldGrads", "crf", "crf_fwd",
                                     "crf_bwd", "CrfGrads", "CrfResiduals", "TermGrads", "PairwiseTerm", "fit",

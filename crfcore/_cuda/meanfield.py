@@ -236,7 +236,7 @@ def backward(res, grad, features, tr_mats):
         dq_s, dq_b = dev.empty((n, n_lab), dtype), dev.empty((n, n_lab), dtype)
         for t in range(n_iter - 1, -1, -1):
             s_t, b_t, q_t = res.s[i, t], res.b[i, t], res.q_in[i, t]
-            dev.launch(MK.combine_bwd, n, dz, a0, a1, tr.potts, c0, c1, ds, db, du)
+            dev.launch(MK.combine_bwd, n, dz, a0, a1, tr.potts, c0, c1, ds, db, du, True)
             dev.launch(MK.outer_blocks, n_blocks * n_lab * n_lab, dz, s_t, b_t, partial)
             dev.launch(MK.sum_blocks, 2 * n_lab * n_lab, partial, da)
             blurred = ks.apply(ds, dq_s, transpose=True)

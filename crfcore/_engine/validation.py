@@ -130,3 +130,21 @@ def check_layout(logits_shape, image_shape, spatial_dims, channels="last"):
             f"`logits` {lg} and `image` {img} look channels last ((B, H, W, L) and (B, H, W, C)): they would be read "
             f"as {lg[1]} labels and {img[1]} channels. The PyTorch adapter takes channels first, (B, L, *spatial) "
             f"and (B, C, *spatial): permute them (x.permute(0, 3, 1, 2))")
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device):
+    """``device``: one of :data:`DEVICES`, or a clear error."""
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"`device` must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+def check_backward_device(device, on_cuda):
+    """A backward's ``device`` (None: where the forward ran) must be where the forward's residuals are."""
+    ran = "cuda" if on_cuda else "cpu"
+    if device is not None and check_device(device) != ran:
+        raise ValueError(f"device={device!r} but the forward ran on {ran}: the backward runs where the forward's "
+                         f"residuals are (leave `device` out)")

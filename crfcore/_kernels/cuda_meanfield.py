@@ -94,14 +94,36 @@ def softmax_rows_bwd(q, dq, out, tiny):
 
 
 @cuda.jit(cache=True)
-def combine_bwd(dz, a_s, a_b, potts, c_s, c_b, ds, db, du):
-    """Backward of ``Z = U - S A_s^T - B A_b^T`` without its sign: ``dS = dZ A_s``, ``dB = dZ A_b``, ``du += dZ``
-    (the ``dZ^T S`` products are :func:`outer_blocks`')."""
+def subtract_message(src, s, a, potts, c, out):
+    """``out = src - S A^T`` row by row (``out`` may be ``src``); with ``potts``, ``A = c (J - I)`` in O(L): the
+    messages past the second of a CRF with more pairwise terms."""
+    n, n_lab = src.shape
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        tot = 0.0
+        if potts:
+            for k in range(n_lab):
+                tot += s[i, k]
+        for k in range(n_lab):
+            if potts:
+                acc = src[i, k] - c * (tot - s[i, k])
+            else:
+                acc = src[i, k] + 0.0
+                for j in range(n_lab):
+                    acc -= a[k, j] * s[i, j]
+            out[i, k] = acc
+
+
+@cuda.jit(cache=True)
+def combine_bwd(dz, a_s, a_b, potts, c_s, c_b, ds, db, du, add_du):
+    """Backward of ``Z = U - S A_s^T - B A_b^T`` without its sign: ``dS = dZ A_s``, ``dB = dZ A_b`` and, with
+    ``add_du``, ``du += dZ`` (the ``dZ^T S`` products are :func:`outer_blocks`'). More messages are taken two by
+    two, ``du`` with the first two."""
     n, n_lab = dz.shape
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
         tot = 0.0
         for k in range(n_lab):
-            du[i, k] += dz[i, k]
+            if add_du:
+                du[i, k] += dz[i, k]
             tot += dz[i, k]
         for k in range(n_lab):
             if potts:
@@ -280,6 +302,13 @@ def image_grad(df, col0, theta_beta, out):
         i = t // n_ch
         c = t - i * n_ch
         out[i, c] += df[i, col0 + c] / theta_beta[c]
+
+
+@cuda.jit(cache=True)
+def widen(src, dst):
+    """``dst[i] = src[i]`` into float64 (1-D): float32 features on the device made the lattice's float64."""
+    for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
+        dst[i] = float(src[i])
 
 
 @cuda.jit(cache=True)

@@ -1,11 +1,21 @@
 """JAX adapter: ``crf_refine``, the dense CRF's mean field as a differentiable JAX function on crfcore's core.
 
-``jax.custom_vjp`` over ``jax.pure_callback``: the forward runs :func:`crfcore.meanfield_fwd` on the host and leaves its
-residuals (lattices and iterates) in a bounded store under an integer handle; the backward runs the core's exact
+``jax.custom_vjp`` over a call out of XLA: the forward runs :func:`crfcore.meanfield_fwd` and leaves its residuals
+(lattices and iterates) in a bounded store under an integer handle; the backward runs the core's exact
 :func:`crfcore.meanfield_bwd` on them (recomputing the forward if they were evicted). It works under ``jax.jit``,
-``jax.grad`` and ``jax.vmap`` (the callbacks then run once per batch element), on the CPU.
+``jax.grad`` and ``jax.vmap`` (the calls then run once per batch element).
+
+The call is one of two (:data:`CALL_ENV`):
+
+- ``jax.pure_callback`` (on the CPU, the default there): JAX hands the host NumPy copies of the arrays;
+- an XLA FFI call (:mod:`crfcore.adapters._xla_ffi`; the default when JAX runs on a GPU and ``crfcore[cuda]`` is
+  installed): XLA hands crfcore its own buffers in place. On a GPU they stay there, and crfcore's CUDA backend
+  (``device="cuda"``) runs on XLA's stream: no host round trip, only the few parameter values are read back. On the
+  CPU it runs the CPU core on XLA's buffers.
 """
 
+import os
+import warnings
 from functools import partial
 
 import numpy as np
@@ -18,12 +28,41 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, check_layout
+from crfcore._shared import ResidualStore, check_layout, cuda_backend
 from crfcore.params import NORMALIZATIONS
+
+from . import _xla_ffi
 
 __all__ = ["crf_refine"]
 
 _STORE = ResidualStore()
+
+#: ``auto`` (the default: the FFI call when JAX's default backend is a GPU and crfcore's CUDA backend can run there,
+#: else the callback), ``ffi`` or ``callback``; read when a call is traced.
+CALL_ENV = "CRFCORE_JAX_CALL"
+CALLS = ("auto", "ffi", "callback")
+
+_cuda_error = None  # why crfcore's CUDA backend cannot run ("" once it can)
+
+
+def _call_kind():
+    value = os.environ.get(CALL_ENV, "auto").strip().lower() or "auto"
+    if value not in CALLS:
+        raise ValueError(f"the environment variable {CALL_ENV}={os.environ[CALL_ENV]!r} must be one of {CALLS}")
+    if value != "auto":
+        return value
+    if jax.default_backend() != "gpu":
+        return "callback"
+    global _cuda_error
+    if _cuda_error is None:
+        try:
+            cuda_backend().require()
+            _cuda_error = ""
+        except (ImportError, RuntimeError) as exc:
+            _cuda_error = str(exc)
+            warnings.warn(f"crfcore computes on the CPU: JAX's GPU arrays are copied to the host and back ({exc})",
+                          RuntimeWarning, stacklevel=5)
+    return "callback" if _cuda_error else "ffi"
 
 
 def _width(t):
@@ -61,10 +100,80 @@ def _host_backward(static, features, handle, g, logits, image, ws, wb, mu, ta, t
                                                                   (grads.theta_gamma, tg))))
 
 
+def _to_buffer(dev, value, buf):
+    """A host value into an FFI output buffer on the device."""
+    buf.copy_to_device(np.ascontiguousarray(np.asarray(value, dtype=buf.dtype).reshape(buf.shape)),
+                       stream=dev.stream())
+
+
+def _ffi_forward(static, keep, frame):
+    logits, image, *params = frame.inputs
+    out, handle = frame.outputs
+    if frame.platform == "cpu":
+        result, h = _host_forward(static, keep, logits, image, *params)
+        np.copyto(out, result)
+        handle[0] = h
+        return
+    dev = cuda_backend()
+    with dev.on_stream(frame.stream):  # XLA's stream; the handler made the call's GPU Numba's current device
+        kw = _kwargs(*(dev.to_host(p) for p in params), *static)
+        result, res = meanfield_fwd(logits, image, keep_residuals=keep, device="cuda", **kw)
+        dev.copy(result, out)
+        _to_buffer(dev, _STORE.put(res) if keep else 0, handle)
+
+
+def _ffi_backward(static, features, frame):
+    handle, g, logits, image, *params = frame.inputs
+    outs = frame.outputs
+    if frame.platform == "cpu":
+        for buf, value in zip(outs, _host_backward(static, features, handle[0], g, logits, image, *params)):
+            np.copyto(buf, value)
+        return
+    dev = cuda_backend()
+    with dev.on_stream(frame.stream):
+        h = int(dev.to_host(handle)[0])
+        res = _STORE.pop(h) if h > 0 else None
+        kw = _kwargs(*(dev.to_host(p) for p in params), *static)
+        if res is None:  # evicted (or never kept): recompute the forward
+            _, res = meanfield_fwd(logits, image, device="cuda", **kw)
+        grads = meanfield_bwd(res, g, features=features)
+        dev.copy(grads.logits, outs[0])
+        if features:
+            dev.copy(grads.image, outs[1])
+        else:
+            dev.fill(outs[1], 0)
+        values = (grads.w_spatial, grads.w_bilateral, grads.compat) + (
+            (grads.theta_alpha, grads.theta_beta, grads.theta_gamma) if features else (0.0, 0.0, 0.0))
+        for buf, value in zip(outs[2:], values):
+            _to_buffer(dev, value, buf)
+
+
+def _ffi_name(kind, static, flag):
+    """One FFI target per static configuration (the handlers take no attributes)."""
+    n_iter, normalization, spatial_dims = static
+    return f"crfcore_meanfield_{kind}_{n_iter}_{normalization}_{spatial_dims}_{int(flag)}"
+
+
 def _forward_call(static, keep, *args):
     logits = args[0]
+    if _call_kind() == "ffi":
+        name = _ffi_name("fwd", static, keep)
+        _xla_ffi.register(name, partial(_ffi_forward, static, keep))
+        shapes = (jax.ShapeDtypeStruct(logits.shape, logits.dtype), jax.ShapeDtypeStruct((1,), jnp.int32))
+        out, handle = jax.ffi.ffi_call(name, shapes, vmap_method="sequential")(*args)
+        return out, handle[0]
     shapes = (jax.ShapeDtypeStruct(logits.shape, logits.dtype), jax.ShapeDtypeStruct((), jnp.int32))
     return jax.pure_callback(partial(_host_forward, static, keep), shapes, *args, vmap_method="sequential")
+
+
+def _backward_call(static, features, handle, g, *args):
+    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args)
+    if _call_kind() == "ffi":
+        name = _ffi_name("bwd", static, features)
+        _xla_ffi.register(name, partial(_ffi_backward, static, features))
+        return tuple(jax.ffi.ffi_call(name, shapes, vmap_method="sequential")(handle.reshape(1), g, *args))
+    return jax.pure_callback(partial(_host_backward, static, features), shapes, handle, g, *args,
+                             vmap_method="sequential")
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -85,9 +194,7 @@ def _refine_bwd(static, res, g):
     handle, features, *args = res
     if isinstance(g, SymbolicZero):
         g = jnp.zeros(args[0].shape, args[0].dtype)
-    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args)
-    return jax.pure_callback(partial(_host_backward, static, features), shapes, handle, g, *args,
-                             vmap_method="sequential")
+    return _backward_call(static, features, handle, g, *args)
 
 
 _refine.defvjp(_refine_fwd, _refine_bwd, symbolic_zeros=True)

@@ -21,6 +21,21 @@ def x64():
         yield
 
 
+@pytest.fixture(autouse=True, params=["callback", "ffi"])
+def call(request, monkeypatch):
+    """Every test through both calls out of XLA: jax.pure_callback and the XLA FFI handlers (on the CPU here; on a
+    GPU the FFI handlers run crfcore's CUDA backend on XLA's buffers)."""
+    monkeypatch.setenv(adapter.CALL_ENV, request.param)
+    return request.param
+
+
+def test_the_call_is_the_one_asked_for(rng, call):
+    logits, image, _ = data(rng, b=1, shape=(4, 5))
+    grad = jax.grad(lambda x: crf_refine(x, image, n_iter=1).sum())
+    names = {e.primitive.name for e in jax.make_jaxpr(grad)(logits).eqns}
+    assert ("ffi_call" if call == "ffi" else "pure_callback") in names
+
+
 def data(rng, b=2, shape=(8, 10), n_lab=3):
     truth = rng.uniform(size=(b, *shape)) > 0.5
     logits = rng.normal(size=(b, *shape, n_lab)) + 2.0 * truth[..., None]
@@ -185,3 +200,15 @@ def test_value_errors_under_jit_carry_the_core_message(rng):
     with pytest.raises(Exception, match="`logits` contains"):
         jax.block_until_ready(nan(logits * np.nan))
     assert np.isfinite(np.asarray(width(5.37))).all()  # the jitted function still works after an error
+
+
+def test_auto_is_the_callback_on_the_cpu_and_a_bad_value_is_an_error(monkeypatch, rng):
+    logits, image, _ = data(rng, b=1, shape=(4, 5))
+    monkeypatch.setenv(adapter.CALL_ENV, "auto")
+    grad = jax.grad(lambda x: crf_refine(x, image, n_iter=1).sum())
+    names = {e.primitive.name for e in jax.make_jaxpr(grad)(logits).eqns}
+    assert jax.default_backend() != "cpu" or "pure_callback" in names
+    monkeypatch.setenv(adapter.CALL_ENV, "fast")
+    with pytest.raises(ValueError, match="CRFCORE_JAX_CALL='fast' must be one of"):
+        crf_refine(logits, image, n_iter=1)
+

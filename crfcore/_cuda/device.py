@@ -131,7 +131,7 @@ def copy(src, dst):
 
 def to_device(x):
     """A NumPy array copied to the device."""
-    return require().to_device(np.ascontiguousarray(x), stream=stream())
+    return require().to_device(np.asarray(x, order="C"), stream=stream())  # 0-d arrays stay 0-d
 
 
 def to_host(x):

@@ -28,7 +28,7 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, check_layout, cuda_backend
+from crfcore._shared import ResidualStore, check_layout, cuda_backend, cuda_unavailable
 from crfcore.params import NORMALIZATIONS
 
 from . import _xla_ffi
@@ -42,7 +42,7 @@ _STORE = ResidualStore()
 CALL_ENV = "CRFCORE_JAX_CALL"
 CALLS = ("auto", "ffi", "callback")
 
-_cuda_error = None  # why crfcore's CUDA backend cannot run ("" once it can)
+_warned = False  # that JAX's GPU arrays go through the host
 
 
 def _call_kind():
@@ -53,16 +53,13 @@ def _call_kind():
         return value
     if jax.default_backend() != "gpu":
         return "callback"
-    global _cuda_error
-    if _cuda_error is None:
-        try:
-            cuda_backend().require()
-            _cuda_error = ""
-        except (ImportError, RuntimeError) as exc:
-            _cuda_error = str(exc)
-            warnings.warn(f"crfcore computes on the CPU: JAX's GPU arrays are copied to the host and back ({exc})",
-                          RuntimeWarning, stacklevel=5)
-    return "callback" if _cuda_error else "ffi"
+    global _warned
+    why = cuda_unavailable()
+    if why and not _warned:
+        _warned = True
+        warnings.warn(f"crfcore computes on the CPU: JAX's GPU arrays are copied to the host and back ({why})",
+                      RuntimeWarning, stacklevel=5)
+    return "callback" if why else "ffi"
 
 
 def _width(t):

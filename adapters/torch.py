@@ -22,8 +22,8 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs PyTorch: pip install 'crfcore[torch]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import (ResidualStore, check_layout, cuda_backend, deprecated, run_on_compute_thread,
-                             transpose_scaled)
+from crfcore._shared import (ResidualStore, check_layout, cuda_backend, cuda_unavailable, deprecated,
+                             run_on_compute_thread, transpose_scaled)
 from crfcore.params import NORMALIZATIONS, kernel_width
 
 __all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
@@ -32,29 +32,17 @@ _STORE = ResidualStore()
 _warned_device = False
 
 
-_cuda_error = None
-
-
 def _on_gpu(t):
     """Whether the CRF of a tensor runs on its GPU (a CUDA tensor, and crfcore's CUDA backend usable); else it runs
     on the CPU, with a warning saying why the first time."""
-    global _cuda_error
-    if t.device.type != "cuda":
-        return False
-    if _cuda_error is None:
-        try:
-            cuda_backend().require()
-            _cuda_error = ""
-        except (ImportError, RuntimeError) as exc:
-            _cuda_error = str(exc)
-    return not _cuda_error
+    return t.device.type == "cuda" and not cuda_unavailable()
 
 
 def _to_numpy(t, quiet=False):
     global _warned_device
     if t.device.type != "cpu" and not _warned_device and not quiet:
         _warned_device = True
-        why = f" ({_cuda_error})" if _cuda_error else ""
+        why = f" ({cuda_unavailable()})" if t.device.type == "cuda" and cuda_unavailable() else ""
         warnings.warn(f"crfcore computes on the CPU: {t.device.type} tensors are copied to the CPU and the results "
                       f"back to {t.device}{why}", RuntimeWarning, stacklevel=4)
     return t.detach().cpu().numpy()

@@ -24,5 +24,21 @@ def cuda_backend():
     return device
 
 
-__all__ = ["cuda_backend", "ResidualStore", "check_layout", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
+_cuda_error = None
+
+
+def cuda_unavailable():
+    """Why crfcore's CUDA backend cannot run here (numba-cuda missing, no usable GPU), or ``""`` when it can;
+    checked once per process."""
+    global _cuda_error
+    if _cuda_error is None:
+        try:
+            cuda_backend().require()
+            _cuda_error = ""
+        except (ImportError, RuntimeError) as exc:
+            _cuda_error = str(exc)
+    return _cuda_error
+
+
+__all__ = ["cuda_backend", "cuda_unavailable", "ResidualStore", "check_layout", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
            "threads", "deprecated", "positive_int", "positive_float", "non_negative_float"]

@@ -146,6 +146,9 @@ def embed(features, scale, lo, word, fshift, weights, qkeys, table, slot_of):
                 if old == EMPTY:
                     slot_of[q] = h
                     break
+                # the winner's key was written before its index (its fence above); this fence orders the reads of
+                # that key after the index was seen, so that they never come from a stale line of this SM's L1
+                cuda.threadfence()
                 same = True
                 for w in range(n_words):
                     if qkeys[old, w] != qkeys[q, w]:

@@ -144,7 +144,8 @@ def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, w
 
 @_meanfield_op.register_fake
 def _(logits, image, ws, wb, mu, widths, n_iter, normalization, keep):
-    return _fresh(logits), logits.new_empty((), dtype=torch.int64)
+    # the handle is a host number wherever the images are (the real op's is a CPU tensor on a GPU too)
+    return _fresh(logits), logits.new_empty((), dtype=torch.int64, device="cpu")
 
 
 @torch.library.custom_op("crfcore::meanfield_backward", mutates_args=())

@@ -281,6 +281,15 @@ def test_torch_cuda_tensors_stay_on_the_gpu(rng):
         torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
     compiled = torch.compile(lambda a, b: adapter.crf_refine(a, b, **kw) * 2)
     torch.testing.assert_close(compiled(logits.cuda(), image.cuda()).cpu(), outs[0] * 2, rtol=1e-10, atol=1e-10)
+    # the fake implementations promise what the real ops return on a GPU (devices included)
+    eye = torch.eye(3, dtype=torch.float64, device="cuda")
+    args = (logits.cuda().requires_grad_(), image.cuda().requires_grad_(), 3.0 * eye, 10.0 * eye, 1 - eye,
+            torch.tensor([5.37, 41.3, 1.73], dtype=torch.float64, device="cuda"), 2, "symmetric", True)
+    torch.library.opcheck(adapter._meanfield_op, args, test_utils=("test_faketensor", "test_schema"))
+    handle = adapter._meanfield_op(*args)[1]
+    torch.library.opcheck(adapter._meanfield_backward_op,
+                          (handle, torch.ones_like(args[0]), *(a.detach() for a in args[:6]), 2, "symmetric", True),
+                          test_utils=("test_faketensor", "test_schema"))
 
 
 def test_gpu_benchmark_runs_and_agrees():

@@ -121,9 +121,12 @@ def run(sizes, labels, iterations, repeats, cpu=True, progress=print):
                               gaussian_spatial_sigma=KERNELS["theta_gamma"], update_factor=1.0)
                     t_logits = torch.as_tensor(logits, device="cuda").permute(2, 0, 1)[None].contiguous()
                     t_image = torch.as_tensor(image, device="cuda").permute(2, 0, 1)[None].float().contiguous()
-                    with torch.no_grad():
-                        row["monai_forward"] = _timed(lambda: crf(t_logits, t_image), repeats,
-                                                      torch.cuda.synchronize)
+                    try:
+                        with torch.no_grad():
+                            row["monai_forward"] = _timed(lambda: crf(t_logits, t_image), repeats,
+                                                          torch.cuda.synchronize)
+                    except Exception as exc:  # e.g. a MONAI without its compiled extension (monai._C)
+                        row["monai_forward"] = f"failed ({type(exc).__name__}: {exc})"[:300]
                     row["monai_backward"] = "none: MONAI's permutohedral filter has no backward"
                 else:
                     row["monai_forward"] = monai_why
@@ -158,6 +161,8 @@ def report(result):
                      f"{ms('gpu_forward_backward')} {ms('cpu_forward')} {ms('cpu_forward_backward')} {sp} "
                      f"{ms('monai_forward')}")
     lines.append("(medians in ms after a warm-up call; x: CPU time / GPU time, same run)")
+    why = {r["monai_forward"] for r in result["rows"] if isinstance(r.get("monai_forward"), str)}
+    lines += [f"monai: {w}" for w in sorted(why)]
     return "\n".join(lines)
 
 

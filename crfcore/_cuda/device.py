@@ -135,7 +135,8 @@ def to_device(x):
 
 
 def to_host(x):
-    """A device array copied to the host (waits for the stream)."""
+    """A device array copied to the host: a new NumPy array (pageable memory, so the copy on the stream is done
+    when this returns)."""
     return x.copy_to_host(stream=stream())
 
 

@@ -23,7 +23,7 @@ from ._engine import numpy_lattice
 from ._engine import parallel as _parallel
 from ._kernels import meanfield as MK
 from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite,
-                                 check_logits_shape, check_spatial_dims, image_shape_with_channels)
+                                 check_logits_shape, check_spatial_dims, host_array, image_shape_with_channels)
 from .features import bilateral_features, spatial_features
 from ._engine.iterations import Transform, backward_one, forward_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
@@ -71,7 +71,7 @@ def _check_inputs(logits, image, spatial_dims):
     u = as_float_array(logits, "logits")
     check_logits_shape(u.shape, spatial_dims)
     check_finite(u, "logits")
-    img = np.asarray(image)
+    img = host_array(image, "image")
     if img.dtype.kind not in "fiu" or img.dtype == np.bool_:
         raise TypeError(f"`image` must be a real numeric array (uint8 or float), got dtype {img.dtype}")
     img = img.reshape(image_shape_with_channels(u.shape, img.shape, spatial_dims))

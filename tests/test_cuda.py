@@ -217,6 +217,15 @@ def test_clear_errors(rng):
     with pytest.raises(ValueError, match="up to 15 feature dimensions"):
         crfcore.meanfield(np.zeros((3, 3, 2)), rng.integers(0, 255, (3, 3, 14)).astype(np.uint8), device="cuda",
                           n_iter=1)
+    # device arrays to a CPU computation: never a silent copy (or the framework's refusal), a pointer to device=
+    for args in [(dev.to_device(logits), image), (logits, dev.to_device(image))]:
+        with pytest.raises(TypeError, match="is on a CUDA device .* pass device='cuda'"):
+            crfcore.meanfield(*args)
+    _, res = crfcore.meanfield_fwd(logits, image, **KW)
+    with pytest.raises(TypeError, match="`grad` is on a CUDA device"):
+        crfcore.meanfield_bwd(res, dev.to_device(logits))
+    with pytest.raises(TypeError, match="is on a CUDA device"):
+        crfcore.crf(logits[0].reshape(-1, 3), [crfcore.PairwiseTerm(dev.to_device(rng.normal(size=(30, 2))))])
     _, res = crfcore.meanfield_fwd(logits, image, device="cuda", **KW)
     with pytest.raises(ValueError, match="the forward ran on cuda"):
         crfcore.meanfield_bwd(res, logits, device="cpu")

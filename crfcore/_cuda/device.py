@@ -12,6 +12,8 @@ import threading
 
 import numpy as np
 
+from .._engine.validation import NUMBA_DEVICE_ARRAYS, is_device_array  # noqa: F401 (this room's name for it)
+
 _state = threading.local()
 _checked = None
 
@@ -148,13 +150,6 @@ def synchronize():
         s.synchronize()
 
 
-_NUMBA_ARRAYS = ("DeviceNDArray", "MappedNDArray", "ManagedNDArray", "FakeCUDAArray")
-
-
-def is_device_array(x):
-    """Whether ``x`` lives on the device: it has ``__cuda_array_interface__``, or is a Numba device array (the
-    simulator's have no interface)."""
-    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ in _NUMBA_ARRAYS
 
 
 def as_device_array(x, name):
@@ -167,7 +162,7 @@ def as_device_array(x, name):
         first, e.g. ``tensor.contiguous()`` or ``cupy.ascontiguousarray``).
     """
     cuda = require()
-    if type(x).__name__ not in _NUMBA_ARRAYS:
+    if type(x).__name__ not in NUMBA_DEVICE_ARRAYS:
         try:
             x = cuda.as_cuda_array(x)
         except Exception as exc:

@@ -19,6 +19,25 @@ def supported_float_type(dtype):
     return None
 
 
+#: Numba's device array types (the simulator's have no ``__cuda_array_interface__``).
+NUMBA_DEVICE_ARRAYS = ("DeviceNDArray", "MappedNDArray", "ManagedNDArray", "FakeCUDAArray")
+
+
+def is_device_array(x):
+    """Whether ``x`` lives on a CUDA device: it has ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors), or
+    is a Numba device array."""
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ in NUMBA_DEVICE_ARRAYS
+
+
+def host_array(x, name):
+    """``np.asarray(x)`` for an input of a CPU computation; a clear error for an array on a CUDA device (which
+    NumPy would copy silently, or refuse with the framework's message)."""
+    if is_device_array(x):
+        raise TypeError(f"`{name}` is on a CUDA device ({type(x).__name__}) but this call computes on the CPU: pass "
+                        f"device='cuda' (meanfield, crf and their forwards take it) or copy it to the host first")
+    return np.asarray(x)
+
+
 def as_float_array(x, name, *, dtype=None):
     """``x`` as a C-contiguous float32/float64 array (a copy where needed; inputs are never modified).
 
@@ -31,7 +50,7 @@ def as_float_array(x, name, *, dtype=None):
     dtype : numpy dtype, optional
         Force this dtype instead of the dtype rule of :func:`supported_float_type`.
     """
-    arr = np.asarray(x)
+    arr = host_array(x, name)
     if dtype is None:
         dtype = supported_float_type(arr.dtype)
         if dtype is None:

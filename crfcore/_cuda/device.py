@@ -150,8 +150,6 @@ def synchronize():
         s.synchronize()
 
 
-
-
 def as_device_array(x, name):
     """``x`` (any CUDA array) as a C-contiguous Numba device array over the same memory: no copy.
 

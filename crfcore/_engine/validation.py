@@ -32,7 +32,7 @@ def is_device_array(x):
 def host_array(x, name):
     """``np.asarray(x)`` for an input of a CPU computation; a clear error for an array on a CUDA device (which
     NumPy would copy silently, or refuse with the framework's message)."""
-    if is_device_array(x):
+    if not isinstance(x, np.ndarray) and is_device_array(x):  # NumPy inputs, the common case, skip the probe
         raise TypeError(f"`{name}` is on a CUDA device ({type(x).__name__}) but this call computes on the CPU: pass "
                         f"device='cuda' (meanfield, crf and their forwards take it) or copy it to the host first")
     return np.asarray(x)

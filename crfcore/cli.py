@@ -1,11 +1,13 @@
 """The ``crfcore`` command (``python -m crfcore`` is the same): ``refine``, ``warmup``, ``info`` and ``--version``.
 
 Every subcommand returns its exit status: 0 done, 1 the work ran but some of it failed (``refine``: some files), 2 bad
-arguments or inputs (a one-line ``error:`` message, never a traceback), 130 interrupted (Ctrl-C).
+arguments or inputs (a one-line ``error:`` message, never a traceback), 130 interrupted (Ctrl-C). Warnings are
+one-line ``warning:`` messages too, without Python's source line.
 """
 
 import argparse
 import sys
+import warnings
 
 from ._engine.argtypes import positive_int
 from ._version import __version__
@@ -37,10 +39,11 @@ def _info(args):
     print(f"Numba threads: {numba.config.NUMBA_NUM_THREADS}; threading layer: {threads.layer() or 'not started yet'}; "
           f"TBB runtime: {threads.configure() or 'not loaded'}")
     print(f"kernel cache: {warmup.cache_folder()} ({warmup.cache_note()})")
-    ready = {n: warmup.kernels_ready(n) for n in (2, 3)}
-    print("inference kernels cached: " + ", ".join(f"{'2 labels' if n == 2 else '3+ labels'} "
-                                                  f"{'yes' if ok else 'no (run: crfcore warmup)'}"
-                                                  for n, ok in ready.items()))
+    ready = {(dtype, n): warmup.ready("inference", dtype, n) for dtype in ("float32", "float64") for n in (2, 3)}
+    print("inference kernels cached: " + "; ".join(
+        f"{dtype} " + ", ".join(f"{'2 labels' if n == 2 else '3+ labels'} {'yes' if ready[dtype, n] else 'no'}"
+                                for n in (2, 3)) for dtype in ("float32", "float64"))
+          + ("" if all(ready.values()) else " (the rest: run crfcore warmup)"))
     print(f"device='cuda': {_cuda_status()}")
     return 0
 
@@ -92,11 +95,18 @@ def parser():
     return p
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    """Python's warnings as the command's own one-line messages (no file name, no source line)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv=None):
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"interrupted{'; rerun the same command to continue' if args.command == 'refine' else ''}",
               file=sys.stderr)

@@ -148,10 +148,12 @@ def test_bad_files_reported_and_skipped(rng, tmp_path, capsys):
     assert "refined 3 image(s)" in printed and "5 failed" in printed
     with open(out / "failures.csv") as f:
         failures = f.read()
-    for name, why in [("size.png", "are 64x40 (shape (40, 64, 3), read as (H, W, L)) but image"), ("nan.png", "NaN"), ("labels.png", "expected 3"),
+    for name, why in [("size.png", "are 64x40 (shape (40, 64, 3), read as (H, W, L)) but image"), ("nan.png", "NaN"),
+                      ("labels.png", "expected 3 (from `n_labels` (--n-labels))"),
                       ("corrupt.png", "cannot read image"), ("orphan.png", "no scores")]:
         assert name in failures and why in failures, (name, failures)
-    assert sorted(os.listdir(out)) == [".crfcore-refine.jsonl", "failures.csv", "ok0.png", "ok1.png", "ok2.png"]
+    assert sorted(os.listdir(out)) == [".crfcore-refine.jsonl", ".crfcore-refine.lock", "failures.csv", "ok0.png",
+                                       "ok1.png", "ok2.png"]
     after = {f: os.path.getmtime(os.path.join(dp, f)) for dp in (imgs, scs) for f in os.listdir(dp)}
     assert before == after  # inputs untouched
 

@@ -6,6 +6,7 @@ import sys
 from .._engine.argtypes import positive_float, positive_int
 from ..params import NORMALIZATIONS
 from .files import CRF_DEFAULTS, print_summary, refine_files
+from .imageio import WriteError
 from .tiling import DEFAULT_OVERLAP
 
 
@@ -55,7 +56,9 @@ DESCRIPTION = (
     "Run the dense CRF's mean field on every image of IMAGES with its scores (matched by file stem) and write "
     "OUT/<stem>.png label maps (the label index as the pixel value, with a palette for viewing). Outputs are written "
     "atomically and a rerun skips what is done; bad inputs are reported, skipped and listed in OUT/failures.csv (the "
-    "exit status is 1 then). Large images are refined on overlapping tiles in bounded memory.")
+    "exit status is 1 then), as are inputs too large to decode within --max-memory. Large images are refined on "
+    "overlapping tiles in bounded memory. An output that cannot be written (a full disk) stops the run: free space "
+    "and rerun to continue. A second run into the same OUT while one is writing there is refused.")
 
 
 def add_arguments(r):
@@ -75,12 +78,13 @@ def add_arguments(r):
     r.add_argument("--save-probs", action="store_true", help="also write OUT/<stem>.npy float16 probabilities")
     r.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     r.add_argument("--tile", type=positive_int, default=None,
-                   help="refine on tiles of this many pixels a side (default: only images too large for "
-                        "--max-memory, automatically)")
+                   help="refine on tiles of this many pixels a side, at least --overlap (default: only images too "
+                        "large for --max-memory, automatically)")
     r.add_argument("--overlap", type=non_negative_int, default=DEFAULT_OVERLAP,
                    help=f"margin of every tile in pixels (default {DEFAULT_OVERLAP})")
     r.add_argument("--max-memory", type=memory, default=None,
-                   help="memory for one image's mean field, e.g. 4G (default: a quarter of RAM per process)")
+                   help="memory for one image, e.g. 4G: its mean field is tiled to fit, and inputs that would need "
+                        "more to decode are failures (default: a quarter of RAM per process)")
     r.add_argument("--dask", type=dask_address, default=None, metavar="SCHEDULER",
                    help="spread the files over a Dask cluster: a scheduler address (tcp://host:8786), or local[:N] "
                         "for N local worker processes")
@@ -104,6 +108,10 @@ def run(args):
                                save_probs=args.save_probs, overwrite=args.overwrite, tile=args.tile,
                                overlap=args.overlap, max_memory=args.max_memory, dask=args.dask,
                                progress=not args.no_progress, **crf)
+    except WriteError as exc:  # a full disk: what was finished is kept and recorded
+        print(f"error: {exc}; the images finished are kept: make room and rerun the same command to continue",
+              file=sys.stderr)
+        return 2
     except (OSError, ValueError, TypeError, ImportError) as exc:  # FileNotFoundError and connection errors too
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,15 +4,20 @@ For every image with matching scores (by file stem) the dense CRF's mean field i
 (the label index as the pixel value, with a palette for viewing), plus ``OUT/<stem>.npy`` float16 probabilities on
 request. Outputs are written atomically and a rerun skips what is done, so an interrupted run just continues. A bad
 input (unreadable image, size mismatch, NaN scores, wrong label count) is reported with its file name and skipped;
-the others are still written, and ``OUT/failures.csv`` lists the failures. Inputs are never modified.
+the others are still written, and ``OUT/failures.csv`` lists the failures. Inputs are never modified. An input whose
+header promises more pixels than ``max_memory`` allows is such a failure, found before it is decoded. An output
+that cannot be written (a full disk) stops the run with that error; what was finished stays, and a rerun continues.
+One run at a time writes into an output folder: a second one is refused (``OUT/.crfcore-refine.lock``).
 
 Images too large for ``max_memory`` are refined on overlapping tiles (:mod:`crfcore.refine.tiling`); a Dask cluster spreads
 the files over many processes or machines (:mod:`crfcore.refine.cluster`).
 """
 
+import contextlib
 import csv
 import glob
 import os
+import socket
 import sys
 import time
 from typing import NamedTuple
@@ -25,6 +30,8 @@ from .job import Job, outputs, refine_one
 from .manifest import Manifest
 
 SCORE_KINDS = ("probs", "logits")
+#: The file a run holds locked (``fcntl.flock``) in its output folder while it writes there.
+LOCK = ".crfcore-refine.lock"
 #: meanfield's defaults: every one is a flag of ``crfcore refine``.
 CRF_DEFAULTS = dict(n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0, w_spatial=3.0,
                     normalization="symmetric")
@@ -87,21 +94,54 @@ def _check_score_options(score_files, unknown_label):
                          f"({os.path.basename(arrays[0])}); leave it out for .npy/.npz scores")
 
 
-def _labels_over_run(score_files, unknown_label):
-    """The number of labels over every label map of the run (None when the scores are arrays: each has its L)."""
+def _labels_over_run(score_files, unknown_label, max_bytes):
+    """The number of labels over every label map of the run and where it came from, in words (None when the scores
+    are arrays: each has its L)."""
     maps = [f for f in score_files if f.lower().endswith(".png")]
     if not maps:
-        return None
-    top = -1
+        return None, None
+    top, where = -1, None
     for f in maps:
         try:
-            labels = imageio.read_label_map(f)
+            labels = imageio.read_label_map(f, max_bytes)
         except (OSError, ValueError):
             continue  # reported with its name when its job runs
         values = labels[labels != unknown_label] if unknown_label is not None else labels
-        if values.size:
-            top = max(top, int(values.max()) - (1 if unknown_label == 0 else 0))
-    return max(top + 1, 2) if top >= 0 else None
+        largest = int(values.max()) - (1 if unknown_label == 0 else 0) if values.size else -1
+        if largest > top:
+            top, where = largest, f
+    if top < 0:
+        return None, None
+    return max(top + 1, 2), f"the run's label maps: the largest label is {top} in {os.path.basename(where)}"
+
+
+class OutputBusy(OSError):
+    """The output folder is being written by another ``crfcore refine`` run."""
+
+
+@contextlib.contextmanager
+def _only_run(out):
+    """Hold ``OUT/.crfcore-refine.lock`` for the run (an advisory ``flock``, released when the process ends, even
+    killed); refuse with :class:`OutputBusy`, naming the holder, when another run holds it. Without ``fcntl``
+    (Windows) runs are not kept apart."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX here
+        yield
+        return
+    fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+            raise OutputBusy(f"`out` {out!r} is being written by another crfcore refine ({holder}); wait for it to "
+                             f"finish (a rerun then skips what it did) or write to another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def make_jobs(image_files, score_files, out, options):
@@ -152,8 +192,10 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
         options from the same inputs (recorded in ``OUT/.crfcore-refine.jsonl``) and redoes the others, so it
         continues an interrupted run. ``out`` must not hold input files (a ValueError before any work).
     tile, overlap, max_memory
-        Tile interior and margin in pixels; without ``tile``, images whose mean field would need more than
-        ``max_memory`` bytes (default: a quarter of RAM, shared between workers) are tiled automatically.
+        Tile interior and margin in pixels (``tile`` at least ``overlap``); without ``tile``, images whose mean field
+        would need more than ``max_memory`` bytes (default: a quarter of RAM, shared between workers) are tiled
+        automatically. An input that would need more than ``max_memory`` to decode (read from its header: a
+        decompression bomb, a PNG too large) is a failure of its file.
     dask : str, optional
         A ``dask.distributed`` scheduler address, or ``"local"`` / ``"local:N"`` for a local cluster of N processes.
     progress : bool
@@ -177,6 +219,10 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
             raise ValueError(f"`{name}` must be a positive int, got {value!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
         raise ValueError(f"`overlap` must be an int >= 0, got {overlap!r}")
+    if tile is not None and tile < overlap:
+        raise ValueError(f"`tile` (--tile) {tile} is smaller than its margin `overlap` (--overlap) {overlap}: each tile "
+                         f"would refine up to {tile + 2 * overlap}x{tile + 2 * overlap} pixels to keep {tile}x{tile}; "
+                         f"pass a tile of at least {overlap} pixels (e.g. 1024) or a smaller overlap")
     options = dict(scores_are=scores_are, n_labels=n_labels, gt_prob=gt_prob, unknown_label=unknown_label,
                    save_probs=bool(save_probs), tile=tile, overlap=int(overlap), max_memory=max_memory, crf=params)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -186,8 +232,16 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
     _check_out_apart(out, image_files + score_files)  # before anything is written or removed there
     _check_score_options(score_files, unknown_label)
     if n_labels is None:  # one L for the whole run: label maps without their top class must not get fewer
-        options["n_labels"] = _labels_over_run(score_files, unknown_label)
+        options["n_labels"], options["n_labels_from"] = _labels_over_run(
+            score_files, unknown_label, max_memory or tiling.default_max_memory())
+    else:
+        options["n_labels_from"] = "`n_labels` (--n-labels)"
     os.makedirs(out, exist_ok=True)
+    with _only_run(out):
+        return _run(out, options, image_files, score_files, overwrite, dask, progress)
+
+
+def _run(out, options, image_files, score_files, overwrite, dask, progress):
     imageio.remove_stale_partials(out)  # what a killed run was writing
     jobs, failed = make_jobs(image_files, score_files, out, options)
     manifest = Manifest(out)
@@ -212,10 +266,15 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
                 bar.update(1)
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix_str(f"{done / elapsed:.1f} img/s, {len(failed)} failed" if elapsed else "")
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: the error that stopped the run is the one to report
+            _write_failures(out, failed)
+        raise
+    else:
+        _write_failures(out, failed)
     finally:
         if bar is not None:
             bar.close()
-        _write_failures(out, failed)
     return Summary(done, skipped, failed, time.perf_counter() - t0, pixels)
 
 

@@ -5,10 +5,16 @@ units ``theta_beta`` is in). Large TIFFs and ``.npy`` scores are opened lazily (
 so a gigapixel image is read tile by tile. Every output is written atomically: to a temporary file beside it, then
 renamed, so an interrupted run never leaves a half-written file that a rerun would take for done.
 
+Images are checked against a memory bound before they are decoded: a file whose header promises more pixels than
+the run's ``--max-memory`` allows (a decompression bomb, or just too large a PNG) is refused with its size
+(:class:`ImageTooLarge`), never allocated. Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is neither read nor
+changed: PNG and JPEG files are opened by their format's class, which reads the header alone.
+
 Pillow and tifffile come with the ``refine`` extra (``pip install crfcore[refine]``).
 """
 
 import contextlib
+import errno
 import os
 import socket
 
@@ -18,6 +24,21 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SCORE_EXTS = (".npy", ".npz", ".png")
 #: Above this many pixels a TIFF is opened lazily instead of read whole.
 LAZY_PIXELS = 1 << 26
+_PNG, _JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+#: PNG colour types Pillow reads as 8 bits when they hold 16 (grey with alpha, RGB, RGBA)
+_PNG_COLOUR = {2: "RGB", 4: "grey with alpha", 6: "RGBA"}
+
+
+class ImageTooLarge(ValueError):
+    """An input whose decoded pixels would need more memory than the run allows (checked from its header)."""
+
+
+class UnsupportedImage(ValueError):
+    """An image that cannot be read in its own units (a 16-bit colour PNG, a file that is no PNG or JPEG)."""
+
+
+class WriteError(OSError):
+    """An output that could not be written (a full disk, a read-only folder): the run stops, finished files stay."""
 
 
 def _pil():
@@ -25,8 +46,53 @@ def _pil():
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - the extra is part of make test's environment
         raise ImportError("reading images needs Pillow: pip install 'crfcore[refine]'") from exc
-    Image.MAX_IMAGE_PIXELS = None  # gigapixel label maps and photos are what this is for
     return Image
+
+
+def check_fits(path, what, size, n_bytes, max_bytes):
+    """Raise :class:`ImageTooLarge` when ``n_bytes`` (what reading ``path``, ``size`` = (width, height), would
+    allocate) exceed ``max_bytes`` (None: no bound)."""
+    if max_bytes is not None and n_bytes > max_bytes:
+        raise ImageTooLarge(f"{what} {path!r} is {size[0]}x{size[1]} pixels: reading it needs about "
+                            f"{n_bytes / 2**30:.1f} GiB, more than the {max_bytes / 2**30:.1f} GiB allowed for one "
+                            f"image (--max-memory); raise --max-memory, or store it as a tiled TIFF (read tile by "
+                            f"tile)")
+
+
+def _decoded_bytes(im):
+    """The peak bytes of decoding a PIL image and copying it into NumPy: Pillow keeps 4 bytes a pixel for every
+    multi-band mode, NumPy the bands themselves (palette images are converted to RGB(A) first)."""
+    bands = 4 if im.mode in ("P", "PA") else len(im.getbands())
+    item = 2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1
+    stored = 4 if bands > 1 else item
+    return im.size[0] * im.size[1] * (stored + bands * item + (4 if im.mode in ("P", "PA") else 0))
+
+
+def open_pil(path, what="image", max_bytes=None):
+    """A PNG or JPEG opened lazily (its header read, no pixel decoded), refused before decoding when it would need
+    more than ``max_bytes`` (:class:`ImageTooLarge`) or when Pillow would read it in other units than its own
+    (16-bit colour PNGs, which it reads as 8 bits: :class:`UnsupportedImage`). Use as a context manager."""
+    _pil()
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head.startswith(_PNG):
+        from PIL.PngImagePlugin import PngImageFile as cls
+
+        if len(head) == 26 and head[24] == 16 and head[25] in _PNG_COLOUR:
+            raise UnsupportedImage(f"{what} {path!r} is a 16-bit {_PNG_COLOUR[head[25]]} PNG, which Pillow reads "
+                                   f"as 8 bits (its values, and theta_beta's units, would change silently); save it "
+                                   f"as a 16-bit TIFF (tifffile.imwrite) or an 8-bit PNG")
+    elif head.startswith(_JPEG):
+        from PIL.JpegImagePlugin import JpegImageFile as cls
+    else:
+        raise UnsupportedImage(f"{what} {path!r} is not a PNG or JPEG file")
+    im = cls(path)  # the format's class reads the header alone, without Pillow's process-wide pixel limit
+    try:
+        check_fits(path, what, im.size, _decoded_bytes(im), max_bytes)
+    except BaseException:
+        im.close()
+        raise
+    return im
 
 
 def _tifffile():
@@ -50,12 +116,13 @@ def _channels_last(arr, axes):
     return arr
 
 
-def read_image(path, lazy=None):
+def read_image(path, lazy=None, max_bytes=None):
     """An image as ``(H, W, C)`` in its own units (uint8, uint16 or float), alpha dropped (PNG's, and TIFF extra
     samples marked as alpha), palette images as RGB.
 
     ``lazy``: None opens TIFFs of more than :data:`LAZY_PIXELS` pixels lazily (a zarr array that reads the tiles it
-    is sliced on; also when True), else reads whole.
+    is sliced on; also when True), else reads whole. ``max_bytes``: images read whole that would need more are
+    refused from their header (:class:`ImageTooLarge`); 16-bit colour PNGs are refused (:class:`UnsupportedImage`).
     """
     ext = os.path.splitext(path)[1].lower()
     if ext in (".tif", ".tiff"):
@@ -66,6 +133,7 @@ def read_image(path, lazy=None):
             # extra samples marked as alpha (associated 1, unassociated 2) are not colours; unspecified ones (0)
             # are data channels and kept
             alpha = sum(1 for e in (getattr(tif.pages[0], "extrasamples", None) or ()) if int(e) in (1, 2))
+            n_bytes = int(np.prod(shape, dtype=object)) * series.dtype.itemsize
         big = int(np.prod(shape[:2])) > LAZY_PIXELS if len(shape) >= 2 else False
         if lazy or (lazy is None and big):
             import zarr
@@ -77,12 +145,14 @@ def read_image(path, lazy=None):
             if axes.upper().index("S" if "S" in axes.upper() else "C") == 0:
                 return _Lazy(arr, "first")
             return _Lazy(arr, "last")
+        ax = axes.upper()
+        size = (shape[ax.index("X")], shape[ax.index("Y")]) if "X" in ax and "Y" in ax else tuple(shape[1::-1])
+        check_fits(path, "image", size, n_bytes, max_bytes)
         arr = _channels_last(np.asarray(tifffile.imread(path)), axes)
         if alpha and arr.ndim == 3 and arr.shape[-1] > alpha:
             arr = arr[..., :-alpha]
     else:
-        Image = _pil()
-        with Image.open(path) as im:
+        with open_pil(path, "image", max_bytes) as im:
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -127,12 +197,14 @@ class _Lazy:
         return out if dtype is None else out.astype(dtype)
 
 
-def read_scores(path, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_label=None):
+def read_scores(path, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_label=None, max_bytes=None,
+                n_labels_from="`n_labels`"):
     """Per-pixel class scores as logits ``(H, W, L)``: ``.npy``/``.npz`` probabilities or logits (channels last;
     ``.npy`` memory-mapped), or a PNG label map turned into unaries as pydensecrf's ``unary_from_labels`` does.
 
     Returns ``(scores, kind)``: ``kind`` ``"probs"`` (take the log) or ``"logits"`` for arrays; label maps come back
-    as logits. ``n_labels`` is required to be consistent where given.
+    as logits. ``n_labels`` is required to be consistent where given; ``n_labels_from`` says where it came from (in
+    the error when it is not). ``max_bytes`` bounds what an ``.npz`` or a label map may allocate, from its header.
     """
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
@@ -144,9 +216,13 @@ def read_scores(path, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_la
                 raise ValueError(f"{path!r} holds no array")
             if len(keys) > 1:
                 raise ValueError(f"{path!r} holds several arrays ({', '.join(keys[:5])}); save one array per file")
+            shape, dtype = _npz_header(z, keys[0])
+            check_fits(path, "scores", tuple(shape[1::-1]) if len(shape) >= 2 else (0, 0),
+                       int(np.prod(shape, dtype=object)) * dtype.itemsize, max_bytes)
             arr = z[keys[0]]
     elif ext == ".png":
-        return labels_to_logits(read_label_map(path), path, n_labels, gt_prob, unknown_label), "logits"
+        labels = read_label_map(path, max_bytes)
+        return labels_to_logits(labels, path, n_labels, gt_prob, unknown_label, max_bytes, n_labels_from), "logits"
     else:
         raise ValueError(f"scores {path!r} must be .npy, .npz or a .png label map")
     if arr.ndim != 3:
@@ -154,16 +230,25 @@ def read_scores(path, scores_are="probs", n_labels=None, gt_prob=0.7, unknown_la
     if arr.dtype.kind != "f":
         raise ValueError(f"scores {path!r} must be floating point ({scores_are}), got {arr.dtype}")
     if n_labels is not None and arr.shape[-1] != n_labels:
-        raise ValueError(f"scores {path!r} have {arr.shape[-1]} labels, expected {n_labels}")
+        raise ValueError(f"scores {path!r} have {arr.shape[-1]} labels, expected {n_labels} (from {n_labels_from})")
     if arr.shape[-1] < 2:
         raise ValueError(f"scores {path!r} have {arr.shape[-1]} label(s); a CRF needs at least 2")
     return arr, scores_are
 
 
-def read_label_map(path):
-    """A single-channel PNG label map as an ``(H, W)`` integer array."""
-    Image = _pil()
-    with Image.open(path) as im:
+def _npz_header(z, key):
+    """The shape and dtype of an ``.npz`` member, from its ``.npy`` header (nothing decompressed beyond it)."""
+    with z.zip.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def read_label_map(path, max_bytes=None):
+    """A single-channel PNG label map as an ``(H, W)`` integer array (refused from its header when decoding it
+    would need more than ``max_bytes``)."""
+    with open_pil(path, "label map", max_bytes) as im:
         labels = np.asarray(im)
     if labels.ndim != 2:
         raise ValueError(f"label map {path!r} must be a single-channel (grey or palette) PNG, got shape "
@@ -171,7 +256,7 @@ def read_label_map(path):
     return labels
 
 
-def labels_to_logits(labels, path, n_labels, gt_prob, unknown_label):
+def labels_to_logits(labels, path, n_labels, gt_prob, unknown_label, max_bytes=None, n_labels_from="`n_labels`"):
     """pydensecrf's ``unary_from_labels`` as logits: the given label with probability ``gt_prob``, the others sharing
     the rest; ``unknown_label`` pixels uniform. Labels are ``0 .. L-1`` (the unknown value excluded)."""
     if not 0 < gt_prob < 1:
@@ -185,7 +270,10 @@ def labels_to_logits(labels, path, n_labels, gt_prob, unknown_label):
     if n is None or n < 2:
         raise ValueError(f"label map {path!r} has fewer than 2 labels; pass --n-labels")
     if values.size and (values.min() < 0 or values.max() >= n):
-        raise ValueError(f"label map {path!r} holds labels outside 0..{n - 1}")
+        raise ValueError(f"label map {path!r} holds labels outside 0..{n - 1}"
+                         f"{f' (the {n} labels from {n_labels_from})' if n_labels is not None else ''}")
+    # the logits and the per-pixel scratch (int64 labels and indices, a mask)
+    check_fits(path, "label map", labels.shape[::-1], labels.size * (4 * n + 17), max_bytes)
     logits = np.full(labels.shape + (n,), np.log((1 - gt_prob) / (n - 1)), np.float32)
     idx = np.where(known, labels - (1 if unknown_label == 0 else 0), 0)
     np.put_along_axis(logits, idx[..., None], np.float32(np.log(gt_prob)), axis=-1)
@@ -254,22 +342,45 @@ def palette(n):
     return colours.astype(np.uint8).ravel().tolist()
 
 
+def _write_error(path, exc):
+    return WriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc}")
+
+
 def write_labels(path, labels, n_labels):
     """A label map as PNG, the label index as the pixel value: a palette image (for viewing) up to 256 labels, 16-bit
-    grey above."""
+    grey above. A failed write (a full disk) is a :class:`WriteError` and leaves nothing behind."""
     Image = _pil()
-    with atomic_path(path) as tmp:
-        if n_labels <= 256:
-            im = Image.new("P", (labels.shape[1], labels.shape[0]))
-            im.frombytes(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-            im.putpalette(palette(n_labels))
-            im.save(tmp, format="PNG")
-        else:
-            Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            if n_labels <= 256:
+                im = Image.new("P", (labels.shape[1], labels.shape[0]))
+                im.frombytes(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+                im.putpalette(palette(n_labels))
+                im.save(tmp, format="PNG")
+            else:
+                Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
+def reserve(fd, offset, length):
+    """Allocate a file's blocks from ``offset`` on (``posix_fallocate``; zeros written where the file system cannot),
+    so that a full disk is an ``OSError`` now, not a SIGBUS when a memory map of the file is written later."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    zeros = bytes(1 << 20)
+    for start in range(offset, offset + length, len(zeros)):
+        os.pwrite(fd, zeros[:min(len(zeros), offset + length - start)], start)
 
 
 def probs_file(path, shape):
-    """A float16 ``.npy`` memory map of ``shape`` to fill, written atomically: use as a context manager."""
+    """A float16 ``.npy`` memory map of ``shape`` to fill, written atomically: use as a context manager. Its blocks
+    are allocated on entry, so a full disk is a :class:`WriteError` there (and nothing is left behind)."""
     return _ProbsFile(path, shape)
 
 
@@ -280,10 +391,25 @@ class _ProbsFile:
 
     def __enter__(self):
         tmp = self._ctx.__enter__()
-        self._mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=self.shape)
+        try:
+            self._mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=self.shape)
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                reserve(fd, self._mm.offset, self._mm.nbytes)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._mm = None
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary file
+            raise _write_error(self.path, exc) from None
         return self._mm
 
     def __exit__(self, *exc):
-        self._mm.flush()
-        del self._mm
-        return self._ctx.__exit__(*exc)
+        try:
+            self._mm.flush()
+            del self._mm
+            return self._ctx.__exit__(*exc)
+        except OSError as err:
+            if exc[0] is not None:
+                raise
+            raise _write_error(self.path, err) from None

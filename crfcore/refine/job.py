@@ -23,19 +23,30 @@ def outputs(job):
     return base + ".png", (base + ".npy" if job.options["save_probs"] else None)
 
 
-
-
 def refine_one(job):
-    """Refine one image; returns its number of pixels. Raises ValueError (naming the file) on bad inputs."""
+    """Refine one image; returns its number of pixels. Raises ValueError (naming the file) on bad inputs, including
+    inputs too large for the memory bound and memory running out, and :class:`~crfcore.refine.imageio.WriteError`
+    when an output cannot be written (a full disk: the run stops there)."""
+    try:
+        return _refine_one(job)
+    except MemoryError:
+        raise ValueError(f"{job.image}: memory ran out refining it (other processes may hold what --max-memory "
+                         f"counted on); a smaller --max-memory refines it on smaller tiles") from None
+
+
+def _refine_one(job):
     o = job.options
     labels_path, probs_path = outputs(job)
+    # what one image may allocate: its decoded pixels and scores are checked against it before they are read
+    limit = o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))
     try:
-        image = imageio.read_image(job.image)
+        image = imageio.read_image(job.image, max_bytes=limit)
     except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"cannot read image {job.image}: {exc}") from None
     try:
         scores, kind = imageio.read_scores(job.scores, o["scores_are"], o["n_labels"], o["gt_prob"],
-                                           o["unknown_label"])
+                                           o["unknown_label"], max_bytes=limit,
+                                           n_labels_from=o.get("n_labels_from", "`n_labels` (--n-labels)"))
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"cannot read scores {job.scores}: {exc}") from None
     h, w = image.shape[:2]
@@ -54,10 +65,11 @@ def refine_one(job):
         tiling.release_pages(scores)  # the memory-mapped .npy: read tile by tile, never resident whole
         return lg
 
-    labels = np.empty((h, w), np.uint8 if n_lab <= 256 else np.uint16)
+    dtype = np.dtype(np.uint8 if n_lab <= 256 else np.uint16)
+    imageio.check_fits(job.image, "image", (w, h), h * w * dtype.itemsize, limit)  # the label map, even if tiled
+    labels = np.empty((h, w), dtype)
     # the budget for the tiles: what is left after the full-size label map and the interpreter
-    budget = (o["max_memory"] or tiling.default_max_memory(o.get("workers", 1))) - labels.nbytes - \
-        tiling.BASELINE_BYTES
+    budget = limit - labels.nbytes - tiling.BASELINE_BYTES
     whole = h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab)
     tile = o["tile"] or (None if whole <= budget else tiling.tile_for_memory(max(budget, 1), n_lab, o["overlap"]))
     try:

@@ -10,6 +10,7 @@ import json
 import os
 
 from .._version import __version__
+from .imageio import WriteError
 
 NAME = ".crfcore-refine.jsonl"
 
@@ -31,7 +32,7 @@ def _size(path):
 
 def options_key(options):
     """The options that decide the outputs' values, as a canonical JSON string."""
-    kept = {k: v for k, v in options.items() if k != "workers"}
+    kept = {k: v for k, v in options.items() if k not in ("workers", "n_labels_from")}
     return json.dumps(kept, sort_keys=True, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
 
 
@@ -71,6 +72,9 @@ class Manifest:
     def add(self, job, labels_path, probs_path):
         entry = record(job, labels_path, probs_path)
         self.entries[entry["stem"]] = entry
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+        except OSError as exc:  # a full disk: the file is redone by the next run, which finds no record of it
+            raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None

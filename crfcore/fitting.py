@@ -10,6 +10,7 @@ import numbers
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -163,7 +164,7 @@ def _progress(enabled, max_iter):
     return tqdm(total=max_iter, desc="crfcore.fit (L-BFGS)", unit="it", leave=False)
 
 
-def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="cross_entropy", l2=1e-3,
+def fit(logits, images, labels, *, n_iter=None, init=None, learn=LEARNABLE, loss="cross_entropy", l2=1e-3,
         max_iter=100, ignore_index=None, spatial_dims=2, progress=True, return_info=False, search_widths=True):
     """``crfcore.fit``: fit a dense CRF's parameters to labelled images, for :func:`crfcore.meanfield` post-processing.
 
@@ -177,12 +178,14 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
     labels : array_like ``(B, *spatial)`` or list of ``(*spatial)`` integer arrays
         The true label of each pixel, ``0 .. L - 1``; pixels equal to ``ignore_index`` do not count (sparse
         annotations work).
-    n_iter : int, default 5
-        Mean-field iterations, as the fitted parameters will be used.
+    n_iter : int, optional
+        Mean-field iterations, as the fitted parameters will be used: ``init``'s ``n_iter`` if it has one (a
+        previous fit's result does), else 5. Both, and different, is a ValueError.
     init : dict, optional
         :func:`crfcore.meanfield` keyword arguments to start from (``theta_alpha``, ``theta_beta``,
-        ``theta_gamma``, ``w_spatial``, ``w_bilateral``, ``compat``, ``normalization``); meanfield's defaults for
-        the rest. Widths may be per dimension, weights ``(L, L)`` matrices: they are learned in that form.
+        ``theta_gamma``, ``w_spatial``, ``w_bilateral``, ``compat``, ``normalization``, ``n_iter``); meanfield's
+        defaults for the rest. Widths may be per dimension, weights ``(L, L)`` matrices: they are learned in that
+        form.
     learn : sequence of {"widths", "weights", "compat"}
         What to fit; the rest stays at ``init``. ``"compat"`` learns the full ``(L, L)`` compatibility (from
         Potts when ``init`` has none).
@@ -246,11 +249,17 @@ def fit(logits, images, labels, *, n_iter=5, init=None, learn=LEARNABLE, loss="c
     if isinstance(l2, (bool, np.bool_)) or not isinstance(l2, numbers.Real) or not np.isfinite(l2) or l2 < 0:
         raise ValueError(f"`l2` must be a finite number >= 0, got {l2!r}")
     data, n_lab = _check_data(logits, images, labels, spatial_dims, ignore_index)
+    if init is not None and not isinstance(init, Mapping):
+        raise TypeError(f"`init` must be a dict of crfcore.meanfield keyword arguments (e.g. dict(theta_alpha=80.0) or "
+                        f"a previous fit's result), got {type(init).__name__} {init!r:.60}")
     init = dict(init or {})
     bad = [k for k in init if k not in DEFAULTS and k != "n_iter"]
     if bad:
         raise ValueError(f"`init` has unknown keys {bad}; it takes crfcore.meanfield's {sorted(DEFAULTS)}")
-    n_iter = init.pop("n_iter", n_iter)
+    if n_iter is not None and "n_iter" in init and init["n_iter"] != n_iter:
+        raise ValueError(f"`n_iter`={n_iter!r} but `init` has n_iter={init['n_iter']!r}: give it once (or the same "
+                         f"in both)")
+    n_iter = init.pop("n_iter", 5 if n_iter is None else n_iter)
     start = dict(DEFAULTS, **init)
     n_channels = np.shape(data[0][1])[-1] if np.ndim(data[0][1]) == spatial_dims + 1 else 1
     try:

@@ -89,10 +89,21 @@ def test_progress_is_shown(data, capsys):
     (dict(init=dict(theta_alpha=-3.0)), ValueError, r"in `init`: `theta_alpha` must be a positive"),
     (dict(init=dict(theta_beta=np.nan)), ValueError, r"in `init`: `theta_beta`"),
     (dict(init=dict(sxy=3)), ValueError, "`init` has unknown keys"),
+    (dict(init=[1, 2]), TypeError, r"`init` must be a dict of crfcore.meanfield keyword arguments .*got list \[1, 2\]"),
+    (dict(init=dict(n_iter=3), n_iter=2), ValueError, "`n_iter`=2 but `init` has n_iter=3: give it once"),
 ])
 def test_bad_arguments(data, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         crfcore.fit(*data, progress=False, **kwargs)
+
+
+def test_n_iter_from_init_or_the_argument(data):
+    """A previous fit's result (which holds n_iter) as ``init`` keeps its n_iter; the argument sets it otherwise."""
+    quick = dict(learn="weights", max_iter=1, search_widths=False, progress=False)
+    assert crfcore.fit(*data, init=dict(n_iter=3), **quick)["n_iter"] == 3
+    assert crfcore.fit(*data, init=dict(n_iter=3), n_iter=3, **quick)["n_iter"] == 3
+    assert crfcore.fit(*data, n_iter=2, **quick)["n_iter"] == 2
+    assert crfcore.fit(*data, **quick)["n_iter"] == 5
 
 
 def test_bad_data(data):

@@ -116,8 +116,29 @@ def _fresh(t):
     return t.new_empty(t.shape)
 
 
-def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims, quiet=False):
-    ta, tb, tg = (float(x) for x in _to_numpy(widths, quiet))
+#: Bits of the ops' ``per_axis``: which widths come one per spatial axis (theta_alpha, theta_gamma) or per channel
+#: (theta_beta) in the flat ``widths`` tensor, the others one number each (as the user gave them to the core).
+_PER_AXIS = {"theta_alpha": 1, "theta_beta": 2, "theta_gamma": 4}
+
+
+def _split_widths(widths, per_axis, spatial_dims, n_channels):
+    """theta_alpha, theta_beta and theta_gamma from the ops' flat ``widths``: floats, or arrays where ``per_axis``
+    says."""
+    out, k = [], 0
+    for name, n in (("theta_alpha", spatial_dims), ("theta_beta", n_channels), ("theta_gamma", spatial_dims)):
+        if per_axis & _PER_AXIS[name]:
+            out.append(widths[k:k + n])
+            k += n
+        else:
+            out.append(float(widths[k]))
+            k += 1
+    return out
+
+
+def _core_kwargs(ws, wb, mu, widths, per_axis, n_iter, normalization, logits, image, quiet=False):
+    spatial_dims = logits.dim() - 2
+    ta, tb, tg = _split_widths(np.asarray(_to_numpy(widths, quiet), np.float64), per_axis, spatial_dims,
+                               image.shape[1])
     return dict(n_iter=n_iter, theta_alpha=ta, theta_beta=tb, theta_gamma=tg, w_spatial=_to_numpy(ws, quiet),
                 w_bilateral=_to_numpy(wb, quiet), compat=_to_numpy(mu, quiet), normalization=normalization,
                 spatial_dims=spatial_dims, output="logits")
@@ -125,12 +146,12 @@ def _core_kwargs(ws, wb, mu, widths, n_iter, normalization, spatial_dims, quiet=
 
 @torch.library.custom_op("crfcore::meanfield", mutates_args=())
 def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, wb: torch.Tensor, mu: torch.Tensor,
-                  widths: torch.Tensor, n_iter: int, normalization: str, keep: bool) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+                  widths: torch.Tensor, n_iter: int, normalization: str, keep: bool,
+                  per_axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.shape[0] == 0:  # an empty batch: an empty result (the core refuses empty arrays)
         return _fresh(logits), torch.tensor(0, dtype=torch.int64)
     gpu = _on_gpu(logits)
-    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2, quiet=gpu)
+    kw = _core_kwargs(ws, wb, mu, widths, per_axis, n_iter, normalization, logits, image, quiet=gpu)
     if gpu:  # the parameters above are a few numbers; the images never leave the GPU
         with _OnGpu(logits):
             out, res = meanfield_fwd(_gpu_last(logits), _gpu_last(image), keep_residuals=keep, device="cuda", **kw)
@@ -143,7 +164,7 @@ def _meanfield_op(logits: torch.Tensor, image: torch.Tensor, ws: torch.Tensor, w
 
 
 @_meanfield_op.register_fake
-def _(logits, image, ws, wb, mu, widths, n_iter, normalization, keep):
+def _(logits, image, ws, wb, mu, widths, n_iter, normalization, keep, per_axis=0):
     # the handle is a host number wherever the images are (the real op's is a CPU tensor on a GPU too)
     return _fresh(logits), logits.new_empty((), dtype=torch.int64, device="cpu")
 
@@ -151,11 +172,11 @@ def _(logits, image, ws, wb, mu, widths, n_iter, normalization, keep):
 @torch.library.custom_op("crfcore::meanfield_backward", mutates_args=())
 def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, image: torch.Tensor,
                            ws: torch.Tensor, wb: torch.Tensor, mu: torch.Tensor, widths: torch.Tensor, n_iter: int,
-                           normalization: str, features: bool) -> list[torch.Tensor]:
+                           normalization: str, features: bool, per_axis: int = 0) -> list[torch.Tensor]:
     if logits.shape[0] == 0:  # an empty batch: no gradient flows
         return [_fresh(t).zero_() for t in (logits, ws, wb, mu, image, widths)]
     gpu = _on_gpu(logits)
-    kw = _core_kwargs(ws, wb, mu, widths, n_iter, normalization, logits.dim() - 2, quiet=gpu)
+    kw = _core_kwargs(ws, wb, mu, widths, per_axis, n_iter, normalization, logits, image, quiet=gpu)
     res = _STORE.pop(int(handle)) if int(handle) > 0 else None
     if gpu:
         return _gpu_backward(res, grad, logits, image, ws, mu, widths, features, kw)
@@ -168,11 +189,16 @@ def _meanfield_backward_op(handle: torch.Tensor, grad: torch.Tensor, logits: tor
     out.append(torch.as_tensor(g.compat, dtype=dtype).to(mu.device).contiguous())
     if features:
         out.append(_channels_first(np.asarray(g.image).reshape(np.moveaxis(_to_numpy(image), 1, -1).shape), image))
-        out.append(torch.tensor([g.theta_alpha, g.theta_beta, g.theta_gamma], dtype=widths.dtype,
-                                device=widths.device))
+        out.append(_widths_grad(g, widths))
     else:
         out += [_fresh(image).zero_(), _fresh(widths).zero_()]
     return out
+
+
+def _widths_grad(g, widths):
+    """The core's width gradients (one per axis and per channel, as the op passed them) as the flat ``widths``."""
+    flat = np.concatenate([np.ravel(g.theta_alpha), np.ravel(g.theta_beta), np.ravel(g.theta_gamma)])
+    return torch.as_tensor(flat, dtype=widths.dtype).to(widths.device)
 
 
 def _gpu_backward(res, grad, logits, image, ws, mu, widths, features, kw):
@@ -188,15 +214,14 @@ def _gpu_backward(res, grad, logits, image, ws, mu, widths, features, kw):
         out.append(torch.as_tensor(g.compat, dtype=dtype).to(mu.device).contiguous())
         if features:
             out.append(_gpu_first(g.image, image))
-            out.append(torch.tensor([g.theta_alpha, g.theta_beta, g.theta_gamma], dtype=widths.dtype,
-                                    device=widths.device))
+            out.append(_widths_grad(g, widths))
         else:
             out += [_fresh(image).zero_(), _fresh(widths).zero_()]
     return out
 
 
 @_meanfield_backward_op.register_fake
-def _(handle, grad, logits, image, ws, wb, mu, widths, n_iter, normalization, features):
+def _(handle, grad, logits, image, ws, wb, mu, widths, n_iter, normalization, features, per_axis=0):
     return [_fresh(t) for t in (logits, ws, wb, mu, image, widths)]
 
 
@@ -213,21 +238,21 @@ class _Release:
 
 
 def _setup_context(ctx, inputs, output):
-    logits, image, ws, wb, mu, widths, n_iter, normalization, keep = inputs
+    logits, image, ws, wb, mu, widths, n_iter, normalization, keep, per_axis = inputs
     ctx.save_for_backward(output[1], logits, image, ws, wb, mu, widths)
     if keep and not torch.compiler.is_compiling():
         ctx.release = _Release(int(output[1]))
-    ctx.n_iter, ctx.normalization = n_iter, normalization
+    ctx.n_iter, ctx.normalization, ctx.per_axis = n_iter, normalization, per_axis
     ctx.features = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[5])
 
 
 def _backward(ctx, grad_out, grad_handle):
     handle, logits, image, ws, wb, mu, widths = ctx.saved_tensors
     grads = _meanfield_backward_op(handle, grad_out, logits, image, ws, wb, mu, widths, ctx.n_iter,
-                                   ctx.normalization, ctx.features)
+                                   ctx.normalization, ctx.features, ctx.per_axis)
     d_logits, d_ws, d_wb, d_mu, d_image, d_widths = grads
     return (d_logits, d_image if ctx.features else None, d_ws, d_wb, d_mu, d_widths if ctx.features else None,
-            None, None, None)
+            None, None, None, None)
 
 
 _meanfield_op.register_autograd(_backward, setup_context=_setup_context)
@@ -280,8 +305,10 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
         The guidance image in its own units (``theta_beta`` is in them); receives a gradient.
     n_iter, normalization
         As in :func:`crfcore.meanfield`.
-    theta_alpha, theta_beta, theta_gamma : float or scalar tensor
-        Kernel widths; tensors receive gradients (keep them positive, e.g. as ``exp`` of a parameter).
+    theta_alpha, theta_beta, theta_gamma : float, sequence or tensor
+        Kernel widths: one, or one per spatial axis (``theta_alpha``, ``theta_gamma``, in axis order) or per channel
+        (``theta_beta``), as :func:`crfcore.meanfield` takes them; tensors receive gradients of their shape (keep
+        them positive, e.g. as ``exp`` of a parameter).
     w_bilateral, w_spatial : float, or (L, L) tensor
     compat : (L, L) tensor or None (Potts ``1 - I``)
     spatial_dims : {2, 3}
@@ -312,13 +339,21 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
     if mu.shape != (n_lab, n_lab):
         raise ValueError(f"`compat` must be None (Potts) or an ({n_lab}, {n_lab}) matrix for {n_lab} labels, got "
                          f"{'a scalar' if mu.dim() == 0 else f'shape {tuple(mu.shape)}'}")
-    widths = []
+    widths, per_axis = [], 0  # the ops take them flat; the core checks their values and names bad ones
     for value, name in ((theta_alpha, "theta_alpha"), (theta_beta, "theta_beta"), (theta_gamma, "theta_gamma")):
         # float64 whatever the logits' dtype: a float32 width would move the kernels by 1e-7
-        widths.append(_as_tensor(value, logits, name, torch.float64).reshape(()))  # the core names bad ones
-    widths = torch.stack(widths)
+        t = _as_tensor(value, logits, name, torch.float64)
+        n = image.shape[1] if name == "theta_beta" else spatial_dims
+        if t.dim() != 0:
+            if t.shape != (n,):
+                what = "channel" if name == "theta_beta" else "spatial axis"
+                raise ValueError(f"`{name}` must be a number or one per {what} ({n}), got shape {tuple(t.shape)}")
+            per_axis |= _PER_AXIS[name]
+        widths.append(t.reshape(-1))
+    widths = torch.cat(widths)
     needs = torch.is_grad_enabled() and any(t.requires_grad for t in (logits, image, *mats, mu, widths))
-    out, _ = _meanfield_op(logits, image, mats[0], mats[1], mu, widths, int(n_iter), normalization, bool(needs))
+    out, _ = _meanfield_op(logits, image, mats[0], mats[1], mu, widths, int(n_iter), normalization, bool(needs),
+                           per_axis)
     return out
 
 
@@ -393,8 +428,8 @@ class CrfRnn(nn.Module):
 
     def widths(self):
         """The current widths as floats."""
-        return {name: float(torch.exp(getattr(self, f"log_{name}"))) for name in ("theta_alpha", "theta_beta",
-                                                                                 "theta_gamma")}
+        return {name: float(torch.exp(getattr(self, f"log_{name}").detach())) for name in ("theta_alpha", "theta_beta",
+                                                                                          "theta_gamma")}
 
     def forward(self, image, logits):
         if isinstance(logits, torch.Tensor) and logits.dim() >= 2 and logits.shape[1] != self.num_labels:

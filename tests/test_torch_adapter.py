@@ -150,6 +150,36 @@ def test_each_argument_alone_matches_finite_differences(rng, name):
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+def test_widths_per_axis_and_per_channel(rng):
+    """Widths one per spatial axis (theta_alpha, theta_gamma) or per channel (theta_beta), as the core and the JAX
+    adapter take them: the core's result, and gradients of their shape, exact (gradcheck)."""
+    logits, image = batch(rng, b=2, shape=(6, 7))
+    widths = dict(theta_alpha=(5.37, 7.1), theta_beta=(41.3, 30.7, 52.9), theta_gamma=(1.73, 2.41))
+    for spatial in ((6, 7), (3, 4, 5)):
+        lg, img = batch(rng, b=1, shape=spatial)
+        kw = {k: v if k == "theta_beta" else (v + (3.3,))[:len(spatial)] for k, v in widths.items()}
+        np.testing.assert_allclose(crf_refine(lg, img, n_iter=2, spatial_dims=len(spatial), **kw).numpy(),
+                                   core_logits(lg, img, n_iter=2, **kw), rtol=1e-12, atol=1e-12)
+    for name, value in widths.items():
+        x = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+
+        def f(x):
+            kw = dict(widths, **{name: x})
+            return torch.logsumexp(crf_refine(logits, image, n_iter=2, normalization="after", **kw), 1).mean()
+
+        (g,) = torch.autograd.grad(f(x), x)
+        assert g.shape == x.shape and (g.abs() > 1e-8).all(), name
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"`theta_beta` must be a number or one per channel \(3\), got shape \(2,\)"):
+        crf_refine(logits, image, theta_beta=(13.0, 13.0))
+
+
+def test_printing_a_module_with_trainable_widths_warns_nothing(recwarn):
+    crf = CrfRnn(2, trainable_widths=True, theta_alpha=80.0)
+    assert "theta_alpha=80, theta_beta=3, theta_gamma=3" in repr(crf) and "trainable_widths=True" in repr(crf)
+    assert not recwarn.list, [str(w.message) for w in recwarn.list]
+
+
 def _layouts(rng, b, n_lab, shape, dtype):
     """The same batch with the strides users produce: contiguous, a permuted channels-last NumPy array, and
     PyTorch's channels_last memory format."""

@@ -76,11 +76,6 @@ def ready(what="inference", dtype="float32", n_labels=2):
     return missing(signatures.profile_key(what, dtype, n_labels)) == []
 
 
-def kernels_ready(n_labels):
-    """Whether inference with ``n_labels`` labels finds its kernels compiled or cached, in float32 and float64."""
-    return all(ready("inference", dtype, n_labels) for dtype in ("float32", "float64"))
-
-
 def _in_table(n_labels, spatial_shape, n_channels):
     """Whether the table's signatures are this call's: its lattices' offsets fit 16 bits (see
     :class:`crfcore.Lattice`; always for 2-D images with up to 4 channels, 3-D volumes with up to 3)."""
@@ -174,15 +169,20 @@ def cache_folder():
 
 
 def cache_note():
-    """Why the kernels are cached where they are, in words (for ``crfcore warmup`` and ``crfcore info``)."""
+    """Why the kernels are cached where they are, in words (for ``crfcore warmup`` and ``crfcore info``): the folder
+    Numba took is compared with ``NUMBA_CACHE_DIR``, which Numba passes over when it cannot write there."""
     import numba
 
-    path = cache_folder()
-    if numba.config.CACHE_DIR:
+    path, wanted = cache_folder(), numba.config.CACHE_DIR
+    if not os.path.isabs(path):
+        return "unknown to this Numba version"
+    if wanted and numba_cache.in_package(path, wanted):
         return "set by NUMBA_CACHE_DIR"
-    if os.path.isabs(path) and numba_cache.in_package(path, os.path.dirname(os.path.abspath(__file__))):
-        return "inside the installed package"
-    return "Numba's per-user cache folder: the installed package's folder is not writable"
+    if numba_cache.in_package(path, os.path.dirname(os.path.abspath(__file__))):
+        where = "inside the installed package"
+    else:
+        where = "Numba's per-user cache folder: the installed package's folder is not writable"
+    return f"{where}; NUMBA_CACHE_DIR={wanted} cannot be written, so Numba passed over it" if wanted else where
 
 
 #: What ``crfcore warmup`` compiles: inference for float32 and float64, two labels (the pair kernels) and more;

@@ -199,6 +199,11 @@ def test_a_cold_process_answers_from_numpy_then_waits_for_the_workers(tmp_path):
     got = np.load(out)
     np.testing.assert_array_equal(got["second"], want)
     np.testing.assert_allclose(got["first"], want, rtol=2e-5, atol=2e-5)
+    # crfcore info says what this float32 use compiled, and only that
+    info = subprocess.run([sys.executable, "-m", "crfcore", "info"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "inference kernels cached: float32 2 labels yes, 3+ labels no; float64 2 labels no, 3+ labels no " \
+           "(the rest: run crfcore warmup)" in info.stdout, info.stdout
 
 
 PARENT = """
@@ -339,6 +344,22 @@ print(json.dumps(dict(attrs=[hasattr(d, "_cache"), hasattr(d._cache, "_index_key
     assert not gone, f"this Numba changed the internals crfcore._engine.numba_cache reads: {gone}"
     assert (state["before"], state["after"], state["other"], state["compiled"]) == (False, True, False, True), state
     assert state["folder"].startswith(str(tmp_path / "cache"))
+
+
+def test_an_unusable_numba_cache_dir_is_said_so(tmp_path):
+    """``NUMBA_CACHE_DIR`` that cannot be written (here under a file, which even root cannot write into): Numba
+    passes over it to the package's folder, and crfcore says that folder, and why, not "set by NUMBA_CACHE_DIR"."""
+    (tmp_path / "a-file").write_text("")
+    wanted = tmp_path / "a-file" / "cache"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(wanted))
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    info = subprocess.run([sys.executable, "-m", "crfcore", "info"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert info.returncode == 0, info.stderr[-3000:]
+    line = next(x for x in info.stdout.splitlines() if x.startswith("kernel cache: "))
+    assert line.startswith(f"kernel cache: {os.path.join(ROOT, 'crfcore')}"), line
+    assert line.endswith(f"(inside the installed package; NUMBA_CACHE_DIR={wanted} cannot be written, so Numba "
+                         f"passed over it)"), line
 
 
 def test_warmup_from_an_unwritable_install_uses_the_user_cache(tmp_path):

@@ -28,7 +28,7 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, check_layout, cuda_backend, cuda_unavailable
+from crfcore._shared import ResidualStore, check_layout, check_logits_values, cuda_backend, cuda_unavailable
 from crfcore.params import NORMALIZATIONS
 
 from . import _xla_ffi
@@ -261,7 +261,9 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
     for value, name in ((logits, "logits"), (image, "image"), *zip(widths, sizes)):
         if not isinstance(value, jax.core.Tracer):
             arr = np.asarray(value)
-            if not np.isfinite(arr).all():
+            if name == "logits":  # -inf: an impossible label, as in the core
+                check_logits_values(arr, name)
+            elif not np.isfinite(arr).all():
                 raise ValueError(f"`{name}` contains NaN or infinite values")
             if name.startswith("theta") and not (arr > 0).all():
                 raise ValueError(f"`{name}` must be a positive finite number (or one per axis or channel), got {arr}")

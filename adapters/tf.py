@@ -436,7 +436,15 @@ class CrfRnnLayer(keras.layers.Layer):
         with tf.control_dependencies(checks):
             logits, image = tf.identity(logits), tf.identity(image)
         if self.backend == "tf":
-            logits = tf.debugging.assert_all_finite(logits, "CrfRnnLayer: `logits` contains NaN or infinite values")
+            # -inf marks an impossible label (a masked class), as in the core; NaN, +inf and a pixel with no label
+            # left are errors
+            possible = tf.where(tf.equal(logits, -np.inf), tf.zeros_like(logits), logits)
+            checks = [tf.debugging.assert_all_finite(possible, "CrfRnnLayer: `logits` contains NaN or +inf values"),
+                      tf.debugging.assert_equal(
+                          tf.reduce_any(tf.reduce_all(tf.equal(logits, -np.inf), axis=-1)), False,
+                          message="CrfRnnLayer: `logits` is -inf for every label at some pixel")]
+            with tf.control_dependencies(checks):
+                logits = tf.identity(logits)
             image = tf.debugging.assert_all_finite(tf.cast(image, tf.float32),
                                                    "CrfRnnLayer: `image` contains NaN or infinite values")
         return logits, image

@@ -22,7 +22,7 @@ from . import warmup
 from ._engine import numpy_lattice
 from ._engine import parallel as _parallel
 from ._kernels import meanfield as MK
-from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite,
+from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_values,
                                  check_logits_shape, check_spatial_dims, host_array, image_shape_with_channels)
 from .features import bilateral_features, spatial_features
 from ._engine.iterations import Transform, backward_one, forward_one, tiny
@@ -70,7 +70,7 @@ def _check_inputs(logits, image, spatial_dims):
         raise ValueError("`logits` is a scalar; pass an array of shape (..., *spatial, L)")
     u = as_float_array(logits, "logits")
     check_logits_shape(u.shape, spatial_dims)
-    check_finite(u, "logits")
+    check_logits_values(u, "logits")
     img = host_array(image, "image")
     if img.dtype.kind not in "fiu" or img.dtype == np.bool_:
         raise TypeError(f"`image` must be a real numeric array (uint8 or float), got dtype {img.dtype}")
@@ -421,6 +421,8 @@ def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, the
     logits : array_like, shape ``(..., *spatial, L)``
         Unnormalised class scores (higher is more likely), e.g. a network's output before softmax; the unary
         potential is ``-logits``. Leading axes are a batch. float32 or float64 (other floats become float32).
+        ``-inf`` marks a label impossible at a pixel (probability 0, as densecrf's ``+inf`` energies); NaN,
+        ``+inf`` and a pixel with every label ``-inf`` raise a ValueError.
     image : array_like, shape ``(..., *spatial, C)``
         The image that guides the bilateral kernel, same leading and spatial shape as ``logits``; uint8 or
         float in its own units (``theta_beta`` is in those units); any number of channels. A single-channel

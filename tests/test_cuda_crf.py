@@ -147,3 +147,27 @@ def test_missing_numba_cuda_is_a_clear_error(monkeypatch, rng):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba_cuda" else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install 'crfcore\[cuda\]'"):
         crfcore.crf(rng.normal(size=(N, L)), _terms(rng, 1, False), device="cuda")
+
+
+def test_minus_inf_logits_are_impossible_labels_on_cuda(rng):
+    """-inf logits: the same probabilities and finite gradients as on the CPU; a point with no label left and +inf
+    logits stay errors (checked on the host only when the device's range pass finds non-finite values)."""
+    logits = rng.normal(size=(N, L))
+    logits[[2, 7, 11], [0, 2, 1]] = -np.inf
+    terms = _terms(rng, 2, False)
+    q_cpu, res_cpu = crfcore.crf_fwd(logits, terms, n_iter=3)
+    q_gpu, res_gpu = crfcore.crf_fwd(logits, terms, n_iter=3, device="cuda")
+    np.testing.assert_allclose(_host(q_gpu), q_cpu, atol=1e-12)
+    assert (q_cpu[np.isneginf(logits)] == 0).all()
+    g = rng.normal(size=(N, L))
+    _close(crfcore.crf_bwd(res_cpu, g), crfcore.crf_bwd(res_gpu, g), 1e-9)
+    assert np.isfinite(_host(crfcore.crf_bwd(crfcore.crf_fwd(logits, terms, n_iter=3, device="cuda")[1], g).logits)).all()
+    image = rng.uniform(0, 255, size=(4, 7, 3))
+    grid = logits.reshape(4, 7, L)
+    np.testing.assert_allclose(_host(crfcore.meanfield(grid, image, n_iter=2, device="cuda")),
+                               crfcore.meanfield(grid, image, n_iter=2), atol=1e-12)
+    for bad, match in ((np.inf, r"\+inf"), (-np.inf, "every label impossible")):
+        wrong = logits.copy()
+        wrong[5] = bad
+        with pytest.raises(ValueError, match=match):
+            crfcore.crf(wrong, terms, device="cuda")

@@ -11,6 +11,9 @@ LOGITS = np.zeros((6, 7, 3))
 IMAGE = np.zeros((6, 7, 3), dtype=np.uint8)
 
 
+NO_LABEL_LEFT = np.where(np.arange(6 * 7)[:, None] == 2 * 7 + 3, -np.inf, np.zeros((6 * 7, 3))).reshape(6, 7, 3)
+
+
 def with_nan(a, value=np.nan):
     a = a.astype(np.float64)
     a.flat[5] = value
@@ -21,7 +24,8 @@ def with_nan(a, value=np.nan):
     "logits, image, kwargs, exc, match",
     [
         (with_nan(LOGITS), IMAGE, {}, ValueError, "`logits` contains 1 NaN"),
-        (with_nan(LOGITS, np.inf), IMAGE, {}, ValueError, "`logits` contains 1 NaN or infinite"),
+        (with_nan(LOGITS, np.inf), IMAGE, {}, ValueError, r"`logits` contains 1 \+inf value"),
+        (NO_LABEL_LEFT, IMAGE, {}, ValueError, r"every label impossible .* at 1 point\(s\), the first at index \(2, 3\)"),
         (LOGITS, with_nan(IMAGE), {}, ValueError, "`image` contains"),
         (LOGITS, with_nan(IMAGE, -np.inf), {}, ValueError, "`image` contains"),
         (LOGITS, np.zeros((6, 8, 3)), {}, ValueError, r"`image` has shape \(6, 8, 3\) but `logits` has shape"),

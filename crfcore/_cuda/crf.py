@@ -16,7 +16,7 @@ from ..terms import (CheckedTerm, as_term, check_features_shape, check_logits_sh
                      check_terms_list, matrix, summable)
 from . import device as dev
 from .kernel import CudaFeatureGrad, CudaKernel
-from .meanfield import check_finite, device_input
+from .meanfield import check_finite, check_logits, device_input
 
 
 class CudaCrfResiduals(NamedTuple):
@@ -38,7 +38,7 @@ def _check_logits(logits):
         raise ValueError("`logits` is a scalar; pass an array of shape (N, L)")
     u, on_device = device_input(logits, "logits", float_only=True)
     check_logits_shape_2d(tuple(u.shape))
-    check_finite(u, "logits")
+    check_logits(u)
     return u, on_device
 
 

@@ -12,7 +12,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._engine.iterations import Transform, tiny
-from .._engine.validation import check_logits_shape, image_shape_with_channels, supported_float_type
+from .._engine.validation import (check_logits_shape, check_logits_values, image_shape_with_channels,
+                                  supported_float_type)
 from .._kernels import cuda_meanfield as MK
 from ..params import CrfParams
 from . import device as dev
@@ -71,6 +72,15 @@ def check_finite(x, name):
     return float(lo.min()), float(hi.max())
 
 
+def check_logits(u, name="logits"):
+    """:func:`~crfcore._engine.validation.check_logits_values` for the device array ``u``: one range pass on the
+    device; only logits with non-finite values (``-inf`` marks an impossible label) are copied to the host to say
+    whether they are allowed."""
+    flat = u.reshape(-1, tuple(u.shape)[-1])
+    if feature_range(flat)[2]:
+        check_logits_values(dev.to_host(flat), name)
+
+
 def check_inputs(logits, image, spatial_dims):
     """The checks of :func:`crfcore.inference._check_inputs` on device (or host) inputs: ``(u, img, on_device,
     image range)`` with ``u``, ``img`` device arrays (``img`` with its channel axis) and the image's ``(min, max)``
@@ -79,7 +89,7 @@ def check_inputs(logits, image, spatial_dims):
         raise ValueError("`logits` is a scalar; pass an array of shape (..., *spatial, L)")
     u, on_device = device_input(logits, "logits", float_only=True)
     check_logits_shape(tuple(u.shape), spatial_dims)
-    check_finite(u, "logits")
+    check_logits(u)
     img, _ = device_input(image, "image", float_only=False)
     img = img.reshape(*image_shape_with_channels(tuple(u.shape), tuple(img.shape), spatial_dims))
     dtype = np.dtype(img.dtype)

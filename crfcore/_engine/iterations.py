@@ -59,11 +59,14 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, eps):
 
 def softmax(u, q):
     """``q = softmax(u)`` row by row (``q`` may be ``u``), through the iterations' own kernel with zero messages
-    (the same compiled code as an iteration, and the same arithmetic: no separate softmax kernel to compile)."""
+    (the same compiled code as an iteration, and the same arithmetic: no separate softmax kernel to compile).
+
+    The messages are an array of zeros, never ``u`` itself with a zero matrix: ``0 * -inf`` (an impossible label's
+    logit) is NaN. ``np.zeros`` maps the operating system's zero page, so reading it costs little."""
     zero = np.zeros((u.shape[1], u.shape[1]), u.dtype)
     absent = np.empty((0, u.shape[1]), u.dtype)
     c = u.dtype.type(0)
-    combine_softmax(u, u, absent, zero, zero, False, c, c, absent, q, tiny(u.dtype))
+    combine_softmax(u, np.zeros(u.shape, u.dtype), absent, zero, zero, False, c, c, absent, q, tiny(u.dtype))
 
 
 def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights=None):
@@ -76,7 +79,6 @@ def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights
     alone: the kernels then add into one message array ``sum_k w_k K_k Q`` (one array, read once).
     """
     q = np.empty_like(u) if q is None else q
-    eps = tiny(u.dtype)
     softmax(u, q)
     if n_iter == 0:
         return (u if want_z else None), q
@@ -87,8 +89,6 @@ def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights
     if trace is None:  # else each iteration's messages are its trace slots
         msgs = [np.empty_like(u) for _ in range(1 if fused else len(kernels))]
     base = np.empty_like(u) if not fused and len(kernels) > 2 else u  # U minus the messages past the second
-    a0, c0 = tr.pair(0)
-    a1, c1 = (tr.zero, tr.zero.dtype.type(0)) if fused else tr.pair(1)
     for t in range(n_iter):
         _parallel.checkpoint()
         if trace is not None:
@@ -100,13 +100,36 @@ def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights
         else:
             for kern, m in zip(kernels, msgs):
                 kern.apply(q, m)
-            src = u
-            for k in range(2, len(kernels)):
-                MK.subtract_message(src, msgs[k], tr.mats[k], tr.potts, tr.coefs[k], base)
-                src = base
-        second = msgs[1] if len(msgs) > 1 else absent
-        combine_softmax(base, msgs[0], second, a0, a1, tr.potts, c0, c1, z, q, eps)
+        _update(u, msgs, tr, base, z, q, fused)
     return (z if want_z else None), q
+
+
+def _update(u, msgs, tr, base, z, q, fused=False):
+    """The iteration's update from its messages: ``Z = U - sum_k S_k A_k^T`` (into ``z`` where it has rows) and
+    ``Q = softmax(Z)`` (into ``q``); the messages past the second are subtracted into ``base`` first. ``fused``:
+    ``msgs`` is the one array of summed, weighted messages and ``tr`` the transform of their common matrix."""
+    src = u
+    for k in range(2, len(msgs)):
+        MK.subtract_message(src, msgs[k], tr.mats[k], tr.potts, tr.coefs[k], base)
+        src = base
+    a0, c0 = tr.pair(0)
+    a1, c1 = (tr.zero, tr.zero.dtype.type(0)) if fused else tr.pair(1)
+    second = msgs[1] if len(msgs) > 1 else np.empty((0, u.shape[1]), u.dtype)
+    combine_softmax(src, msgs[0], second, a0, a1, tr.potts, c0, c1, z, q, tiny(u.dtype))
+
+
+def filter_all(q, kernels, msgs):
+    """The messages ``K_k Q`` of ``q`` ``(N, L)`` into ``msgs``, one array per kernel."""
+    share_workspace(kernels, q.shape[1], q.dtype)
+    for kern, m in zip(kernels, msgs):
+        kern.apply(q, m)
+
+
+def step_one(u, q, kernels, tr, msgs, z):
+    """One iteration from a given ``Q`` (densecrf's ``stepInference``): the messages ``K_k Q`` into ``msgs`` (one
+    ``(N, L)`` array per kernel), ``Z`` into ``z`` and the next ``Q`` into ``q``, in place."""
+    filter_all(q, kernels, msgs)
+    _update(u, msgs, tr, np.empty_like(u) if len(kernels) > 2 else u, z, q)
 
 
 def backward_one(dz, kernels, tr, q_in, msgs, feature_grads=None):

@@ -70,6 +70,30 @@ def check_finite(arr, name):
         raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s); clean or clip it before calling")
 
 
+def check_logits_values(u, name="logits", *, labels_axis=-1, sign=1.0):
+    """Raise ValueError unless ``u`` is finite or ``-inf`` where a label is impossible.
+
+    ``-inf`` logits (``+inf`` energies with ``sign=-1``, densecrf's convention) give that label probability 0, as
+    densecrf does for a saturated ``-log(p)``. NaN, ``+inf`` logits, and a point whose every label is impossible
+    (densecrf returns NaN there) raise, naming ``name``. The fast path is one ``isfinite`` pass.
+    """
+    if np.isfinite(u).all():
+        return
+    nan = int(np.count_nonzero(np.isnan(u)))
+    wrong = int(np.count_nonzero(np.isposinf(u) if sign > 0 else np.isneginf(u)))
+    if nan or wrong:
+        what = "+inf" if sign > 0 else "-inf"
+        counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (wrong, what)) if n)
+        raise ValueError(f"`{name}` contains {counts} value(s); clean or clip it before calling "
+                         f"({'-inf' if sign > 0 else '+inf'}, an impossible label, is allowed)")
+    impossible = np.all(np.isinf(u), axis=labels_axis)
+    if impossible.any():
+        first = tuple(int(i) for i in np.argwhere(impossible)[0])
+        raise ValueError(f"`{name}` makes every label impossible ({'-' if sign > 0 else '+'}inf for all labels) at "
+                         f"{int(np.count_nonzero(impossible))} point(s), the first at index {first}: at least one "
+                         f"label must be possible at each point")
+
+
 def check_nonempty(arr, name):
     check_nonempty_shape(tuple(arr.shape), name)
 

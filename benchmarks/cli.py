@@ -27,7 +27,7 @@ from crfcore.lattice import Lattice
 from . import first_call
 from .provenance import provenance
 from .inputs import case
-from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, dcrf, densecrf, ours
+from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, _pydensecrf_setup, dcrf, densecrf, ours
 from .timing import _with_threads, peak_memory, timed, timed_interleaved
 
 def _peak_child(peer, size, n_lab, n_iter):
@@ -167,6 +167,28 @@ def bench_pydensecrf(size, n_lab, n_iter, repeats):
     return out
 
 
+def bench_stepwise(size, n_lab, repeats):
+    """pydensecrf's step-wise loop (``startInference``, then ``stepInference(Q, tmp1, tmp2)`` with both scratch
+    arrays filled, and ``klDivergence``) through ``crfcore.pydensecrf`` and pydensecrf2: median ms per call."""
+    from crfcore.pydensecrf import densecrf as shim
+
+    image, logits = case(size, n_lab)
+    out = {"size": size, "labels": n_lab}
+    crfs = [_pydensecrf_setup(shim, logits, image)] + ([_pydensecrf_setup(dcrf, logits, image)] if dcrf else [])
+    states = [d.startInference() for d in crfs]
+    steps = [lambda d=d, s=s: d.stepInference(*s) for d, s in zip(crfs, states)]
+    kls = [lambda d=d, s=s: d.klDivergence(s[0]) for d, s in zip(crfs, states)]
+    step_ms = [1e3 * med for med, _, _ in timed_interleaved(steps, repeats)]
+    kl_ms = [1e3 * med for med, _, _ in timed_interleaved(kls, repeats)]
+    out["shim_step_ms"], out["shim_kl_ms"] = step_ms[0], kl_ms[0]
+    if dcrf is not None:
+        out["densecrf_step_ms"], out["densecrf_kl_ms"] = step_ms[1], kl_ms[1]
+        out["step_speedup"] = step_ms[1] / step_ms[0]
+        out["kl_speedup"] = kl_ms[1] / kl_ms[0]
+        out["max_abs_dq"] = float(np.abs(np.asarray(states[0][0]) - np.asarray(states[1][0])).max())
+    return out
+
+
 def bench_batch(repeats, batch=8, size=224, n_lab=2, n_iter=5):
     cases = [case(size, n_lab, photo_name=name, seed=i) for i, name in
              enumerate(["astronaut", "coffee", "chelsea", "rocket"] * (batch // 4))]
@@ -247,6 +269,9 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     progress("  the pydensecrf script through crfcore.pydensecrf...")
     shim_cfg = [(224, 2, 5)] if quick else [(224, 2, 5), (512, 2, 5), (512, 21, 10)]
     result["pydensecrf"] = [bench_pydensecrf(s, n, it, repeats or (3 if quick else 5)) for s, n, it in shim_cfg]
+    progress("  pydensecrf's step-wise inference through crfcore.pydensecrf...")
+    step_cfg = [(224, 2)] if quick else [(224, 2), (512, 21)]
+    result["stepwise"] = [bench_stepwise(s, n, repeats or (3 if quick else 7)) for s, n in step_cfg]
     if not quick and extras:
         from . import adapters, processes
 
@@ -289,6 +314,13 @@ def report(result):
                 f"{r['shim_over_meanfield']:.2f})")
         if "densecrf_ms" in r:
             line += (f", pydensecrf2 {r['densecrf_ms']:.1f} ms: x{r['speedup']:.2f}, max|dQ| {r['max_abs_dq']:.1e}")
+        lines.append(line)
+    for r in result.get("stepwise", []):
+        line = (f"pydensecrf step-wise {r['size']}x{r['size']} L={r['labels']}: crfcore.pydensecrf stepInference "
+                f"{r['shim_step_ms']:.1f} ms, klDivergence {r['shim_kl_ms']:.1f} ms")
+        if "densecrf_step_ms" in r:
+            line += (f"; pydensecrf2 {r['densecrf_step_ms']:.1f} / {r['densecrf_kl_ms']:.1f} ms: x{r['step_speedup']:.2f}"
+                     f" / x{r['kl_speedup']:.2f}, max|dQ| {r['max_abs_dq']:.1e}")
         lines.append(line)
     if "processes" in result:
         from . import adapters, processes

@@ -24,12 +24,17 @@ def ours(logits, image, n_iter):
     return crfcore.meanfield(logits, image, n_iter=n_iter, **KERNELS)
 
 
-def _pydensecrf_script(module, logits, image, n_iter):
-    """The usual pydensecrf script: DenseCRF2D, a unary, the Gaussian and bilateral terms, inference."""
+def _pydensecrf_setup(module, logits, image):
+    """The usual pydensecrf set-up: DenseCRF2D, a unary, the Gaussian and bilateral terms."""
     h, w, n_lab = logits.shape
     d = module.DenseCRF2D(w, h, n_lab)
     d.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, n_lab).T))
     d.addPairwiseGaussian(sxy=KERNELS["theta_gamma"], compat=KERNELS["w_spatial"])
     d.addPairwiseBilateral(sxy=KERNELS["theta_alpha"], srgb=KERNELS["theta_beta"], rgbim=image,
                            compat=KERNELS["w_bilateral"])
-    return np.array(d.inference(n_iter))
+    return d
+
+
+def _pydensecrf_script(module, logits, image, n_iter):
+    """The usual pydensecrf script: :func:`_pydensecrf_setup`, then inference."""
+    return np.array(_pydensecrf_setup(module, logits, image).inference(n_iter))

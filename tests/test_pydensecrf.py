@@ -234,8 +234,8 @@ def test_any_dtype_and_layout_just_works(rng):
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: dcrf.DenseCRF(100, 1), ValueError, "nlabels` must be >= 2"),
-    (lambda: dcrf.DenseCRF2D(0, 10, 2), ValueError, "`w` must be a positive int"),
+    (lambda: dcrf.DenseCRF(100, 0), ValueError, "nlabels` must be >= 1"),
+    (lambda: dcrf.DenseCRF2D(0, 10, 2), ValueError, "`w` must be >= 1"),
     (lambda: dcrf.DenseCRF(100, 2).setUnaryEnergy(np.ones((100, 2))), ValueError, r"must have shape \(2, 100\)"),
     (lambda: dcrf.DenseCRF(4, 2).setUnaryEnergy(np.array([[0, 1, np.nan, 1], [1, 0, 1, 0]])), ValueError, "NaN"),
     (lambda: dcrf.DenseCRF(4, 2).setUnaryEnergy(np.ones((2, 4)), np.ones((3, 4))), NotImplementedError, "logistic"),
@@ -258,7 +258,8 @@ def test_any_dtype_and_layout_just_works(rng):
     (lambda: utils.unary_from_labels(np.array([0, 3]), 2, 0.7), ValueError, "must lie in 0..2"),
     (lambda: utils.unary_from_labels(np.array([0, 1]), 2, 1.5), ValueError, r"`gt_prob` must be in \(0, 1\)"),
     (lambda: utils.unary_from_softmax(np.ones((3, 4)) / 3, scale=0), ValueError, "`scale`"),
-    (lambda: utils.create_pairwise_bilateral((3,), 13, np.zeros((4, 5, 3)), chdim=2), ValueError, "spatial dim"),
+    (lambda: utils.create_pairwise_bilateral((3, 3, 3), 13, np.zeros((4, 5, 3)), chdim=2), ValueError,
+     "`sdims` has 3 values but there are 2 dimensions"),
 ])
 def test_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):

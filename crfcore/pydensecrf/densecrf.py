@@ -7,11 +7,13 @@ wrapper): ``DenseCRF(nvar, nlabels)``, ``DenseCRF2D(W, H, nlabels)`` (width firs
 step-by-step ``startInference`` / ``stepInference`` / ``klDivergence``. Computations are in float32 with the
 features rounded to float32, as densecrf does.
 
-What differs (README, "Coming from pydensecrf"): any float dtype and memory layout is accepted (pydensecrf wants
-C-contiguous float32 and says "Buffer dtype mismatch" otherwise); wrong shapes, NaN or infinite values, fewer than two
-labels, a compatibility of the wrong size and an image that is not ``H x W x 3`` uint8 raise a ``ValueError`` or
-``TypeError`` naming the argument (pydensecrf returns NaN, crashes or reads out of bounds); ``LogisticUnary`` and
-learning are not provided (:func:`crfcore.fit` learns a CRF's parameters).
+What differs (docs, "Coming from pydensecrf"): any float dtype and memory layout is accepted (pydensecrf wants
+C-contiguous float32 and says "Buffer dtype mismatch" otherwise); ``+inf`` energies mark an impossible label, as in
+pydensecrf; wrong shapes, NaN or ``-inf`` energies, a point with every label impossible, a compatibility of the
+wrong size and an image that is not ``H x W x 3`` uint8 raise an error naming the argument (pydensecrf returns NaN
+or reads out of bounds), of a class that pydensecrf's own exception for it still catches
+(:mod:`crfcore.pydensecrf.errors`); ``LogisticUnary`` and learning are not provided (:func:`crfcore.fit` learns a
+CRF's parameters).
 """
 
 import enum
@@ -21,9 +23,12 @@ import warnings
 import numpy as np
 
 from .._kernels import meanfield as MK
+from .._kernels import stepwise as SK
 from .._engine import parallel as _parallel
 from .._engine.iterations import softmax
+from .._engine.validation import check_logits_values
 from ..terms import CrfModel, PairwiseTerm
+from .errors import ArgumentTypeError, LengthError
 
 __all__ = ["DenseCRF", "DenseCRF2D", "Unary", "ConstUnary", "LogisticUnary", "KernelType", "NormalizationType",
            "CONST_KERNEL", "DIAG_KERNEL", "FULL_KERNEL", "NO_NORMALIZATION", "NORMALIZE_BEFORE", "NORMALIZE_AFTER",
@@ -54,18 +59,35 @@ _NORMALIZATIONS = {NO_NORMALIZATION: "none", NORMALIZE_BEFORE: "before", NORMALI
                    NORMALIZE_SYMMETRIC: "symmetric"}
 
 
-def _float_matrix(x, name, shape, what):
-    """``x`` as a finite float32 array of ``shape`` (any real dtype, any layout), or a clear error."""
+def _float_matrix(x, name, shape, what, energies=False):
+    """``x`` as a float32 array of ``shape`` (any real dtype, any layout), finite, or a clear error. ``energies``:
+    ``x`` is a unary energy ``(L, N)``, where ``+inf`` marks an impossible label (probability 0, as in densecrf)."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-        raise TypeError(f"`{name}` must be a real numeric array, got dtype {arr.dtype}")
+        raise ArgumentTypeError(f"`{name}` must be a real numeric array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"Bad shape for {what}: `{name}` must have shape {shape}, got {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    if energies:
+        check_logits_values(arr, name, labels_axis=0, sign=-1.0)
+    elif not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s) (in float32); clean or clip it")
     return arr
+
+
+def _count(value, name, least=1):
+    """An int argument as pydensecrf's Cython takes it: ints, NumPy integers and integral floats (``60.0``); a
+    fractional float, a bool or another type is an :class:`ArgumentTypeError`; below ``least`` a ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.generic)):
+        raise ArgumentTypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    if not isinstance(value, (numbers.Integral, np.integer)):
+        if not np.isfinite(value) or float(value) != int(value):
+            raise ArgumentTypeError(f"`{name}` must be a whole number, got {value!r}")
+    value = int(value)
+    if value < least:
+        raise ValueError(f"`{name}` must be >= {least}, got {value}")
+    return value
 
 
 def _enum(value, kind, name):
@@ -89,7 +111,7 @@ class ConstUnary(Unary):
         arr = np.asarray(u)
         if arr.ndim != 2:
             raise ValueError(f"`u` must be a 2-D (nlabels, nvar) array, got shape {arr.shape}")
-        self.u = _float_matrix(arr, "u", arr.shape, "unary energy")
+        self.u = _float_matrix(arr, "u", arr.shape, "unary energy", energies=True)
 
     def energy(self, n_labels, n_points):
         if self.u.shape != (n_labels, n_points):
@@ -170,15 +192,9 @@ class DenseCRF:
     """
 
     def __init__(self, nvar, nlabels):
-        for value, name in ((nvar, "nvar"), (nlabels, "nlabels")):
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-        if nvar < 1:
-            raise ValueError(f"`nvar` must be >= 1, got {nvar}")
-        if nlabels < 2:
-            raise ValueError(f"`nlabels` must be >= 2 (a CRF chooses between labels), got {nlabels}")
-        self._nvar, self._nlabel = int(nvar), int(nlabels)
+        self._nvar, self._nlabel = _count(nvar, "nvar"), _count(nlabels, "nlabels")
         self._unary = None
+        self._logits = None  # -U^T (N, L), the engine's layout, made once per unary
         self._pairwise = []
         self._model = None
 
@@ -189,13 +205,15 @@ class DenseCRF:
         if f is not None:
             raise NotImplementedError("setUnaryEnergy(L, f) is densecrf's learnable logistic unary, not provided by "
                                       "crfcore.pydensecrf; pass the fixed energy alone")
-        self._unary = _float_matrix(u, "u", (self._nlabel, self._nvar), "unary energy")
+        self._unary = _float_matrix(u, "u", (self._nlabel, self._nvar), "unary energy", energies=True)
+        self._logits = None
 
     def setUnary(self, u):  # noqa: N802
         """Set the unary from a :class:`ConstUnary`."""
         if not isinstance(u, Unary):
             raise TypeError(f"setUnary takes a ConstUnary, got {type(u).__name__}; or call setUnaryEnergy(U)")
         self._unary = u.energy(self._nlabel, self._nvar)
+        self._logits = None
 
     def addPairwiseEnergy(self, features, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):  # noqa
         """Add a pairwise term with a Gaussian kernel on ``features`` ``(d, nvar)`` (already divided by the widths).
@@ -222,7 +240,15 @@ class DenseCRF:
             return np.zeros((self._nlabel, self._nvar), np.float32)
         return self._unary
 
+    def _engine_logits(self):
+        """``-U^T`` ``(N, L)`` float32, the engine's logits (made once per unary)."""
+        if self._logits is None or self._unary is None:
+            self._logits = self._transposed(self._energy(), -1.0)
+        return self._logits
+
     def _crf(self):
+        if self._nlabel == 1:  # one label: its probability is 1 whatever the terms (as densecrf)
+            return None
         if self._model is None and self._pairwise:
             self._model = CrfModel([p.term() for p in self._pairwise], self._nvar, self._nlabel, np.float32)
         return self._model
@@ -238,22 +264,23 @@ class DenseCRF:
         labelling). ``n_iterations`` is accepted as another name (pydensecrf's README uses it)."""
         if niter is None:
             niter = n_iterations
-        if isinstance(niter, (bool, np.bool_)) or not isinstance(niter, numbers.Integral) or niter < 0:
-            raise ValueError(f"`niter` must be an int >= 0, got {niter!r}")
+        niter = _count(niter, "niter", least=0)
         model = self._crf()
-        if model is None:  # no pairwise term: every iteration gives softmax(-U) again
+        if model is None:  # no pairwise term (or one label): every iteration gives softmax(-U) again
             return self.startInference()[0]
-        q, _ = model.forward(self._transposed(self._energy(), -1.0), n_iter=int(niter), output="probs",
-                             keep_residuals=False)
+        q, _ = model.forward(self._engine_logits(), n_iter=niter, output="probs", keep_residuals=False)
         return self._transposed(q)
 
     def startInference(self):  # noqa: N802
         """``(Q, tmp1, tmp2)``: ``Q = softmax(-U)`` ``(nlabels, nvar)`` float32 and two scratch arrays of its shape
         for :meth:`stepInference`."""
-        logits = self._transposed(self._energy(), -1.0)
-        q = np.empty_like(logits)
-        _parallel.run(softmax, logits, q)
-        q = self._transposed(q)
+        logits = self._engine_logits()
+        if self._nlabel == 1:
+            q = np.ones((1, self._nvar), np.float32)
+        else:
+            q = np.empty_like(logits)
+            _parallel.run(softmax, logits, q)
+            q = self._transposed(q)
         return q, np.zeros_like(q), np.zeros_like(q)
 
     def _check_q(self, q, name="Q"):
@@ -261,41 +288,69 @@ class DenseCRF:
             raise ValueError(f"`{name}` must be the ({self._nlabel}, {self._nvar}) array from startInference, got "
                              f"{getattr(q, 'shape', type(q).__name__)}")
 
-    def _pairwise_energies(self, q):
-        """densecrf's ``pairwise_k->apply(Q)`` for every term, in its own form, each ``(nlabels, nvar)``."""
-        model = self._crf()
-        if model is None:
-            return []
-        msgs = model.messages(np.ascontiguousarray(q.T, dtype=np.float32))
-        return [(m @ p.energy_matrix(self._nlabel).T).T for m, p in zip(msgs, self._pairwise)]
+    def _write_transposed(self, src, out, shift=None, scale=1.0):
+        """``out[...] = scale * src.T`` (+ ``shift`` per point) for an ``(N, L)`` ``src`` and an ``(L, N)`` ``out``
+        of the caller's (written in place, through a contiguous copy when it is not C-contiguous float32)."""
+        dest = out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
+        if shift is None:
+            _parallel.run(MK.transpose_scaled, src, np.float32(scale), dest)
+        else:
+            _parallel.run(SK.transpose_shifted, src, shift, dest)
+        if dest is not out:
+            out[...] = dest
+
+    def _term_energy(self, msg, k):
+        """densecrf's ``pairwise_k->apply(Q)`` from the engine's message ``K_k Q`` ``(N, L)``, still ``(N, L)``."""
+        p = self._pairwise[k]
+        if p.kind == "potts":
+            return msg, -p.matrix  # -w K Q, scaled while transposed
+        return (msg.astype(np.float64) @ p.energy_matrix(self._nlabel).T).astype(np.float32), 1.0
 
     def stepInference(self, Q, tmp1, tmp2):  # noqa: N802,N803
         """One mean-field step, in place: ``Q`` (from :meth:`startInference`) becomes the next iterate; ``tmp1``
         receives the energies before normalisation and ``tmp2`` the last term's pairwise energy, as in densecrf,
-        when they are arrays of ``Q``'s shape."""
+        when they are writable arrays of ``Q``'s shape (pydensecrf's Python sees them empty)."""
         self._check_q(Q)
         if not Q.flags.writeable or Q.dtype != np.float32:
             raise ValueError("`Q` must be the writable float32 array from startInference (it is updated in place)")
-        energy = -self._energy().astype(np.float64)
-        pairwise = self._pairwise_energies(Q)
-        for e in pairwise:
-            energy -= e
-        for out, value in ((tmp1, energy), (tmp2, pairwise[-1] if pairwise else None)):
-            if value is not None and isinstance(out, np.ndarray) and out.shape == Q.shape and out.flags.writeable:
-                out[...] = value
-        energy -= energy.max(axis=0, keepdims=True)
-        e = np.exp(energy)
-        Q[...] = e / e.sum(axis=0, keepdims=True)
+        wanted = [t if isinstance(t, np.ndarray) and t.shape == Q.shape and t.flags.writeable else None
+                  for t in (tmp1, tmp2)]
+        model = self._crf()
+        logits = self._engine_logits()
+        if model is None:  # no pairwise term, or one label
+            if wanted[0] is not None:
+                wanted[0][...] = -self._energy()
+            Q[...] = self.startInference()[0]
+            return
+        q = self._transposed(Q)
+        msgs, z = model.step(logits, q)
+        self._write_transposed(q, Q)
+        if wanted[0] is not None:  # densecrf's Potts energy is -w K Q; the engine's w (J - I) K Q adds w sum_l KQ
+            shift = np.zeros(self._nvar, np.float32)
+            for p, m in zip(self._pairwise, msgs):
+                if p.kind == "potts":
+                    _parallel.run(SK.weighted_row_sums, m, np.float32(p.matrix), shift)
+            self._write_transposed(z, wanted[0], shift=shift)
+        if wanted[1] is not None:
+            energy, scale = self._term_energy(msgs[-1], len(msgs) - 1)
+            self._write_transposed(energy, wanted[1], scale=scale)
 
     def klDivergence(self, Q):  # noqa: N802,N803
-        """densecrf's ``klDivergence(Q)``: ``sum Q log Q + sum U Q + sum_k sum Q * pairwise_k(Q)``."""
+        """densecrf's ``klDivergence(Q)``: ``sum Q log Q + sum U Q + sum_k sum Q * pairwise_k(Q)`` (a label with
+        ``Q = 0`` adds 0, also where its energy is ``+inf``; densecrf gives NaN there)."""
         self._check_q(Q)
-        q = np.asarray(Q, dtype=np.float64)
-        kl = float(np.sum(q * np.log(np.maximum(q, 1e-20))))
-        kl += float(np.sum(self._energy().astype(np.float64) * q))
-        for e in self._pairwise_energies(Q):
-            kl += float(np.sum(q * e))
-        return kl
+        q_ln = np.ascontiguousarray(Q, dtype=np.float32)
+        kl = _parallel.run(SK.entropy_unary, q_ln, self._energy())
+        if self._nlabel == 1 and self._pairwise:
+            raise ValueError("klDivergence with one label and pairwise terms is not provided (nlabels must be >= 2)")
+        model = self._crf()
+        if model is None:
+            return float(kl)
+        q = self._transposed(q_ln)
+        for k, m in enumerate(model.messages(q)):
+            energy, scale = self._term_energy(m, k)
+            kl += scale * _parallel.run(SK.dot64, q, energy)
+        return float(kl)
 
 
 class DenseCRF2D(DenseCRF):
@@ -309,11 +364,9 @@ class DenseCRF2D(DenseCRF):
     """
 
     def __init__(self, w, h, nlabels):
-        for value, name in ((w, "w"), (h, "h")):
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        super().__init__(int(w) * int(h), nlabels)
-        self._w, self._h = int(w), int(h)
+        w, h = _count(w, "w"), _count(h, "h")
+        super().__init__(w * h, nlabels)
+        self._w, self._h = w, h
 
     def _features(self, sxy, extra=0):
         """An ``(N, 2 + extra)`` float64 array whose first columns are ``(x / sx, y / sy)`` per pixel, divided in
@@ -334,7 +387,7 @@ class DenseCRF2D(DenseCRF):
         one per channel) of ``rgbim``, an ``(H, W, 3)`` uint8 image."""
         im = np.asarray(rgbim)
         if im.dtype != np.uint8:
-            raise TypeError(f"`rgbim` must be a uint8 image (0-255), got dtype {im.dtype}; convert it, e.g. "
+            raise ArgumentTypeError(f"`rgbim` must be a uint8 image (0-255), got dtype {im.dtype}; convert it, e.g. "
                             f"(img * 255).round().astype(np.uint8), or build float features with "
                             f"utils.create_pairwise_bilateral and addPairwiseEnergy")
         if im.ndim != 3 or im.shape[:2] != (self._h, self._w):
@@ -343,9 +396,7 @@ class DenseCRF2D(DenseCRF):
         if im.shape[2] != 3:
             raise ValueError("addPairwiseBilateral only works for RGB images (H, W, 3); for other channels use "
                              "`utils.create_pairwise_bilateral` with addPairwiseEnergy")
-        widths = (srgb,) * 3 if isinstance(srgb, numbers.Number) else tuple(srgb)
-        if len(widths) != 3:
-            raise ValueError(f"`srgb` must be a number or three numbers, got {srgb!r}")
+        widths = _widths(srgb, "srgb", 3, "(sr, sg, sb)")
         widths = np.asarray([_positive(s, "srgb") for s in widths], dtype=np.float32)
         feats = self._features(sxy, extra=3)
         feats[:, 2:] = im.reshape(-1, 3) / widths  # uint8 / float32: divided in float32
@@ -354,17 +405,26 @@ class DenseCRF2D(DenseCRF):
 
 def _positive(x, name):
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (numbers.Real, np.generic)):
-        raise TypeError(f"`{name}` must be positive numbers, got {x!r}")
+        raise ArgumentTypeError(f"`{name}` must be positive numbers, got {x!r}")
     x = float(x)
     if not np.isfinite(x) or x <= 0:
         raise ValueError(f"`{name}` must be positive and finite, got {x}")
     return x
 
 
+def _widths(values, name, n, form):
+    """A number for all ``n`` dimensions, or the first ``n`` of a sequence (pydensecrf reads ``values[0 .. n-1]`` and
+    ignores the rest); fewer is a :class:`~crfcore.pydensecrf.errors.LengthError`."""
+    if isinstance(values, (numbers.Number, np.generic)):
+        return (values,) * n
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise ArgumentTypeError(f"`{name}` must be a number or {form}, got {values!r}") from None
+    if len(values) < n:
+        raise LengthError(f"`{name}` must be a number or {form}, got {len(values)} value(s): {values!r}")
+    return values[:n]
+
+
 def _pair(sxy, name):
-    if isinstance(sxy, (numbers.Number, np.generic)):
-        return _positive(sxy, name), _positive(sxy, name)
-    values = tuple(sxy)
-    if len(values) != 2:
-        raise ValueError(f"`{name}` must be a number or (sx, sy), got {sxy!r}")
-    return tuple(_positive(v, name) for v in values)
+    return tuple(_positive(v, name) for v in _widths(sxy, name, 2, "(sx, sy)"))

@@ -1,13 +1,17 @@
 """``from crfcore.pydensecrf.utils import ...``: pydensecrf's helpers for unaries and pairwise features.
 
-Same functions, arguments and float32 results as pydensecrf's ``utils``; bad arguments raise a ``ValueError`` naming
-them where pydensecrf asserted (``python -O`` drops asserts) or indexed out of range.
+Same functions, arguments and float32 results as pydensecrf's ``utils``. Bad arguments raise an error naming them
+where pydensecrf asserted (``python -O`` drops asserts), indexed out of range or divided by zero, of a class that
+pydensecrf's exception still catches (:mod:`crfcore.pydensecrf.errors`). Widths shorter than the dimensions they
+scale are taken as pydensecrf takes them (the dimensions past them stay unscaled), with a warning.
 """
 
 import numbers
 import warnings
 
 import numpy as np
+
+from .errors import LabelCountError, LabelRangeError, LabelTypeError, LengthError, RangeError
 
 __all__ = ["unary_from_labels", "unary_from_softmax", "create_pairwise_gaussian", "create_pairwise_bilateral",
            "compute_unary", "softmax_to_unary"]
@@ -28,16 +32,23 @@ def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True):
     zero_unsure : bool, default True
     """
     if not 0 < gt_prob < 1:
-        raise ValueError(f"`gt_prob` must be in (0, 1), got {gt_prob}")
-    if isinstance(n_labels, (bool, np.bool_)) or not isinstance(n_labels, numbers.Integral) or n_labels < 2:
+        raise RangeError(f"`gt_prob` must be in (0, 1), got {gt_prob}")
+    if isinstance(n_labels, (numbers.Real, np.generic)) and not isinstance(n_labels, (bool, np.bool_)) \
+            and float(n_labels) == int(n_labels):
+        n_labels = int(n_labels)  # 2.0 as 2
+    if not isinstance(n_labels, int) or n_labels < 1:
         raise ValueError(f"`n_labels` must be an int >= 2, got {n_labels!r}")
+    if n_labels == 1:
+        raise LabelCountError("`n_labels` must be >= 2: with one label, `gt_prob` leaves no probability to share "
+                              "(the label is certain everywhere)")
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iub":
-        raise TypeError(f"`labels` must be an integer label map, got dtype {labels.dtype}")
+        raise LabelTypeError(f"`labels` must be an integer label map, got dtype {labels.dtype}; convert it, e.g. "
+                             f"labels.astype(np.int64), after checking its values are whole")
     labels = labels.ravel().astype(np.int64)
     lo, hi = (0, n_labels) if zero_unsure else (0, n_labels - 1)
     if labels.size and (labels.min() < lo or labels.max() > hi):
-        raise ValueError(f"`labels` must lie in {lo}..{hi} for n_labels={n_labels} "
+        raise LabelRangeError(f"`labels` must lie in {lo}..{hi} for n_labels={n_labels} "
                          f"{'with 0 as unknown' if zero_unsure else 'without an unknown value'}, got values from "
                          f"{labels.min()} to {labels.max()}")
     n_energy = -np.log((1.0 - gt_prob) / (n_labels - 1))
@@ -78,7 +89,7 @@ def unary_from_softmax(sm, scale=None, clip=1e-5):
     sm = sm.astype(np.float64)
     if scale is not None:
         if not 0 < scale <= 1:
-            raise ValueError(f"`scale` must be in (0, 1], got {scale}")
+            raise RangeError(f"`scale` must be in (0, 1], got {scale}")
         sm = scale * sm + (1 - scale) / num_cls
     if clip is not None:
         sm = np.clip(sm, clip, 1.0)
@@ -93,9 +104,19 @@ def softmax_to_unary(sm, GT_PROB=1):  # noqa: N803
 
 
 def _widths(values, n, name):
-    values = [values] * n if isinstance(values, numbers.Number) else list(values)
-    if len(values) != n:
-        raise ValueError(f"`{name}` must have {n} values (one per dimension), got {len(values)}")
+    """One width per dimension: a number for all ``n``, or a sequence. More than ``n`` is a :class:`LengthError`
+    (pydensecrf: an IndexError); fewer are taken as pydensecrf takes them, scaling only the first dimensions, with a
+    warning (its results then depend on units: positions or 0-255 values no width divided)."""
+    if isinstance(values, (numbers.Number, np.generic)):
+        values = [values] * n
+    else:
+        values = list(values)
+    if len(values) > n:
+        raise LengthError(f"`{name}` has {len(values)} values but there are {n} dimensions to scale")
+    if len(values) < n:
+        warnings.warn(f"`{name}` has {len(values)} value(s) for {n} dimensions: as in pydensecrf, only the first "
+                      f"{len(values)} are scaled and the others are used unscaled; pass one width per dimension (or "
+                      f"a single number for all)", UserWarning, stacklevel=3)
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.generic)) or not v > 0:
             raise ValueError(f"`{name}` must hold positive numbers, got {values}")
@@ -110,6 +131,10 @@ def create_pairwise_gaussian(sdims, shape):
     mesh = np.array(np.meshgrid(*[range(s) for s in shape], indexing="ij"), dtype=np.float32)
     for i, s in enumerate(sdims):
         mesh[i] /= s
+    if len(sdims) < len(shape):  # pydensecrf's reshape to len(sdims) rows: features no CRF of `shape` takes
+        warnings.warn(f"create_pairwise_gaussian: {len(sdims)} width(s) for a {len(shape)}-D shape gives "
+                      f"({len(sdims)}, {mesh.size // len(sdims)}) features, as in pydensecrf, which addPairwiseEnergy "
+                      f"refuses for {int(np.prod(shape))} points", UserWarning, stacklevel=2)
     return mesh.reshape([len(sdims), -1])
 
 
@@ -135,13 +160,11 @@ def create_pairwise_bilateral(sdims, schan, img, chdim=-1):
         im_feat = img[np.newaxis].astype(np.float32)
     else:
         im_feat = np.moveaxis(img, chdim, 0).astype(np.float32)
-    if len(sdims) != im_feat.ndim - 1:
-        raise ValueError(f"`sdims` has {len(sdims)} values but the image has {im_feat.ndim - 1} spatial dimensions "
-                         f"(shape {img.shape}, chdim={chdim})")
+    sdims = _widths(sdims, im_feat.ndim - 1, "sdims")
     for i, s in enumerate(_widths(schan, im_feat.shape[0], "schan")):
         im_feat[i] /= s
     mesh = np.array(np.meshgrid(*[range(s) for s in im_feat.shape[1:]], indexing="ij"), dtype=np.float32)
-    for i, s in enumerate(_widths(sdims, len(sdims), "sdims")):
+    for i, s in enumerate(sdims):
         mesh[i] /= s
     feats = np.concatenate([mesh, im_feat])
     return feats.reshape([feats.shape[0], -1])

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -133,3 +134,37 @@ def test_results_files_say_where_they_came_from():
             meta = json.load(f).get("meta")
         if os.path.basename(path).startswith(("benchmark-", "demo-")):
             assert meta and {"date", "commit", "versions", "machine", "command"} <= set(meta), path
+
+
+def _text(path):
+    with open(path, encoding="utf-8") as f:
+        return " ".join(f.read().split())  # line breaks as spaces
+
+
+def test_readme_says_what_the_performance_table_measured_and_how_fit_avoids_its_compile():
+    """The table's input is the benchmark's (photos, benchmarks/inputs.py), not the quick start's random noise, which
+    is several times slower; fit's first run compiles the training kernels unless warmed up."""
+    text = _text(README)
+    after = text.split("<!-- performance:end -->")[1].split("All rows")[0]
+    assert "Measured on photos" in after and "Random noise like the quick start's is" in after, after
+    fit = text.split("**Fit the parameters**")[1].split("```")[0]
+    assert "`crfcore warmup --training`" in fit, fit
+
+
+def test_gpu_page_names_the_error_of_a_machine_without_numba_cuda():
+    """docs/gpu.md says which exception ``device="cuda"`` raises without numba-cuda: the one it raises (run with the
+    package out of the interpreter's reach)."""
+    code = ("import importlib, sys, numpy as np, crfcore\n"
+            "sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]\n"
+            "importlib.invalidate_caches()\n"
+            "try:\n"
+            "    crfcore.meanfield(np.zeros((4, 4, 2), np.float32), np.zeros((4, 4, 3), np.uint8), device='cuda')\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, exc)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    raised = proc.stdout.split()[0]
+    assert raised == "ImportError" and "pip install 'crfcore[cuda]'" in proc.stdout, proc.stdout
+    page = _text(os.path.join(DOCS, "gpu.md")).split("## Without a GPU")[1]
+    assert f'Without the `numba-cuda` package, `device="cuda"` raises an `{raised}`' in page, page[:300]

@@ -38,7 +38,11 @@ class UnsupportedImage(ValueError):
 
 
 class WriteError(OSError):
-    """An output that could not be written (a full disk, a read-only folder): the run stops, finished files stay."""
+    """An output that could not be written (a full disk, a read-only folder): the run stops, finished files stay.
+    Its ``errno`` is the failed write's; its text names the file."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
 
 
 def _pil():

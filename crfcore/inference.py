@@ -22,8 +22,9 @@ from . import warmup
 from ._engine import numpy_lattice
 from ._engine import parallel as _parallel
 from ._kernels import meanfield as MK
-from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_values,
-                                 check_logits_shape, check_spatial_dims, host_array, image_shape_with_channels)
+from ._engine.validation import (LatticeRangeError, as_float_array, check_backward_device, check_device, check_finite,
+                                 check_logits_shape, check_logits_values, check_spatial_dims, host_array,
+                                 image_shape_with_channels)
 from .features import bilateral_features, spatial_features
 from ._engine.iterations import Transform, backward_one, forward_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
@@ -123,21 +124,17 @@ def build_kernels(image_flat, spatial_shape, params, dtype):
     try:
         kb = Kernel(bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta),
                     params.normalization, dtype)
-    except ValueError as exc:
-        if "too large for the lattice" not in str(exc):
-            raise
+    except LatticeRangeError:
         positions = max(spatial_shape) / np.min(params.theta_alpha)
         colours = float(np.max(np.abs(image_flat))) / np.min(params.theta_beta)
         culprit = ("`theta_alpha` is too small for the image size" if positions >= colours else
                    "`theta_beta` is too small for the image's values (or `image` holds huge values)")
-        raise ValueError(f"{culprit}: positions / theta_alpha reach {positions:.3g} and image / theta_beta "
+        raise LatticeRangeError(f"{culprit}: positions / theta_alpha reach {positions:.3g} and image / theta_beta "
                          f"{colours:.3g}, too large for the lattice; use larger widths or rescale the image") from None
     try:
         ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
-    except ValueError as exc:
-        if "too large for the lattice" not in str(exc):
-            raise
-        raise ValueError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
+    except LatticeRangeError:
+        raise LatticeRangeError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
                          f"{max(spatial_shape) / np.min(params.theta_gamma):.3g}, too large for the lattice; use a "
                          f"larger width") from None
     return ks, kb

@@ -6,7 +6,7 @@ import numpy as np
 
 from ._kernels import lattice as K
 from ._engine import parallel as _parallel
-from ._engine.validation import as_float_array, check_finite, check_nonempty
+from ._engine.validation import LatticeRangeError, as_float_array, check_finite, check_nonempty
 
 #: Elevated features must stay well inside int32 (the pure-TensorFlow lattice's coordinates).
 _MAX_COORD = 2.0**30
@@ -144,7 +144,7 @@ class Lattice:
         scale = elevation_scale(d)
         biggest = float(np.maximum(np.abs(fmin), np.abs(fmax)).max())
         if biggest * float(scale.max()) * (d + 1) >= _MAX_COORD:
-            raise ValueError(
+            raise LatticeRangeError(
                 f"`features` are too large for the lattice (max |feature| = {biggest:.3g} with d = {d}); "
                 f"features are positions divided by kernel widths, so widths this small make every point its own "
                 f"cluster: use larger widths or rescale the features"

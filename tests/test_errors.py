@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from crfcore import meanfield, meanfield_fwd
+from crfcore.lattice import LatticeRangeError
 
 LOGITS = np.zeros((6, 7, 3))
 IMAGE = np.zeros((6, 7, 3), dtype=np.uint8)
@@ -62,10 +63,10 @@ def with_nan(a, value=np.nan):
         (LOGITS, IMAGE.astype(bool), {}, TypeError, "`image` must be a real numeric array"),
         (LOGITS, IMAGE.astype(np.complex64), {}, TypeError, "`image` must be a real numeric array"),
         (LOGITS, IMAGE.astype(object), {}, TypeError, "`image` must be a real numeric array"),
-        (LOGITS, IMAGE, {"theta_gamma": 1e-12}, ValueError, "`theta_gamma` is too small for the image size"),
-        (LOGITS, IMAGE, {"theta_alpha": 1e-12}, ValueError, "`theta_alpha` is too small for the image size"),
-        (LOGITS, IMAGE + 200, {"theta_beta": 1e-9}, ValueError, "`theta_beta` is too small for the image's values"),
-        (LOGITS, np.full((6, 7, 3), 1e300), {}, ValueError, "`theta_beta` is too small .* huge values"),
+        (LOGITS, IMAGE, {"theta_gamma": 1e-12}, LatticeRangeError, "`theta_gamma` is too small for the image size"),
+        (LOGITS, IMAGE, {"theta_alpha": 1e-12}, LatticeRangeError, "`theta_alpha` is too small for the image size"),
+        (LOGITS, IMAGE + 200, {"theta_beta": 1e-9}, LatticeRangeError, "`theta_beta` is too small for the image's values"),
+        (LOGITS, np.full((6, 7, 3), 1e300), {}, LatticeRangeError, "`theta_beta` is too small .* huge values"),
         (np.float64(2.0), IMAGE, {}, ValueError, "`logits` is a scalar"),
     ],
 )

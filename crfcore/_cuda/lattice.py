@@ -9,7 +9,7 @@ import numpy as np
 
 from .._kernels import cuda_lattice as K
 from .._kernels import cuda_meanfield as MK
-from ..lattice import _MAX_COORD, elevation_scale, key_layout
+from ..lattice import _MAX_COORD, LatticeRangeError, elevation_scale, key_layout
 from . import device as dev
 
 
@@ -88,7 +88,7 @@ class CudaLattice:
         scale = elevation_scale(d)
         biggest = float(np.maximum(np.abs(fmin), np.abs(fmax)).max())
         if biggest * float(scale.max()) * d1 >= _MAX_COORD:
-            raise ValueError(f"`features` are too large for the lattice (max |feature| = {biggest:.3g} with d = {d}); "
+            raise LatticeRangeError(f"`features` are too large for the lattice (max |feature| = {biggest:.3g} with d = {d}); "
                              f"features are positions divided by kernel widths, so widths this small make every "
                              f"point its own cluster: use larger widths or rescale the features")
         lo, bits, per_word, n_words = key_layout(fmin, fmax, scale)

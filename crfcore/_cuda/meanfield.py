@@ -12,8 +12,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._engine.iterations import Transform, tiny
-from .._engine.validation import (check_logits_shape, check_logits_values, image_shape_with_channels,
-                                  supported_float_type)
+from .._engine.validation import (LatticeRangeError, check_logits_shape, check_logits_values,
+                                  image_shape_with_channels, supported_float_type)
 from .._kernels import cuda_meanfield as MK
 from ..params import CrfParams
 from . import device as dev
@@ -119,17 +119,13 @@ def _kernels(img, spatial_shape, params, dtype):
     """The spatial and bilateral :class:`CudaKernel` of one image, with the CPU's messages for too-small widths."""
     try:
         kb = CudaKernel(_features(img, spatial_shape, params, True), params.normalization, dtype)
-    except ValueError as exc:
-        if "too large for the lattice" not in str(exc):
-            raise
-        raise ValueError(f"`theta_alpha` or `theta_beta` is too small for this image ({exc}); use larger widths or "
+    except LatticeRangeError as exc:
+        raise LatticeRangeError(f"`theta_alpha` or `theta_beta` is too small for this image ({exc}); use larger widths or "
                          f"rescale the image") from None
     try:
         ks = CudaKernel(_features(img, spatial_shape, params, False), params.normalization, dtype)
-    except ValueError as exc:
-        if "too large for the lattice" not in str(exc):
-            raise
-        raise ValueError(f"`theta_gamma` is too small for the image size ({exc}); use a larger width") from None
+    except LatticeRangeError as exc:
+        raise LatticeRangeError(f"`theta_gamma` is too small for the image size ({exc}); use a larger width") from None
     return ks, kb
 
 

@@ -5,6 +5,11 @@ import numbers
 import numpy as np
 
 
+class LatticeRangeError(ValueError):
+    """Features too large for the permutohedral lattice's integer coordinates: kernel widths too small for the
+    positions or values they divide. Raised by the lattice and re-raised by the entry points naming the width."""
+
+
 def supported_float_type(dtype):
     """The float dtype computations run in for an input of ``dtype``.
 

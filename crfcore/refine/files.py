@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -137,8 +138,12 @@ def _only_run(out):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
             raise OutputBusy(f"`out` {out!r} is being written by another crfcore refine ({holder}); wait for it to "
                              f"finish (a rerun then skips what it did) or write to another folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as exc:  # a file system without locks (some network and FUSE ones): go on, and say so
+            warnings.warn(f"cannot lock `out` {out!r} ({exc.strerror}): a second run into it would not be refused",
+                          RuntimeWarning, stacklevel=4)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
@@ -190,7 +195,8 @@ def refine_files(images, scores, out, *, scores_are="probs", n_labels=None, gt_p
     overwrite : bool
         Redo every image. Without it, a rerun skips the images whose outputs were written by a run with the same
         options from the same inputs (recorded in ``OUT/.crfcore-refine.jsonl``) and redoes the others, so it
-        continues an interrupted run. ``out`` must not hold input files (a ValueError before any work).
+        continues an interrupted run. ``out`` must not hold input files (a ValueError before any work), nor be
+        written by another run at the same time (:class:`OutputBusy`, an OSError, before any work).
     tile, overlap, max_memory
         Tile interior and margin in pixels (``tile`` at least ``overlap``); without ``tile``, images whose mean field
         would need more than ``max_memory`` bytes (default: a quarter of RAM, shared between workers) are tiled

@@ -33,17 +33,23 @@ def stream_seed(seed, name):
 
 
 class Dataset:
-    """Images ``(n, size, size, 3)`` float32 in [0, 1], masks ``(n, size, size)`` uint8 in {0, 1}, names."""
+    """Images ``(n, size, size, 3)`` float32 in [0, 1], masks ``(n, size, size)`` uint8 in {0, 1}, names.
 
-    def __init__(self, images, masks, names):
+    ``shapes``: each image's ``(height, width)`` before it was resized (None for generated images), so that
+    figures can show a photo in its own proportions.
+    """
+
+    def __init__(self, images, masks, names, shapes=None):
         self.images, self.masks, self.names = images, masks, list(names)
+        self.shapes = None if shapes is None else [tuple(s) for s in shapes]
 
     def __len__(self):
         return len(self.names)
 
     def subset(self, idx):
         idx = np.asarray(idx, dtype=np.int64)
-        return Dataset(self.images[idx], self.masks[idx], [self.names[i] for i in idx])
+        return Dataset(self.images[idx], self.masks[idx], [self.names[i] for i in idx],
+                       None if self.shapes is None else [self.shapes[i] for i in idx])
 
 
 def _read_array(path):
@@ -158,7 +164,8 @@ def _resize(image, mask, size):
 
 
 def load_pair(image_path, mask_path, size):
-    """One image and its mask, checked, as ``(float32 (size, size, 3), uint8 (size, size))``."""
+    """One image and its mask, checked, as ``(float32 (size, size, 3), uint8 (size, size), (height, width))``, the
+    last the size the files have."""
     image = image_to_float(read_array(image_path, "image")[0], image_path)
     arr, palette = read_array(mask_path, "mask")
     mask = mask_to_binary(arr, mask_path, palette)
@@ -166,7 +173,7 @@ def load_pair(image_path, mask_path, size):
         hint = " (transposed?)" if mask.shape == image.shape[1::-1] else ""
         raise ValueError(f"mask {mask_path!r} is {mask.shape[1]}x{mask.shape[0]} but image {image_path!r} is "
                          f"{image.shape[1]}x{image.shape[0]}{hint}; masks must have their image's size")
-    return _resize(image, mask, size)
+    return _resize(image, mask, size) + (mask.shape,)
 
 
 def _by_stem(folder, what):
@@ -213,7 +220,7 @@ def load_folder(path, size=224, workers=None):
                                                    size), stems))
     if size is None and len({p[0].shape for p in pairs}) > 1:
         raise ValueError(f"the images in {img_dir!r} differ in size; pass a size to resize them")
-    return Dataset(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), stems)
+    return Dataset(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), stems, [p[2] for p in pairs])
 
 
 def _read_manifest(manifest):
@@ -313,3 +320,41 @@ def synthetic_splits(n_train, n_dev, n_test, seed, size=224, progress=None):
     """Disjoint synthetic train/dev/test sets (different seeds per split)."""
     return {name: synthetic(n, stream_seed(seed, name), size, progress=progress)
             for name, n in zip(SPLITS, (n_train, n_dev, n_test))}
+
+
+def groups(dataset, path, column=None):
+    """Each image's group, from ``path/manifest.csv``: the value of ``column`` (default ``group``), or its first
+    path component when it is a path (SmartDoc's ``source_file``, ``background01/letter001/frame_0098.jpeg``, gives
+    ``background01``).
+
+    For cross-validation by group (a background, a camera, a customer): photos of one group share more than photos
+    of two, so holding out a whole group measures what a new one will get.
+
+    Raises
+    ------
+    ValueError
+        No manifest, no such column (the message lists the columns), or an image the manifest does not list.
+    """
+    manifest = os.path.join(path, "manifest.csv")
+    if not os.path.exists(manifest):
+        raise ValueError(f"no manifest.csv in {path!r}: grouping needs one with a column naming each image's group; "
+                         f"or use folds of a seeded shuffle (--folds)")
+    header, rows = _read_manifest(manifest)
+    column = (column or "group").strip().lower()
+    if column not in header:
+        raise ValueError(f"{manifest} has no column {column!r}; its columns: {header}")
+    key = next((c for c in ID_COLUMNS if c in header), header[0])
+    k, g = header.index(key), header.index(column)
+    found = {}
+    for line, row in enumerate(rows, start=2):
+        if len(row) <= max(k, g):
+            raise ValueError(f"{manifest}, line {line}: expected {len(header)} columns, got {len(row)}: {row}")
+        name = row[k].strip()
+        stem = os.path.basename(os.path.splitext(name)[0] if name.lower().endswith(IMAGE_EXTS) else name)
+        value = row[g].strip().replace("\\", "/")
+        found[stem] = value.split("/")[0] if "/" in value else value
+    missing = [n for n in dataset.names if n not in found]
+    if missing:
+        raise ValueError(f"{manifest} names no {column!r} for {len(missing)} image(s): {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}")
+    return [found[n] for n in dataset.names]

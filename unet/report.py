@@ -9,17 +9,26 @@ from .metrics import island_components
 from .pipeline import LABELS, METHODS
 
 
-def _mask_panel(mask, truth):
-    """A mask drawn white on black, its spurious islands in red and circled in blue (as in the blog)."""
+def _mask_panel(mask, truth, size=None):
+    """A mask drawn white on black, its spurious islands in red and circled in blue (as in the blog).
+
+    ``size`` (width, height): the panel's size, the mask scaled to it (nearest) before the circles are drawn, so
+    that a one-pixel island stays visible in a photo shown in its own proportions.
+    """
     labels, n = island_components(mask, truth)
     rgb = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
     rgb[labels > 0] = [230, 40, 40]
     img = Image.fromarray(rgb)
+    sx = sy = 1.0
+    if size is not None and tuple(size) != img.size:
+        sx, sy = size[0] / img.size[0], size[1] / img.size[1]
+        img = img.resize(tuple(size), Image.NEAREST)
     draw = ImageDraw.Draw(img)
     for k in range(1, n + 1):
         ys, xs = np.nonzero(labels == k)
         r = 4
-        draw.ellipse([xs.min() - r, ys.min() - r, xs.max() + r, ys.max() + r], outline=(40, 90, 255), width=2)
+        draw.ellipse([xs.min() * sx - r, ys.min() * sy - r, (xs.max() + 1) * sx + r, (ys.max() + 1) * sy + r],
+                     outline=(40, 90, 255), width=2)
     return img
 
 
@@ -36,6 +45,67 @@ def figure(data, preds, index, path):
     for k, p in enumerate(panels):
         sheet.paste(p, (k * (w + 4), 0))
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+#: The SmartDoc photos of the pictures: one per background (01, 03, 05), three kinds of document.
+PICTURE_PHOTOS = ("000", "007", "014")
+
+
+def picture_indices(data, names=PICTURE_PHOTOS, n=3):
+    """The images of the pictures: ``names`` where ``data`` has them all, else ``n`` spread over the set."""
+    index = {name: i for i, name in enumerate(data.names)}
+    if all(name in index for name in names):
+        return [index[name] for name in names]
+    return sorted({int(round(k * (len(data) - 1) / max(1, n - 1))) for k in range(min(n, len(data)))})
+
+
+def _font(size):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def pictures(data, preds, path, *, indices=None, method="unet+crf-rnn", height=180):
+    """Photo | U-Net mask with its islands marked | ``method``'s mask, one row per image, saved to ``path``.
+
+    Each panel shows the photo in its own proportions (``data.shapes``, when known) at ``height`` pixels; the
+    masks' spurious islands are red and circled in blue, and each mask panel is captioned with its Dice and
+    islands against the true mask.
+    """
+    from . import metrics
+
+    indices = picture_indices(data) if indices is None else list(indices)
+    side = data.images.shape[1:3]
+    ratio = [(s[1] / s[0]) if data.shapes is not None else side[1] / side[0] for s in
+             (data.shapes or [side] * len(data))]
+    width = max(int(round(height * ratio[i])) for i in indices)
+    gap, head, foot = 6, 22, 18
+    titles = ["photo", "U-Net (islands red, circled)", "U-Net + trained CRF-RNN"]
+    sheet = Image.new("RGB", (3 * width + 4 * gap, head + len(indices) * (height + foot + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = _font(13)
+    for c, title in enumerate(titles):
+        draw.text((gap + c * (width + gap), 4), title, fill=(0, 0, 0), font=font)
+    for r, i in enumerate(indices):
+        y = head + r * (height + foot + gap)
+        size = (width, height)
+        truth = data.masks[i].astype(bool)
+        photo = Image.fromarray((data.images[i] * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
+        panels = [(photo, data.names[i])]
+        for m in ("unet", method):
+            mask = preds[m][0][i].astype(bool)
+            caption = f"Dice {metrics.dice(mask, truth):.3f}, {metrics.islands(mask, truth)} islands"
+            panels.append((_mask_panel(mask, truth, size), caption))
+        for c, (panel, caption) in enumerate(panels):
+            x = gap + c * (width + gap)
+            sheet.paste(panel, (x, y))
+            draw.text((x, y + height + 2), caption, fill=(0, 0, 0), font=font)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sheet.save(path)
     return path
 
@@ -90,6 +160,11 @@ def write(out_dir, sections, *, settings=None, crf_weights=None, n_figures=4):
                "U-Net; the CRF-RNN model is timed end to end.", ""]
         worst = np.argsort([-island_components(p, t)[1] for p, t in zip(preds["unet"][0], data.masks)])
         slug = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")
+        if "unet+crf-rnn" in preds:
+            rel = f"pictures_{slug}.png"
+            pictures(data, preds, os.path.join(out_dir, rel))
+            md += ["Three photos: the photo, the U-Net's mask (spurious islands red, circled in blue) and the trained "
+                   "CRF-RNN's:", "", f"![pictures]({rel})", ""]
         md += ["Image | true mask | U-Net | CRF (spurious islands in red, circled in blue):", ""]
         for k, i in enumerate(worst[:n_figures]):
             rel = os.path.join("figures", f"{slug}_{k}.png")

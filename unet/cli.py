@@ -12,6 +12,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from crfcore._shared import non_negative_float, positive_float, positive_int  # noqa: E402
 
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
 
@@ -266,6 +277,128 @@ def cmd_demo(args):
     return summary
 
 
+def _folds(args, full):
+    """``[(name, test indices)]``: one fold per group of ``--group-by`` (or a manifest's ``group`` column), else
+    ``--folds`` folds of a shuffle seeded 0 (the same folds for every training seed)."""
+    import numpy as np
+
+    from . import data
+
+    column = args.group_by
+    if column is None and os.path.exists(os.path.join(args.data, "manifest.csv")):
+        header, _ = data._read_manifest(os.path.join(args.data, "manifest.csv"))
+        column = "group" if "group" in header else None
+    if column is not None:
+        try:
+            labels = data.groups(full, args.data, column)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        names = sorted(set(labels))
+        if len(names) < 2:
+            raise SystemExit(f"error: cross-validation by {column!r} needs at least two groups, found {names}")
+        return [(g, [i for i, lab in enumerate(labels) if lab == g]) for g in names]
+    if args.folds > len(full):
+        raise SystemExit(f"error: --folds {args.folds} but {args.data!r} has {len(full)} images")
+    order = np.random.default_rng(0).permutation(len(full))
+    return [(f"fold{k}", sorted(int(i) for i in order[k::args.folds])) for k in range(args.folds)]
+
+
+def _spread(values):
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "spread": float(v.max() - v.min()), "std": float(v.std(ddof=1)) if len(v) > 1
+            else 0.0, "min": float(v.min()), "max": float(v.max()), "values": v.tolist()}
+
+
+def cmd_crossval(args):
+    """Train (fine-tune) and add the CRF on all groups but one, test on that one, each way, for each seed."""
+    import keras
+    import numpy as np
+
+    from . import data, metrics, pipeline
+
+    if not args.data:
+        raise SystemExit("error: crossval needs --data (a folder with images/ and masks/)")
+    if not 0 <= args.dev_fraction < 1:
+        raise SystemExit(f"error: --dev-fraction must be in [0, 1), got {args.dev_fraction}")
+    t0 = time.perf_counter()
+    full = data.load_folder(args.data, size=args.size)
+    folds = _folds(args, full)
+    init = _load(args.init) if args.init else None
+    methods = ("unet", "unet+crf-rnn")
+    runs, per_image = [], {}
+    for seed in args.seeds:
+        for name, test_idx in folds:
+            t_run = time.perf_counter()
+            pool = np.array([i for i in range(len(full)) if i not in set(test_idx)])
+            order = np.random.default_rng([seed, len(runs)]).permutation(pool)
+            n_dev = int(round(args.dev_fraction * len(pool)))
+            dev, train = full.subset(np.sort(order[:n_dev])), full.subset(np.sort(order[n_dev:]))
+            test = full.subset(test_idx)
+            print(f"\nseed {seed}, held out {name} ({len(test)} images): train {len(train)}, dev {len(dev)}")
+            keras.backend.clear_session()
+            unet, h_unet = pipeline.train_unet(train, dev, epochs=args.epochs, batch_size=args.batch_size,
+                                               learning_rate=args.lr, seed=seed, verbose=0,
+                                               augmentation=_unet_augmentation(args), init=init,
+                                               average_last=args.average_last, warmup=args.warmup,
+                                               jit_compile=False)  # a few dozen steps: XLA's compile costs more
+            crf = pipeline.attach_crf(unet, {"bilateral_weight": args.crf_bilateral_weight}, start=args.crf_start,
+                                      learn_widths=_learned_widths(args), guide=args.crf_guide)
+            crf, h_crf = pipeline.train_crf(crf, train, dev, epochs=args.crf_epochs, batch_size=args.crf_batch_size,
+                                            learning_rate=args.crf_lr, widths_learning_rate=args.crf_widths_lr,
+                                            boundary_weight=args.crf_boundary_weight,
+                                            boundary_margin=args.crf_boundary_margin, seed=seed, verbose=0,
+                                            augmentation=_crf_augmentation(args), island_cost=args.crf_island_cost)
+            preds = pipeline.predict(unet, crf, test)
+            run = {"seed": seed, "fold": name, "n_train": len(train), "n_dev": len(dev), "n_test": len(test),
+                   "unet_epoch": h_unet["best_epoch"], "unet_averaged_epochs": h_unet.get("averaged_epochs"),
+                   "crf_epoch": h_crf["best_epoch"], "crf_widths": pipeline.crf_weights(crf)}
+            for m in methods:
+                masks = preds[m][0]
+                d = [metrics.dice(p, t) for p, t in zip(masks, test.masks)]
+                n = [metrics.islands(p, t) for p, t in zip(masks, test.masks)]
+                per_image.setdefault((seed, m), []).extend(zip(d, n))
+                run[m] = {"dice": float(np.mean(d)), "islands_per_image": float(np.mean(n))}
+            run["seconds"] = time.perf_counter() - t_run
+            runs.append(run)
+            print(f"  U-Net Dice {run['unet']['dice']:.4f}, islands {run['unet']['islands_per_image']:.2f}; "
+                  f"+ CRF-RNN Dice {run['unet+crf-rnn']['dice']:.4f}, islands "
+                  f"{run['unet+crf-rnn']['islands_per_image']:.2f} ({run['seconds']:.0f} s)")
+    per_seed = {str(seed): {m: {"dice": float(np.mean([d for d, _ in per_image[seed, m]])),
+                                "islands_per_image": float(np.mean([n for _, n in per_image[seed, m]])),
+                                "n_images": len(per_image[seed, m])} for m in methods} for seed in args.seeds}
+    summary = {m: {"dice": _spread([per_seed[str(s)][m]["dice"] for s in args.seeds]),
+                   "islands_per_image": _spread([per_seed[str(s)][m]["islands_per_image"] for s in args.seeds])}
+               for m in methods}
+    seconds = time.perf_counter() - t0
+    print(f"\n{len(args.seeds)} seed(s) x {len(folds)} folds, every image tested once per seed ({seconds:.0f} s):")
+    for m in methods:
+        d, n = summary[m]["dice"], summary[m]["islands_per_image"]
+        print(f"  {pipeline.LABELS[m]:32s} Dice {d['mean']:.4f} (spread over seeds {d['spread']:.4f}), islands per "
+              f"image {n['mean']:.2f}")
+    from benchmarks.provenance import provenance
+
+    settings = {"data": args.data, "folds": [{"name": name, "test": [full.names[i] for i in idx]}
+                                             for name, idx in folds],
+                "seeds": list(args.seeds), "init": args.init, "dev_fraction": args.dev_fraction,
+                "U-Net": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                          "augment": args.augment, "average_last": args.average_last, "warmup": args.warmup,
+                          "size": args.size},
+                "CRF-RNN": {"epochs": args.crf_epochs, "batch_size": args.crf_batch_size, "widths":
+                            _widths_setting(args), "boundary_weight": args.crf_boundary_weight,
+                            "island_cost": args.crf_island_cost}}
+    path = pipeline.save_json({"meta": provenance(), "settings": settings, "seconds": seconds, "summary": summary,
+                               "per_seed": per_seed, "runs": runs, "labels": {m: pipeline.LABELS[m] for m in methods}},
+                              os.path.join(args.out, "results.json"))
+    print(f"results: {path}")
+    return summary
+
+
+def _unet_augmentation(args):
+    return args.augment
+
+
 def cmd_export(args):
     from . import data, export, pipeline
 
@@ -310,6 +443,9 @@ def _common(p, out_required=True):
     p.add_argument("--n-train", type=positive_int, default=800, help="synthetic training images (default 800)")
     p.add_argument("--n-dev", type=positive_int, default=40, help="synthetic dev images (default 40)")
     p.add_argument("--n-test", type=positive_int, default=60, help="synthetic test images (default 60)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="TensorFlow's deterministic ops: the same seed gives the same weights on this machine "
+                        "(default on; --no-deterministic allows the nondeterministic ones)")
 
 
 def _unet_opts(p):
@@ -321,6 +457,10 @@ def _unet_opts(p):
     p.add_argument("--init", default=None,
                    help="fine-tune this .keras model (e.g. a U-Net trained on synthetic photos) instead of starting "
                         "from scratch; the weights of the best dev epoch are kept either way")
+    p.add_argument("--average-last", type=non_negative_int, default=0,
+                   help="keep the mean of the weights of the last N epochs instead of the best dev epoch (0: off)")
+    p.add_argument("--warmup", type=non_negative_int, default=0,
+                   help="epochs of linear learning-rate warm-up before the cosine decay (default 0)")
 
 
 def _crf_opts(p):
@@ -402,6 +542,24 @@ def parser():
     _unet_opts(d)
     _crf_opts(d)
     d.add_argument("--smartdoc", default=SMARTDOC, help="real-photo check folder (default ../shared/data/smartdoc18)")
+    c = sub.add_parser("crossval", help="cross-validate train + add-crf on a folder, held out by group, over seeds",
+                       description="For each seed and each group of photos (a manifest column, --group-by; else "
+                                   "--folds folds), fine-tune or train the U-Net and train the CRF-RNN layer on the "
+                                   "other groups, and test both on the held-out one. Writes OUT/results.json: per run, "
+                                   "per seed (every image tested once) and the mean and spread over the seeds.")
+    _common(c)
+    _unet_opts(c)
+    _crf_opts(c)
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    c.add_argument("--group-by", default=None,
+                   help="manifest.csv column naming each photo's group (a path's first component is taken: "
+                        "SmartDoc's source_file gives its background); default: a 'group' column if there is one, "
+                        "else --folds")
+    c.add_argument("--folds", type=positive_int, default=3,
+                   help="without groups, this many folds of a seeded shuffle (default 3)")
+    c.add_argument("--dev-fraction", type=float, default=0.25,
+                   help="share of the training photos held out as the dev set that picks the epochs (default 0.25; "
+                        "0: none, the last epoch or --average-last)")
     x = sub.add_parser("export", help="SavedModel + TensorFlow Lite of a U-Net + CRF-RNN model, checked against Keras",
                        description="Clone a model from add-crf onto the pure-TensorFlow CRF backend, write "
                                    "OUT/saved_model and OUT/model.tflite (built-in ops only), run both on a few "
@@ -418,6 +576,10 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     commands = {"train": cmd_train, "add-crf": cmd_add_crf, "evaluate": cmd_evaluate, "demo": cmd_demo,
-                "export": cmd_export}
+                "export": cmd_export, "crossval": cmd_crossval}
+    if getattr(args, "deterministic", False) and args.command != "evaluate":
+        from . import pipeline
+
+        pipeline.set_deterministic(True)
     commands[args.command](args)
     return 0

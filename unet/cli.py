@@ -105,11 +105,15 @@ def cmd_train(args, parts=None):
     from . import pipeline
 
     parts = parts or _splits(args)
+    if args.data and getattr(args, "mix_synthetic", 0):
+        parts = dict(parts, train=parts["train"].concat(_rehearsal(args)))
     init = _load(args.init) if getattr(args, "init", None) else None
     t0 = time.perf_counter()
     model, history = pipeline.train_unet(parts["train"], parts["dev"], epochs=args.epochs,
                                          batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                                         verbose=_keras_verbose(), augmentation=args.augment, init=init)
+                                         verbose=_keras_verbose(), augmentation=args.augment, init=init,
+                                         average_last=args.average_last, warmup=args.warmup,
+                                         freeze_batchnorm=args.freeze_bn)
     os.makedirs(args.out, exist_ok=True)
     path = save_model(model, os.path.join(args.out, "unet.keras"))
     pipeline.save_json({"history": history, "seconds": time.perf_counter() - t0}, os.path.join(args.out,
@@ -303,6 +307,13 @@ def _folds(args, full):
     return [(f"fold{k}", sorted(int(i) for i in order[k::args.folds])) for k in range(args.folds)]
 
 
+def _rehearsal(args):
+    """``--mix-synthetic`` photos: the first of the synthetic training stream of seed 0 (the same for every seed)."""
+    from . import data
+
+    return data.synthetic(args.mix_synthetic, data.stream_seed(0, "train"), size=args.size)
+
+
 def _spread(values):
     import numpy as np
 
@@ -326,6 +337,7 @@ def cmd_crossval(args):
     full = data.load_folder(args.data, size=args.size)
     folds = _folds(args, full)
     init = _load(args.init) if args.init else None
+    rehearsal = _rehearsal(args) if args.mix_synthetic else None
     methods = ("unet", "unet+crf-rnn")
     runs, per_image = [], {}
     for seed in args.seeds:
@@ -338,10 +350,12 @@ def cmd_crossval(args):
             test = full.subset(test_idx)
             print(f"\nseed {seed}, held out {name} ({len(test)} images): train {len(train)}, dev {len(dev)}")
             keras.backend.clear_session()
-            unet, h_unet = pipeline.train_unet(train, dev, epochs=args.epochs, batch_size=args.batch_size,
+            unet, h_unet = pipeline.train_unet(train if rehearsal is None else train.concat(rehearsal), dev,
+                                               epochs=args.epochs, batch_size=args.batch_size,
                                                learning_rate=args.lr, seed=seed, verbose=0,
                                                augmentation=_unet_augmentation(args), init=init,
                                                average_last=args.average_last, warmup=args.warmup,
+                                               freeze_batchnorm=args.freeze_bn,
                                                jit_compile=False)  # a few dozen steps: XLA's compile costs more
             crf = pipeline.attach_crf(unet, {"bilateral_weight": args.crf_bilateral_weight}, start=args.crf_start,
                                       learn_widths=_learned_widths(args), guide=args.crf_guide)
@@ -384,6 +398,7 @@ def cmd_crossval(args):
                 "seeds": list(args.seeds), "init": args.init, "dev_fraction": args.dev_fraction,
                 "U-Net": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                           "augment": args.augment, "average_last": args.average_last, "warmup": args.warmup,
+                          "freeze_bn": args.freeze_bn, "mix_synthetic": args.mix_synthetic,
                           "size": args.size},
                 "CRF-RNN": {"epochs": args.crf_epochs, "batch_size": args.crf_batch_size, "widths":
                             _widths_setting(args), "boundary_weight": args.crf_boundary_weight,
@@ -459,6 +474,11 @@ def _unet_opts(p):
                         "from scratch; the weights of the best dev epoch are kept either way")
     p.add_argument("--average-last", type=non_negative_int, default=0,
                    help="keep the mean of the weights of the last N epochs instead of the best dev epoch (0: off)")
+    p.add_argument("--mix-synthetic", type=non_negative_int, default=0,
+                   help="with --data, add this many synthetic photos to the U-Net's training photos (rehearsal: a "
+                        "fine-tuned model keeps what the synthetic photos taught, clutter and paper stacks; default 0)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --init, hold the batch normalisation layers as the init model left them (default off)")
     p.add_argument("--warmup", type=non_negative_int, default=0,
                    help="epochs of linear learning-rate warm-up before the cosine decay (default 0)")
 

@@ -46,6 +46,15 @@ class Dataset:
     def __len__(self):
         return len(self.names)
 
+    def concat(self, other):
+        """This set followed by ``other`` (same image size)."""
+        shapes = None
+        if self.shapes is not None or other.shapes is not None:
+            shapes = [*(self.shapes or [self.images.shape[1:3]] * len(self)),
+                      *(other.shapes or [other.images.shape[1:3]] * len(other))]
+        return Dataset(np.concatenate([self.images, other.images]), np.concatenate([self.masks, other.masks]),
+                       self.names + other.names, shapes)
+
     def subset(self, idx):
         idx = np.asarray(idx, dtype=np.int64)
         return Dataset(self.images[idx], self.masks[idx], [self.names[i] for i in idx],

@@ -99,7 +99,7 @@ def _average_weights(runs):
 
 
 def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1, augmentation=True,
-               init=None, keep_best=True, average_last=0, warmup=0, jit_compile="auto"):
+               init=None, keep_best=True, average_last=0, warmup=0, jit_compile="auto", freeze_batchnorm=False):
     """Step 1: train a U-Net on ``train`` (a :class:`unet.data.Dataset`), validate on ``dev``.
 
     Parameters
@@ -120,6 +120,10 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     warmup : int
         Epochs of linear learning-rate warm-up before the cosine decay (0: none); fine-tuning from ``init`` starts
         gently, so that the first large steps on a few photos do not undo what the synthetic photos taught.
+    freeze_batchnorm : bool
+        With ``init``: hold the batch normalisation layers as ``init`` left them (their statistics and scales, run
+        in inference mode), the usual way to fine-tune on a few photos, whose batches of 8 give noisy statistics
+        of one or two backgrounds.
     jit_compile : bool or "auto"
         Keras's: XLA compiles the training step (on 2 cores ~15-40 s before the first step; worth it for the
         demo's hundreds of steps, not for a fine-tuning of a few dozen).
@@ -142,6 +146,10 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         model.set_weights(base.get_weights())
         for layer in [model, *model.layers]:  # a U-Net + CRF model's U-Net is frozen, and its clone's layers too
             layer.trainable = True
+        if freeze_batchnorm:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False  # Keras 3: a frozen BatchNormalization runs in inference mode
     else:
         model = build_unet(size=size)
     per_epoch = -(-len(train) // batch_size)

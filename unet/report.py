@@ -99,7 +99,8 @@ def pictures(data, preds, path, *, indices=None, method="unet+crf-rnn", height=1
         panels = [(photo, data.names[i])]
         for m in ("unet", method):
             mask = preds[m][0][i].astype(bool)
-            caption = f"Dice {metrics.dice(mask, truth):.3f}, {metrics.islands(mask, truth)} islands"
+            n = metrics.islands(mask, truth)
+            caption = f"Dice {metrics.dice(mask, truth):.3f}, {n} island{'' if n == 1 else 's'}"
             panels.append((_mask_panel(mask, truth, size), caption))
         for c, (panel, caption) in enumerate(panels):
             x = gap + c * (width + gap)

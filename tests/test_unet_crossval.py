@@ -180,3 +180,27 @@ def test_pictures_show_each_photo_in_its_proportions_with_islands_circled():
     right = slice(6 + 2 * (160 + 6), None)
     assert red[:, middle].sum() > 0 and blue[:, middle].sum() > 0  # the U-Net's island, red and circled
     assert red[:, right].sum() == 0 and blue[:, right].sum() == 0  # none in the CRF's mask
+
+
+def test_two_processes_train_the_same_weights_on_one_thread(tmp_path):
+    """``python -m unet train --threads 1`` twice: the same U-Net, bit for bit (TensorFlow's thread pools are what
+    made two processes differ)."""
+    pytest.importorskip("tensorflow")
+    import subprocess
+    import sys
+
+    weights = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        cmd = [sys.executable, "-m", "unet", "train", "--out", str(out), "--size", "32", "--n-train", "8", "--n-dev",
+               "2", "--epochs", "2", "--batch-size", "4", "--threads", "1"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        import keras
+
+        import unet.model  # noqa: F401  (registers the U-Net's layers for loading)
+
+        weights.append(keras.models.load_model(out / "unet.keras").get_weights())
+    assert len(weights[0]) > 10
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)

@@ -459,8 +459,11 @@ def _common(p, out_required=True):
     p.add_argument("--n-dev", type=positive_int, default=40, help="synthetic dev images (default 40)")
     p.add_argument("--n-test", type=positive_int, default=60, help="synthetic test images (default 60)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                   help="TensorFlow's deterministic ops: the same seed gives the same weights on this machine "
-                        "(default on; --no-deterministic allows the nondeterministic ones)")
+                   help="TensorFlow's deterministic ops: one seed gives the same weights within a process, and "
+                        "across runs with --threads 1 (default on; --no-deterministic allows the others)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="TensorFlow's threads (default: all cores); 1 makes two runs of one command bit-identical "
+                        "(with --deterministic), at the price of one core")
 
 
 def _unet_opts(p):
@@ -597,9 +600,9 @@ def main(argv=None):
     args = parser().parse_args(argv)
     commands = {"train": cmd_train, "add-crf": cmd_add_crf, "evaluate": cmd_evaluate, "demo": cmd_demo,
                 "export": cmd_export, "crossval": cmd_crossval}
-    if getattr(args, "deterministic", False) and args.command != "evaluate":
+    if args.command != "export" and (args.deterministic or args.threads):
         from . import pipeline
 
-        pipeline.set_deterministic(True)
+        pipeline.set_deterministic(args.deterministic, threads=args.threads)
     commands[args.command](args)
     return 0

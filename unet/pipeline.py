@@ -62,7 +62,7 @@ def _dev_loss(model, dev, batch_size, boundary_weight=0.0, far=None, scores=Fals
     return loss, {"dice": summary["dice"], "islands": summary["islands_per_image"]}
 
 
-def set_deterministic(enabled=True):
+def set_deterministic(enabled=True, threads=None):
     """Make TensorFlow's ops deterministic (``tf.config.experimental.enable_op_determinism``), or allow the faster
     nondeterministic ones again.
 
@@ -71,7 +71,15 @@ def set_deterministic(enabled=True):
     augmentation and the batch order are seeded per sample and per epoch already, and crfcore's kernels reduce in
     a fixed order. The switch is global to the process; ``python -m unet`` turns it on unless
     ``--no-deterministic``.
+
+    That makes two trainings in one process agree bit for bit; two processes still differ after a few steps
+    unless TensorFlow computes on one thread: ``threads=1`` (TensorFlow's intra- and inter-op threads; it must come
+    before TensorFlow runs its first op) gave bit-identical weights in two processes, where the default thread pools
+    did not (measured with ``docs/scripts/determinism_cost.py``).
     """
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     if enabled:
         tf.config.experimental.enable_op_determinism()
     else:  # no public name for the way back in TensorFlow 2.21

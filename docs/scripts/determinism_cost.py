@@ -1,6 +1,7 @@
 """What TensorFlow's deterministic ops cost the receipt U-Net's training, and whether two processes agree.
 
-``python docs/scripts/determinism_cost.py [--steps 12] [--repeats 2] [--jit-compile auto|xla|none] [--modes on off]``
+``python docs/scripts/determinism_cost.py [--steps 12] [--repeats 2] [--jit-compile auto|xla|none] [--modes on off]
+[--threads N]``
 trains the demo's U-Net (batch 8, Adam, XLA as Keras chooses unless told) in fresh processes, with
 ``unet.pipeline.set_deterministic`` on and off in the order of ``--modes``, ``--repeats`` times: one untimed epoch
 (tracing and compiling), then ``--steps`` timed steps. It prints each run's seconds
@@ -23,7 +24,8 @@ from unet.model import build_unet
 
 on, steps, size = sys.argv[1] == "on", int(sys.argv[2]), int(sys.argv[3])
 jit = {"auto": "auto", "xla": True, "none": False}[sys.argv[4]]
-pipeline.set_deterministic(on)
+threads = int(sys.argv[5]) or None
+pipeline.set_deterministic(on, threads=threads)
 keras.utils.set_random_seed(0)
 ds = data.synthetic(16, 5, size=size)
 model = build_unet(size=size)
@@ -35,7 +37,7 @@ t0 = time.perf_counter()
 model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=True)
 seconds = time.perf_counter() - t0
 digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights())).hexdigest()[:16]
-print(json.dumps({"deterministic": on, "jit_compile": sys.argv[4], "s_per_step": seconds / steps,
+print(json.dumps({"deterministic": on, "jit_compile": sys.argv[4], "threads": threads, "s_per_step": seconds / steps,
                   "weights_sha256": digest}))
 """
 
@@ -48,6 +50,7 @@ def main(argv=None):
     p.add_argument("--jit-compile", choices=["auto", "xla", "none"], default="auto",
                    help="Keras's jit_compile: auto (the demo's), xla, none (crossval's)")
     p.add_argument("--modes", nargs="+", choices=["on", "off"], default=["on", "off"])
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow's threads (0: its default, all cores)")
     args = p.parse_args(argv)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=repo)
@@ -55,7 +58,7 @@ def main(argv=None):
     for _ in range(args.repeats):
         for mode in args.modes:
             out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.steps), str(args.size),
-                                  args.jit_compile], env=env,
+                                  args.jit_compile, str(args.threads)], env=env,
                                  capture_output=True, text=True, check=True, cwd=repo).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)

@@ -7,7 +7,7 @@ directly.
 
 from ._compat import deprecated
 from ._engine import threads
-from ._engine.argtypes import non_negative_float, positive_float, positive_int
+from ._engine.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from ._engine.parallel import run as run_on_compute_thread
 from ._engine.residuals import ResidualStore
 from ._engine.validation import check_layout, check_logits_values, positive_scalar
@@ -41,4 +41,5 @@ def cuda_unavailable():
 
 
 __all__ = ["cuda_backend", "cuda_unavailable", "ResidualStore", "check_layout", "check_logits_values", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
-           "threads", "deprecated", "positive_int", "positive_float", "non_negative_float"]
+           "threads", "deprecated", "positive_int", "non_negative_int", "positive_float",
+           "non_negative_float"]

@@ -16,6 +16,17 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_float(text):
     """A finite number > 0."""
     try:

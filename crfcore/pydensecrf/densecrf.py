@@ -316,14 +316,13 @@ class DenseCRF:
         wanted = [t if isinstance(t, np.ndarray) and t.shape == Q.shape and t.flags.writeable else None
                   for t in (tmp1, tmp2)]
         model = self._crf()
-        logits = self._engine_logits()
         if model is None:  # no pairwise term, or one label
             if wanted[0] is not None:
                 wanted[0][...] = -self._energy()
             Q[...] = self.startInference()[0]
             return
         q = self._transposed(Q)
-        msgs, z = model.step(logits, q)
+        msgs, z = model.step(self._engine_logits(), q)
         self._write_transposed(q, Q)
         if wanted[0] is not None:  # densecrf's Potts energy is -w K Q; the engine's w (J - I) K Q adds w sum_l KQ
             shift = np.zeros(self._nvar, np.float32)

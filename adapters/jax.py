@@ -28,10 +28,11 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, check_layout, check_logits_values, cuda_backend, cuda_unavailable
+from crfcore._shared import check_layout, check_logits_values, cuda_backend, cuda_unavailable
 from crfcore.params import NORMALIZATIONS
 
 from . import _xla_ffi
+from ._residuals import ResidualStore
 
 __all__ = ["crf_refine"]
 

@@ -23,10 +23,11 @@ except ImportError as exc:  # the framework is an extra: say which
 import numpy as np
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import ResidualStore, deprecated, positive_scalar
+from crfcore._shared import deprecated, positive_scalar
 from crfcore.params import NORMALIZATIONS
 
 from . import tf_lattice
+from ._residuals import ResidualStore
 
 __all__ = ["CrfRnnLayer", "crf_refine", "PottsInitializer", "with_backend"]
 

@@ -22,9 +22,10 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs PyTorch: pip install 'crfcore[torch]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import (ResidualStore, check_layout, cuda_backend, cuda_unavailable, deprecated,
+from crfcore._shared import (check_layout, cuda_backend, cuda_unavailable, deprecated,
                              run_on_compute_thread, transpose_scaled)
 from crfcore.params import NORMALIZATIONS, kernel_width
+from ._residuals import ResidualStore
 
 __all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
 

@@ -24,7 +24,7 @@ fresh install's first calls run).
 """
 
 from . import warmup
-from ._engine import threads as _threads
+from ._runtime import threads as _threads
 from ._version import __version__
 from .features import positions
 from .fitting import fit
@@ -47,5 +47,5 @@ __all__ = [
 
 # Numba picks its threading layer when the first parallel kernel runs; loading the TBB runtime now (no thread is
 # started, no variable set, no file written) lets it find TBB, which is fork-safe and does not spin on the cores of
-# other processes (crfcore._engine.threads). A layer already running, or NUMBA_THREADING_LAYER, is left alone.
+# other processes (crfcore._runtime.threads). A layer already running, or NUMBA_THREADING_LAYER, is left alone.
 _threads.configure()

@@ -6,11 +6,10 @@ directly.
 """
 
 from ._compat import deprecated
-from ._engine import threads
-from ._engine.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
-from ._engine.parallel import run as run_on_compute_thread
-from ._engine.residuals import ResidualStore
-from ._engine.validation import check_layout, check_logits_values, positive_scalar
+from ._runtime import threads
+from ._argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from ._runtime.parallel import run as run_on_compute_thread
+from ._validation import check_layout, check_logits_values, positive_scalar
 from ._kernels import lattice as lattice_kernels
 from ._kernels.meanfield import transpose_scaled
 
@@ -40,6 +39,6 @@ def cuda_unavailable():
     return _cuda_error
 
 
-__all__ = ["cuda_backend", "cuda_unavailable", "ResidualStore", "check_layout", "check_logits_values", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
+__all__ = ["cuda_backend", "cuda_unavailable", "check_layout", "check_logits_values", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
            "threads", "deprecated", "positive_int", "non_negative_int", "positive_float",
            "non_negative_float"]

@@ -9,7 +9,7 @@ import argparse
 import sys
 import warnings
 
-from ._engine.argtypes import positive_int
+from ._argtypes import positive_int
 from ._version import __version__
 
 
@@ -29,7 +29,7 @@ def _warmup(args):
 
 def _info(args):
     from . import warmup
-    from ._engine import threads
+    from ._runtime import threads
 
     import numba
     import numpy

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._engine.validation import check_finite
+from ._validation import check_finite
 from .inference import meanfield_bwd, meanfield_fwd
 from .params import check_params
 

@@ -19,10 +19,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import warmup
-from ._engine import numpy_lattice
-from ._engine import parallel as _parallel
+from .warmup import numpy_lattice
+from ._runtime import parallel as _parallel
 from ._kernels import meanfield as MK
-from ._engine.validation import (LatticeRangeError, as_float_array, check_backward_device, check_device, check_finite,
+from ._validation import (LatticeRangeError, as_float_array, check_backward_device, check_device, check_finite,
                                  check_logits_shape, check_logits_values, check_spatial_dims, host_array,
                                  image_shape_with_channels)
 from .features import bilateral_features, spatial_features

@@ -5,8 +5,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ._kernels import lattice as K
-from ._engine import parallel as _parallel
-from ._engine.validation import LatticeRangeError, as_float_array, check_finite, check_nonempty
+from ._runtime import parallel as _parallel
+from ._validation import LatticeRangeError, as_float_array, check_finite, check_nonempty
 
 #: Elevated features must stay well inside int32 (the pure-TensorFlow lattice's coordinates).
 _MAX_COORD = 2.0**30
@@ -222,7 +222,7 @@ class Lattice:
     def apply(self, values, out, *, transpose=False, pre=None, post=None, work=None, scale=1.0, accumulate=False):
         """Unchecked filtering for the mean-field loops: ``out = diag(post) K diag(pre) values``.
 
-        Callers run it through :func:`crfcore._engine.parallel.run` (as :meth:`filter` and the mean field do).
+        Callers run it through :func:`crfcore._runtime.parallel.run` (as :meth:`filter` and the mean field do).
 
         ``values`` and ``out`` are C-contiguous ``(N, C)`` arrays of one float dtype; ``pre`` and ``post`` are
         ``(N,)`` arrays of that dtype or None. ``transpose=True`` applies ``K^T`` (blur directions reversed).

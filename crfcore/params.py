@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._engine.validation import check_finite, positive_scalar
+from ._validation import check_finite, positive_scalar
 
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
 

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._engine import parallel as _parallel
-from ._engine.validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_values,
+from ._runtime import parallel as _parallel
+from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_values,
                                  check_nonempty_shape)
 from ._engine.iterations import Transform, backward_one, filter_all, forward_one, step_one
 from ._engine.kernel import FeatureGrad, Kernel

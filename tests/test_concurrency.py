@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import crfcore
-from crfcore._engine import parallel as _parallel
+from crfcore._runtime import parallel as _parallel
 
 
 def _inputs(seed):

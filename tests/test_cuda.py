@@ -265,7 +265,7 @@ def test_kernels_compile_for_the_gpu():
     """Every CUDA kernel compiles to PTX for a data-centre GPU with the real compiler (NVVM) in both dtypes (the
     simulator runs them as Python and would not see a typing error), and the embedding has no fused multiply-add
     (which would move pixels on simplex boundaries to another simplex than the CPU's)."""
-    run = subprocess.run([sys.executable, os.path.join(HERE, "cuda_compile_check.py")], capture_output=True,
+    run = subprocess.run([sys.executable, os.path.join(HERE, os.pardir, "tools", "cuda_compile_check.py")], capture_output=True,
                          text=True, env=_no_sim_env(), timeout=900)
     if run.returncode == 3:
         pytest.skip(f"no NVVM to compile with: {run.stdout.strip()[-300:]}")

@@ -32,7 +32,7 @@ def run_script(body, timeout=120):
 
 
 def test_threading_layer_is_tbb_where_installed():
-    from crfcore._engine.threads import _tbb_library
+    from crfcore._runtime.threads import _tbb_library
 
     if _tbb_library() is None:
         pytest.skip("the tbb wheel is not installed on this platform: Numba's default layer is used")

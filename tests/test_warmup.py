@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import crfcore
 from crfcore import warmup
 from crfcore.features import bilateral_features, spatial_features
-from crfcore._engine.numpy_lattice import NumpyLattice
+from crfcore.warmup.numpy_lattice import NumpyLattice
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,7 +159,7 @@ import json, logging, sys, time, numpy as np
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 import crfcore
 from crfcore import warmup
-from crfcore._engine import numba_cache
+from crfcore.warmup import numba_cache
 from numba.core import event
 rng = np.random.default_rng(0)
 image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
@@ -209,7 +209,7 @@ def test_a_cold_process_answers_from_numpy_then_waits_for_the_workers(tmp_path):
 PARENT = """
 import json, os, sys, time
 from crfcore import warmup
-from crfcore._engine import compile_workers
+from crfcore.warmup import compile_workers
 w = compile_workers.Workers(warmup.missing("training/float64/3"), n_workers=2)
 mine = os.getpriority(os.PRIO_PROCESS, 0)
 deadline = time.monotonic() + 30  # a worker lowers its priority once Python has started in it: slow on a busy machine
@@ -306,27 +306,27 @@ def test_warmup_command_compiles_everything_a_call_needs(tmp_path):
 
 
 def test_signature_table_is_current(tmp_path):
-    """The table of kernel argument types (crfcore/_kernels/signature_table.py) is what the kernels are called
-    with today: regenerate it with ``python -m crfcore._kernels`` when this fails."""
-    from crfcore._kernels import signature_table
+    """The table of kernel argument types (crfcore/warmup/signature_table.py) is what the kernels are called
+    with today: regenerate it with ``python -m crfcore.warmup`` when this fails."""
+    from crfcore.warmup import signature_table
 
-    code = "import json; from crfcore._kernels import signatures; print(json.dumps(signatures.record()))"
+    code = "import json; from crfcore.warmup import signatures; print(json.dumps(signatures.record()))"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=590)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = {k: {n: [tuple(s) for s in sigs] for n, sigs in v.items()}
                 for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
     assert recorded == signature_table.TABLE, \
-        "the kernels' argument types changed: run `python -m crfcore._kernels` and commit the table"
+        "the kernels' argument types changed: run `python -m crfcore.warmup` and commit the table"
 
 
 def test_numba_internals_the_cache_check_reads_are_there(tmp_path):
-    """crfcore._engine.numba_cache reads Numba's private cache attributes; this fails, naming them, when a Numba
+    """crfcore.warmup.numba_cache reads Numba's private cache attributes; this fails, naming them, when a Numba
     release changes them (crfcore then still works: the workers load from the cache, about a second lost)."""
     code = """
 import json, numpy as np
 from numba.core import types
-from crfcore._engine import numba_cache
+from crfcore.warmup import numba_cache
 from crfcore._kernels import lattice
 d = lattice.feature_range
 sig = (types.Array(types.float64, 2, "C"),)
@@ -346,7 +346,7 @@ print(json.dumps(dict(attrs=[hasattr(d, "_cache"), hasattr(d._cache, "_index_key
     names = ["Dispatcher._cache", "_cache._index_key", "_cache._cache_file", "_cache_file._load_index",
              "Dispatcher.targetctx"]
     gone = [n for n, ok in zip(names, state["attrs"]) if not ok]
-    assert not gone, f"this Numba changed the internals crfcore._engine.numba_cache reads: {gone}"
+    assert not gone, f"this Numba changed the internals crfcore.warmup.numba_cache reads: {gone}"
     assert (state["before"], state["after"], state["other"], state["compiled"]) == (False, True, False, True), state
     assert state["folder"].startswith(str(tmp_path / "cache"))
 
@@ -393,8 +393,8 @@ def test_warmup_from_an_unwritable_install_uses_the_user_cache(tmp_path):
 def test_unknown_cache_state_counts_as_missing(monkeypatch):
     """Where the cache cannot be read (another Numba's internals: ``cached`` says None), every kernel not compiled
     in this process counts as missing, so the workers load or compile it: never a kernel assumed cached."""
-    from crfcore._engine import numba_cache
-    from crfcore._kernels import signatures
+    from crfcore.warmup import numba_cache
+    from crfcore.warmup import signatures
 
     key = "inference/float64/3"
     names = [name for name, _ in signatures.entries(key)]

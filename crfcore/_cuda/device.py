@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from .._engine.validation import NUMBA_DEVICE_ARRAYS, is_device_array  # noqa: F401 (this room's name for it)
+from .._validation import NUMBA_DEVICE_ARRAYS, is_device_array  # noqa: F401 (this room's name for it)
 
 _state = threading.local()
 _checked = None

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._engine.iterations import Transform, tiny
-from .._engine.validation import (LatticeRangeError, check_logits_shape, check_logits_values,
+from .._validation import (LatticeRangeError, check_logits_shape, check_logits_values,
                                   image_shape_with_channels, supported_float_type)
 from .._kernels import cuda_meanfield as MK
 from ..params import CrfParams
@@ -73,7 +73,7 @@ def check_finite(x, name):
 
 
 def check_logits(u, name="logits"):
-    """:func:`~crfcore._engine.validation.check_logits_values` for the device array ``u``: one range pass on the
+    """:func:`~crfcore._validation.check_logits_values` for the device array ``u``: one range pass on the
     device; only logits with non-finite values (``-inf`` marks an impossible label) are copied to the host to say
     whether they are allowed."""
     flat = u.reshape(-1, tuple(u.shape)[-1])

@@ -1,5 +1,6 @@
-"""crfcore's engine internals: the mean-field iterations over lattices, the compute thread, the threading layer,
-the NumPy fallback lattice, input checks and the residual store for the framework adapters.
+"""crfcore's engine: the mean-field iterations over any list of Gaussian kernels, forward and backward
+(:mod:`~crfcore._engine.iterations`), and a kernel with its normalisation and features gradient
+(:mod:`~crfcore._engine.kernel`).
 
 Nothing here is public API. What :mod:`crfcore.adapters` and the checkout's applications (``unet``,
 ``benchmarks``) may use is listed in :mod:`crfcore._shared`.

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._kernels import meanfield as MK
-from . import parallel as _parallel
+from .._runtime import parallel as _parallel
 from .kernel import share_workspace
 from ..params import potts
 

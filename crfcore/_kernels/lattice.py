@@ -299,7 +299,7 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
 @njit(**JIT_EXACT)
 def embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, keys, counts):
     """Embed the points of chunk ``c``, the ``ci``-th of its wave (serial: chunks run on several threads at once,
-    :func:`crfcore._engine.parallel.spread`, each writing only its own rows).
+    :func:`crfcore._runtime.parallel.spread`, each writing only its own rows).
 
     Writes each point's barycentric ``weights`` and chunk-local vertex ``offsets``, the chunk's unique vertex keys
     in order of first use at ``keys[ci * chunk * (d + 1):]`` and their number at ``counts[c]``.

@@ -24,9 +24,9 @@ import numpy as np
 
 from .._kernels import meanfield as MK
 from .._kernels import stepwise as SK
-from .._engine import parallel as _parallel
+from .._runtime import parallel as _parallel
 from .._engine.iterations import softmax
-from .._engine.validation import check_logits_values
+from .._validation import check_logits_values
 from ..terms import CrfModel, PairwiseTerm
 from .errors import ArgumentTypeError, LengthError
 

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .._engine.argtypes import positive_float, positive_int
+from .._argtypes import positive_float, positive_int
 from ..params import NORMALIZATIONS
 from .files import CRF_DEFAULTS, print_summary, refine_files
 from .imageio import WriteError

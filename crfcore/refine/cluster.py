@@ -3,7 +3,7 @@
 ``"local"`` or ``"local:N"`` starts a ``LocalCluster`` of N worker processes (default: one per core) with one task at
 a time each; any other value is a scheduler address (``tcp://host:8786``). Each worker sets Numba's thread count so
 that the crfcore processes on one machine never use more threads than it has cores (several processes are safe:
-see :mod:`crfcore._engine.threads`).
+see :mod:`crfcore._runtime.threads`).
 """
 
 import os

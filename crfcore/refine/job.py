@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._engine.validation import check_finite
+from .._validation import check_finite
 from . import imageio, tiling
 
 

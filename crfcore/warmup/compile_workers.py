@@ -4,10 +4,10 @@ Numba compiles one function at a time in a process (a global compiler lock), and
 core's work; crfcore's inference kernels take about 15 s of it on the project's 2-core machine (one core's time,
 measured per kernel in :data:`HINTS`). Workers, one per usable core (at most :data:`MAX_WORKERS`), each compile a
 share of the kernels, largest first and balanced by those measurements, from the argument types of
-:mod:`crfcore._kernels.signatures`: no kernel waits for another's results. Each compiled kernel lands in the cache
+:mod:`crfcore.warmup.signatures`: no kernel waits for another's results. Each compiled kernel lands in the cache
 at once, so the work done survives a worker that is stopped.
 
-A worker (``python -m crfcore._engine.compile_workers``) reads its share as one JSON line on standard input and
+A worker (``python -m crfcore.warmup.compile_workers``) reads its share as one JSON line on standard input and
 prints one JSON line per kernel it finished. It runs at a lower CPU priority than its parent (``nice`` 10) and
 ends when its parent does: it watches its standard input, which only the parent holds open.
 """
@@ -65,7 +65,7 @@ def _seconds(share):
 
 class Workers:
     """Worker processes compiling a set of kernels (see the module's doc). ``items`` are ``(name, signature)``
-    with the signature as :mod:`crfcore._kernels.signatures` encodes it."""
+    with the signature as :mod:`crfcore.warmup.signatures` encodes it."""
 
     def __init__(self, items, n_workers=None, report=False):
         items = [(name, list(sig)) for name, sig in items]
@@ -81,7 +81,7 @@ class Workers:
         self.procs = []
         try:
             for share in self.shares:
-                p = subprocess.Popen([sys.executable, "-m", "crfcore._engine.compile_workers"], env=env,
+                p = subprocess.Popen([sys.executable, "-m", "crfcore.warmup.compile_workers"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE if report else subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, text=True)
                 self.procs.append(p)
@@ -156,8 +156,8 @@ def _main():
         os.nice(10)  # below the user's work
     except (AttributeError, OSError):
         pass
-    from .._kernels import signatures
-    from . import threads
+    from .._runtime import threads
+    from . import signatures
 
     threads.configure()  # the threading layer crfcore's own calls use
     failed = False

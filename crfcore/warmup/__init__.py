@@ -3,10 +3,10 @@
 Numba compiles crfcore's kernels on first use and keeps them in its on-disk cache (``cache=True``); after
 ``crfcore warmup`` (or any first call) every later process loads them in well under a second. From an empty cache
 (a fresh install), the kernels of an inference call are compiled by worker processes, concurrently, one per
-core (:mod:`crfcore._engine.compile_workers`), about 8 s on 2 cores against 15 s in one process. Meanwhile:
+core (:mod:`crfcore.warmup.compile_workers`), about 8 s on 2 cores against 15 s in one process. Meanwhile:
 
 - the **first** inference call (:func:`crfcore.meanfield`, :func:`crfcore.meanfield_fwd` without residuals) of
-  this kind (dtype; two labels or more) is computed by NumPy (:mod:`crfcore._engine.numpy_lattice`, the same
+  this kind (dtype; two labels or more) is computed by NumPy (:mod:`crfcore.warmup.numpy_lattice`, the same
   lattice: results agree with the kernels' to float rounding) and returns in about a second;
 - every **later** call waits for the compile to finish and then runs the compiled kernels. No call after the first
   is ever served at NumPy's speed, so the usual "one warm-up call, then time" measures full speed (the first
@@ -30,8 +30,7 @@ import threading
 import time
 
 
-from ._engine import compile_workers, numba_cache
-from ._kernels import signatures
+from . import compile_workers, numba_cache, signatures
 
 ENV = "CRFCORE_FIRST_CALL"
 MODES = ("numpy", "compile")
@@ -56,7 +55,7 @@ def mode():
 
 
 def missing(key):
-    """The kernels of profile ``key`` (see :func:`crfcore._kernels.signatures.profile_key`) neither compiled in
+    """The kernels of profile ``key`` (see :func:`crfcore.warmup.signatures.profile_key`) neither compiled in
     this process nor in the cache, as ``(name, encoded signature)``; None for a profile the table lacks. A cache
     whose state cannot be read (another Numba's internals) counts as missing: the workers then load from it."""
     entries = signatures.entries(key)
@@ -79,7 +78,7 @@ def ready(what="inference", dtype="float32", n_labels=2):
 def _in_table(n_labels, spatial_shape, n_channels):
     """Whether the table's signatures are this call's: its lattices' offsets fit 16 bits (see
     :class:`crfcore.Lattice`; always for 2-D images with up to 4 channels, 3-D volumes with up to 3)."""
-    from .lattice import chunk_size
+    from ..lattice import chunk_size
 
     chunk = chunk_size(math.prod(spatial_shape))
     dims = len(spatial_shape)
@@ -158,7 +157,7 @@ def wait(timeout=None):
 def cache_folder():
     """Where Numba keeps crfcore's compiled kernels: ``NUMBA_CACHE_DIR`` when set, else the package's
     ``__pycache__`` folders, or a per-user cache folder where those are not writable (Numba's own fallback)."""
-    from ._kernels import lattice
+    from .._kernels import lattice
 
     path = numba_cache.folder(lattice.embed_chunk)
     if path is None:
@@ -178,7 +177,7 @@ def cache_note():
         return "unknown to this Numba version"
     if wanted and numba_cache.in_package(path, wanted):
         return "set by NUMBA_CACHE_DIR"
-    if numba_cache.in_package(path, os.path.dirname(os.path.abspath(__file__))):
+    if numba_cache.in_package(path, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
         where = "inside the installed package"
     else:
         where = "Numba's per-user cache folder: the installed package's folder is not writable"

@@ -13,7 +13,7 @@ abandoned work.
 
 **Fork.** Before a fork an idle compute thread is stopped, and a child forked after crfcore has run (``os.fork``,
 ``multiprocessing``'s fork start method) makes a new one on first use, with new locks. The threading layer must be
-fork-safe too: see :mod:`crfcore._engine.threads`.
+fork-safe too: see :mod:`crfcore._runtime.threads`.
 """
 
 import os

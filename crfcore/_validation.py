@@ -127,6 +127,15 @@ def check_logits_shape(shape, spatial_dims):
         raise ValueError(f"`logits` has {shape[-1]} label(s) in its last axis; a CRF needs L >= 2")
 
 
+def check_logits_shape_2d(shape):
+    """``logits`` must be ``(N, L)``, non-empty, with ``L >= 2``."""
+    if len(shape) != 2:
+        raise ValueError(f"`logits` must have shape (N, L), got {tuple(shape)}")
+    check_nonempty_shape(tuple(shape), "logits")
+    if shape[1] < 2:
+        raise ValueError(f"`logits` has {shape[1]} label(s); a CRF needs L >= 2")
+
+
 def image_shape_with_channels(logits_shape, image_shape, spatial_dims):
     """The image's shape with its channel axis (a single-channel image may omit it), checked against the logits'
     (layout, batch and spatial axes, not empty)."""

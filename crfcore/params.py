@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_finite, positive_scalar
+from ._validation import check_finite, check_nonempty_shape, positive_scalar
 
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
@@ -128,3 +128,70 @@ def check_params(n_labels, *, n_iter, theta_alpha, theta_beta, theta_gamma, w_sp
         normalization=normalization,
         spatial_dims=int(spatial_dims),
     )
+
+
+# Pairwise terms (crfcore.crf): each one's features, weight, compatibility and normalisation
+
+class PairwiseTerm(NamedTuple):
+    """One pairwise term: ``features`` ``(N, d)`` already divided by their widths, ``weight`` (a number or ``(L, L)``),
+    ``compat`` (``(L, L)``, or None for Potts ``1 - I``) and its kernel's ``normalization``."""
+
+    features: object
+    weight: object = 1.0
+    compat: object = None
+    normalization: str = "symmetric"
+
+
+class CheckedTerm(NamedTuple):
+    features: np.ndarray
+    weight: object  # float or (L, L) float64
+    compat: np.ndarray  # (L, L) float64
+    normalization: str
+
+
+def as_term(term, i):
+    """``terms[i]`` as a :class:`PairwiseTerm` (a tuple of its fields is accepted)."""
+    if isinstance(term, PairwiseTerm):
+        return term
+    if isinstance(term, (tuple, list)) and 1 <= len(term) <= 4:
+        return PairwiseTerm(*term)
+    raise TypeError(f"`terms[{i}]` must be a crfcore.PairwiseTerm, got {type(term).__name__}")
+
+
+def check_features_shape(shape, i, n):
+    """A term's features must be ``(N, d)`` with ``d >= 1``."""
+    if len(shape) != 2 or shape[0] != n:
+        raise ValueError(f"`terms[{i}].features` must have shape ({n}, d) for {n} points, got {tuple(shape)}")
+    check_nonempty_shape(tuple(shape), f"terms[{i}].features")
+
+
+def check_term_params(term, i, n_labels):
+    """A term's weight (float or ``(L, L)`` float64) and compatibility (``(L, L)`` float64); its normalisation
+    checked."""
+    w = weight(term.weight, f"terms[{i}].weight", n_labels)
+    compat = potts(n_labels) if term.compat is None else compat_matrix(term.compat, n_labels, f"terms[{i}].compat")
+    if term.normalization not in NORMALIZATIONS:
+        raise ValueError(f"`terms[{i}].normalization` must be one of {NORMALIZATIONS}, got {term.normalization!r}")
+    return w, compat
+
+
+def check_terms_list(terms):
+    """``terms`` as a non-empty list (a clear error for a single term, a string, an array or an empty list)."""
+    if isinstance(terms, PairwiseTerm):
+        raise TypeError("`terms` must be a list of PairwiseTerm, got a single PairwiseTerm: pass [term]")
+    if isinstance(terms, (str, bytes, np.ndarray)) or not hasattr(terms, "__iter__"):
+        raise TypeError(f"`terms` must be a list of PairwiseTerm, got {type(terms).__name__}")
+    terms = list(terms)
+    if not terms:
+        raise ValueError("`terms` is empty: a dense CRF needs at least one pairwise term")
+    return terms
+
+
+def matrix(term):
+    """A term's label transform ``A = mu W`` (float64)."""
+    return term.compat * term.weight if np.ndim(term.weight) == 0 else term.compat @ term.weight
+
+
+def summable(terms):
+    """Whether the terms' messages can be summed into one array: scalar weights and one common compatibility."""
+    return all(np.ndim(t.weight) == 0 and np.array_equal(t.compat, terms[0].compat) for t in terms)

@@ -14,23 +14,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ._runtime import parallel as _parallel
-from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_values,
-                                 check_nonempty_shape)
 from ._engine.iterations import Transform, backward_one, filter_all, forward_one, step_one
 from ._engine.kernel import FeatureGrad, Kernel
-from .params import NORMALIZATIONS, compat_matrix, potts, weight
+from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_shape_2d,
+                          check_logits_values)
+from .params import (CheckedTerm, PairwiseTerm, as_term, check_features_shape, check_term_params,  # noqa: F401
+                     check_terms_list, matrix, summable)  # PairwiseTerm: crfcore.terms.PairwiseTerm, as documented
 
 OUTPUTS = ("probs", "logits")
-
-
-class PairwiseTerm(NamedTuple):
-    """One pairwise term: ``features`` ``(N, d)`` already divided by their widths, ``weight`` (a number or ``(L, L)``),
-    ``compat`` (``(L, L)``, or None for Potts ``1 - I``) and its kernel's ``normalization``."""
-
-    features: object
-    weight: object = 1.0
-    compat: object = None
-    normalization: str = "symmetric"
 
 
 class TermGrads(NamedTuple):
@@ -54,54 +45,12 @@ class CrfResiduals(NamedTuple):
     q_out: np.ndarray
 
 
-class CheckedTerm(NamedTuple):
-    features: np.ndarray
-    weight: object  # float or (L, L) float64
-    compat: np.ndarray  # (L, L) float64
-    normalization: str
-
-
-def as_term(term, i):
-    """``terms[i]`` as a :class:`PairwiseTerm` (a tuple of its fields is accepted)."""
-    if isinstance(term, PairwiseTerm):
-        return term
-    if isinstance(term, (tuple, list)) and 1 <= len(term) <= 4:
-        return PairwiseTerm(*term)
-    raise TypeError(f"`terms[{i}]` must be a crfcore.PairwiseTerm, got {type(term).__name__}")
-
-
-def check_features_shape(shape, i, n):
-    """A term's features must be ``(N, d)`` with ``d >= 1``."""
-    if len(shape) != 2 or shape[0] != n:
-        raise ValueError(f"`terms[{i}].features` must have shape ({n}, d) for {n} points, got {tuple(shape)}")
-    check_nonempty_shape(tuple(shape), f"terms[{i}].features")
-
-
-def check_term_params(term, i, n_labels):
-    """A term's weight (float or ``(L, L)`` float64) and compatibility (``(L, L)`` float64); its normalisation
-    checked."""
-    w = weight(term.weight, f"terms[{i}].weight", n_labels)
-    compat = potts(n_labels) if term.compat is None else compat_matrix(term.compat, n_labels, f"terms[{i}].compat")
-    if term.normalization not in NORMALIZATIONS:
-        raise ValueError(f"`terms[{i}].normalization` must be one of {NORMALIZATIONS}, got {term.normalization!r}")
-    return w, compat
-
-
 def _check_term(term, i, n, n_labels):
     term = as_term(term, i)
     f = as_float_array(term.features, f"terms[{i}].features", dtype=np.float64)
     check_features_shape(f.shape, i, n)
     check_finite(f, f"terms[{i}].features")
     return CheckedTerm(f, *check_term_params(term, i, n_labels), term.normalization)
-
-
-def check_logits_shape_2d(shape):
-    """``logits`` must be ``(N, L)``, non-empty, with ``L >= 2``."""
-    if len(shape) != 2:
-        raise ValueError(f"`logits` must have shape (N, L), got {tuple(shape)}")
-    check_nonempty_shape(tuple(shape), "logits")
-    if shape[1] < 2:
-        raise ValueError(f"`logits` has {shape[1]} label(s); a CRF needs L >= 2")
 
 
 def _check_logits(logits):
@@ -111,18 +60,6 @@ def _check_logits(logits):
     return u
 
 
-def check_terms_list(terms):
-    """``terms`` as a non-empty list (a clear error for a single term, a string, an array or an empty list)."""
-    if isinstance(terms, PairwiseTerm):
-        raise TypeError("`terms` must be a list of PairwiseTerm, got a single PairwiseTerm: pass [term]")
-    if isinstance(terms, (str, bytes, np.ndarray)) or not hasattr(terms, "__iter__"):
-        raise TypeError(f"`terms` must be a list of PairwiseTerm, got {type(terms).__name__}")
-    terms = list(terms)
-    if not terms:
-        raise ValueError("`terms` is empty: a dense CRF needs at least one pairwise term")
-    return terms
-
-
 def check_run(n_iter, output):
     """``n_iter`` (an int >= 0) and ``output`` (one of :data:`OUTPUTS`) of a forward; returns ``int(n_iter)``."""
     if output not in OUTPUTS:
@@ -130,16 +67,6 @@ def check_run(n_iter, output):
     if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
         raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
     return int(n_iter)
-
-
-def matrix(term):
-    """A term's label transform ``A = mu W`` (float64)."""
-    return term.compat * term.weight if np.ndim(term.weight) == 0 else term.compat @ term.weight
-
-
-def summable(terms):
-    """Whether the terms' messages can be summed into one array: scalar weights and one common compatibility."""
-    return all(np.ndim(t.weight) == 0 and np.array_equal(t.compat, terms[0].compat) for t in terms)
 
 
 def term_grads(terms, da, dfs, n_labels):

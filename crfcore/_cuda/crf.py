@@ -12,8 +12,8 @@ import numpy as np
 
 from .._engine.iterations import Transform, tiny
 from .._kernels import cuda_meanfield as MK
-from ..terms import (CheckedTerm, as_term, check_features_shape, check_logits_shape_2d, check_term_params,
-                     check_terms_list, matrix, summable)
+from .._validation import check_logits_shape_2d
+from ..params import CheckedTerm, as_term, check_features_shape, check_term_params, check_terms_list, matrix, summable
 from . import device as dev
 from .kernel import CudaFeatureGrad, CudaKernel
 from .meanfield import check_finite, check_logits, device_input

@@ -19,33 +19,25 @@ from typing import NamedTuple
 import numpy as np
 
 from . import warmup
-from .warmup import numpy_lattice
+from ._engine.kernel import Kernel
 from ._runtime import parallel as _parallel
-from ._kernels import meanfield as MK
 from ._validation import (LatticeRangeError, as_float_array, check_backward_device, check_device, check_finite,
-                                 check_logits_shape, check_logits_values, check_spatial_dims, host_array,
-                                 image_shape_with_channels)
+                          check_logits_shape, check_logits_values, check_spatial_dims, host_array,
+                          image_shape_with_channels)
 from .features import bilateral_features, spatial_features
-from ._engine.iterations import Transform, backward_one, forward_one, tiny
-from ._engine.kernel import FeatureGrad, Kernel
-from .params import NORMALIZATIONS, CrfParams, check_params, potts  # noqa: F401  (re-exported)
-
-OUTPUTS = ("probs", "logits")
-
+from .params import NORMALIZATIONS, CheckedTerm, CrfParams, check_params, potts  # noqa: F401  (re-exported)
+from .terms import OUTPUTS, CrfModel, run_backward
+from .warmup import numpy_lattice
 
 class MeanfieldResiduals(NamedTuple):
-    """What the backward needs: the kernels of each image and the iterates of the forward."""
+    """What the backward needs: per image, the residuals of :func:`crfcore.crf_fwd` for its two terms (their
+    kernels, features and the forward's iterates)."""
 
     params: CrfParams
     output: str
     shape: tuple  # the logits' shape
     dtype: np.dtype
-    kernels: list  # per image: (spatial Kernel, bilateral Kernel)
-    q_in: np.ndarray  # (B, T, N, L): Q_{t-1}, the input of each iteration
-    s: np.ndarray  # (B, T, N, L): K_spatial Q_{t-1}
-    b: np.ndarray  # (B, T, N, L): K_bilateral Q_{t-1}
-    q_out: np.ndarray  # (B, N, L): Q_T
-    image: np.ndarray  # (B, N, C): a copy of the guidance image, for the features' gradient
+    images: list  # per image: CrfResiduals of the spatial and the bilateral term (in that order)
     image_shape: tuple  # the image's shape as given
 
 
@@ -115,36 +107,41 @@ def _combined(params):
     return a_s, a_b
 
 
-def build_kernels(image_flat, spatial_shape, params, dtype):
-    """The spatial and bilateral :class:`Kernel` of one image (``image_flat``: ``(N, C)``, any real dtype).
+def image_model(image_flat, spatial_shape, params, dtype):
+    """The :class:`~crfcore.terms.CrfModel` of one image's two terms: the spatial one (features ``p / theta_gamma``,
+    weight ``w_spatial``) and the bilateral one (``(p / theta_alpha, I / theta_beta)``, ``w_bilateral``), both with
+    the compatibility and normalisation of ``params``. ``image_flat``: ``(N, C)``, any real dtype.
 
-    The bilateral one first: its float64 features are freed before the spatial ones are made. Features too large
-    for the lattice are reported by the argument that made them so (a width too small, or the image's values).
+    The bilateral kernel is built first. Features too large for the lattice are reported by the argument that made
+    them so (a width too small, or the image's values).
     """
     try:
-        kb = Kernel(bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta),
-                    params.normalization, dtype)
+        fb = bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta)
+        kb = Kernel(fb, params.normalization, dtype)
     except LatticeRangeError:
         positions = max(spatial_shape) / np.min(params.theta_alpha)
         colours = float(np.max(np.abs(image_flat))) / np.min(params.theta_beta)
         culprit = ("`theta_alpha` is too small for the image size" if positions >= colours else
                    "`theta_beta` is too small for the image's values (or `image` holds huge values)")
         raise LatticeRangeError(f"{culprit}: positions / theta_alpha reach {positions:.3g} and image / theta_beta "
-                         f"{colours:.3g}, too large for the lattice; use larger widths or rescale the image") from None
+                                f"{colours:.3g}, too large for the lattice; use larger widths or rescale the "
+                                f"image") from None
     try:
-        ks = Kernel(spatial_features(spatial_shape, params.theta_gamma), params.normalization, dtype)
+        fs = spatial_features(spatial_shape, params.theta_gamma)
+        ks = Kernel(fs, params.normalization, dtype)
     except LatticeRangeError:
         raise LatticeRangeError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
-                         f"{max(spatial_shape) / np.min(params.theta_gamma):.3g}, too large for the lattice; use a "
-                         f"larger width") from None
-    return ks, kb
+                                f"{max(spatial_shape) / np.min(params.theta_gamma):.3g}, too large for the lattice; "
+                                f"use a larger width") from None
+    terms = [CheckedTerm(fs, params.w_spatial, params.compat, params.normalization),
+             CheckedTerm(fb, params.w_bilateral, params.compat, params.normalization)]
+    return CrfModel.of_checked(terms, fs.shape[0], params.compat.shape[0], dtype, kernels=[ks, kb])
 
 
-def _forward_image(img, u, spatial_shape, params, tr, trace, q, want_z, weights):
-    ks, kb = build_kernels(img, spatial_shape, params, u.dtype)
-    trace = None if trace is None else (trace[0], trace[1:])
-    z, _ = forward_one(u, (ks, kb), tr, params.n_iter, trace, q=q, want_z=want_z, weights=weights)
-    return ks, kb, z
+def _forward_image(img, u, spatial_shape, params, output, keep_residuals, out):
+    """Mean field on one image (on crfcore's compute thread): its model, then :meth:`CrfModel.run_forward`."""
+    model = image_model(img, spatial_shape, params, u.dtype)
+    return model.run_forward(u, params.n_iter, output, keep_residuals, out=out)[1]
 
 
 def _numpy_forward(img3, u3, spatial_shape, params, output, out):
@@ -153,29 +150,6 @@ def _numpy_forward(img3, u3, spatial_shape, params, output, out):
         z, q = numpy_lattice.forward_image(img3[i], u3[i], spatial_shape, params, a_s, a_b)
         out[i] = q if output == "probs" else z
     return out
-
-
-def _backward_image(residuals, i, grad, tr, features):
-    """Backward of image ``i``: ``(dU, dA_s, dA_b, sums_s, sums_b, df_image)``; with ``features``, the sums over
-    pixels of ``df * f`` per feature column of the spatial and the bilateral kernel (float64, for the widths)
-    and ``dl/d(image / theta_beta)`` ``(N, C)``, else None for those three."""
-    if residuals.output == "probs":
-        dz = np.empty_like(grad)
-        MK.softmax_rows_bwd(residuals.q_out[i], grad, dz, tiny(dz.dtype))
-    else:
-        dz = grad.copy()
-    ks, kb = residuals.kernels[i]
-    grads = (FeatureGrad(ks), FeatureGrad(kb)) if features else None
-    du, (da_s, da_b) = backward_one(dz, (ks, kb), tr, residuals.q_in[i], (residuals.s[i], residuals.b[i]), grads)
-    if not features:
-        return du, da_s, da_b, None, None, None
-    p = residuals.params
-    spatial_shape = residuals.shape[-1 - p.spatial_dims:-1]
-    fs = spatial_features(spatial_shape, p.theta_gamma)
-    fb = bilateral_features(residuals.image[i], spatial_shape, p.theta_alpha, p.theta_beta)
-    df_s, df_b = grads[0].result(fs), grads[1].result(fb)
-    sums_s, sums_b = np.einsum("ij,ij->j", df_s, fs), np.einsum("ij,ij->j", df_b, fb)
-    return du, da_s, da_b, sums_s, sums_b, df_b[:, p.spatial_dims:]
 
 
 def _width_grad(column_sums, width):
@@ -210,9 +184,10 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
         Shape and dtype of ``logits`` (float16 and other floats become float32); with ``device="cuda"``, a Numba
         device array when ``logits`` was on the device.
     residuals : MeanfieldResiduals or None
-        Holds the lattices (built once per image, reused by the backward) and, per iteration, ``Q_{t-1}``,
-        ``K_s Q_{t-1}`` and ``K_b Q_{t-1}``: ``3 * L * itemsize`` bytes per pixel per iteration (on the device with
-        ``device="cuda"``, where they are a ``CudaMeanfieldResiduals``).
+        Per image, :func:`crfcore.crf_fwd`'s residuals of its two terms: the lattices (built once, reused by the
+        backward), the terms' float64 features (``(2 * spatial_dims + C) * 8`` bytes per pixel) and, per iteration,
+        ``Q_{t-1}``, ``K_s Q_{t-1}`` and ``K_b Q_{t-1}``: ``3 * L * itemsize`` bytes per pixel per iteration (on the
+        device with ``device="cuda"``, where they are a ``CudaMeanfieldResiduals``).
     """
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
@@ -234,41 +209,21 @@ def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0,
     u3 = u.reshape(-1, n, n_lab)
     img3 = img.reshape(-1, n, img.shape[-1])
     n_batch = u3.shape[0]
-    tr = Transform.of(_combined(params), u.dtype)
     out = np.empty_like(u3)
-    q_out = np.empty_like(u3) if keep_residuals or output != "probs" else out
-    kernels = []
-    if keep_residuals:
-        trace_shape = (n_batch, params.n_iter, n, n_lab)
-        q_in, s, b = (np.empty(trace_shape, dtype=u.dtype) for _ in range(3))
-    # scalar kernel weights: S A_s^T + B A_b^T = (w_s S + w_b B) mu^T, one message array (not for training,
-    # whose gradients need S and B apart)
-    weights = None
-    if not keep_residuals and np.ndim(params.w_spatial) == 0 and np.ndim(params.w_bilateral) == 0:
-        tr = Transform.of((params.compat,), u.dtype)
-        weights = (params.w_spatial, params.w_bilateral)
     if not keep_residuals and warmup.serve_with_numpy(u.dtype, n_lab, spatial_shape, img.shape[-1], n_batch):
         try:  # the kernels are not compiled yet: NumPy computes this call while they are (crfcore.warmup)
             return _numpy_forward(img3, u3, spatial_shape, params, output, out).reshape(u.shape), None
         except OverflowError:  # vertex keys too wide for the NumPy lattice: the compiled one
             pass
+    images = []
     for i in range(n_batch):
-        trace = (q_in[i], s[i], b[i]) if keep_residuals else None
         # one image at a time on crfcore's compute thread, whichever Python thread calls: no oversubscription
-        ks, kb, z = _parallel.run(_forward_image, img3[i], u3[i], spatial_shape, params, tr, trace, q_out[i],
-                                  output != "probs", weights)
-        if output != "probs":
-            out[i] = z
-        elif q_out is not out:
-            out[i] = q_out[i]
-        if keep_residuals:
-            kernels.append((ks, kb))
+        images.append(_parallel.run(_forward_image, img3[i], np.ascontiguousarray(u3[i]), spatial_shape, params,
+                                    output, bool(keep_residuals), out[i]))
     out = out.reshape(u.shape)
     if not keep_residuals:
         return out, None
-    res = MeanfieldResiduals(params, output, u.shape, u.dtype, kernels, q_in, s, b, q_out, np.array(img3),
-                             np.shape(image))
-    return out, res
+    return out, MeanfieldResiduals(params, output, u.shape, u.dtype, images, np.shape(image))
 
 
 def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
@@ -346,31 +301,35 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
         raise ValueError(f"`grad` must have the output's shape {residuals.shape}, got {g.shape}")
     check_finite(g, "grad")
     p = residuals.params
-    n_batch, n_iter, n, n_lab = residuals.q_in.shape
-    run = bool(features) and n_iter > 0  # without iterations the kernels play no part: zeros
-    g3 = g.reshape(n_batch, n, n_lab)
-    tr = Transform.of(_combined(p), residuals.dtype)
+    n_batch = len(residuals.images)
+    n_lab = residuals.shape[-1]
+    g3 = g.reshape(n_batch, -1, n_lab)
     d_logits = np.empty_like(g3)
-    da_s = np.zeros((n_lab, n_lab))
-    da_b = np.zeros((n_lab, n_lab))
     n_sp = p.spatial_dims
-    image = residuals.image
-    sums_s = np.zeros(n_sp)  # sum over pixels of df * f per feature column, over the batch
-    sums_b = np.zeros(n_sp + image.shape[-1])
-    d_image = np.zeros(image.shape, dtype=residuals.dtype) if features else None
-    for i in range(n_batch):
-        du, das, dab, s_s, s_b, df_image = _parallel.run(_backward_image, residuals, i, g3[i], tr, run)
-        d_logits[i] = du
-        da_s += das
-        da_b += dab
-        if run:
-            sums_s += s_s
-            sums_b += s_b
+    d_compat, d_ws, d_wb = np.zeros((n_lab, n_lab)), 0.0, 0.0
+    sums_s = sums_b = d_image = None  # sums over pixels of df * f per feature column, over the batch
+    for i, res in enumerate(residuals.images):
+        grads = _parallel.run(run_backward, res, np.ascontiguousarray(g3[i]), bool(features))
+        d_logits[i] = grads.logits
+        ts, tb = grads.terms
+        d_compat += ts.compat + tb.compat
+        d_ws, d_wb = d_ws + ts.weight, d_wb + tb.weight
+        if features:
+            fs, fb = (term.features for term in res.model.terms)
+            if d_image is None:
+                sums_s, sums_b = np.zeros(fs.shape[1]), np.zeros(fb.shape[1])
+                d_image = np.empty((n_batch, fb.shape[0], fb.shape[1] - n_sp), dtype=residuals.dtype)
+            sums_s += np.einsum("ij,ij->j", ts.features, fs)
+            sums_b += np.einsum("ij,ij->j", tb.features, fb)
             # bilateral features are (positions / theta_alpha, image / theta_beta)
-            d_image[i] = df_image / np.asarray(p.theta_beta)
-    if features:
-        d_image = d_image.reshape(residuals.image_shape)
-    return _param_grads(p, d_logits.reshape(residuals.shape), da_s, da_b, sums_s, sums_b, d_image, features)
+            d_image[i] = tb.features[:, n_sp:] / np.asarray(p.theta_beta)
+    widths = {}
+    if features:  # spatial columns run last axis first: reversed into axis order
+        widths = dict(theta_alpha=_width_grad(sums_b[:n_sp][::-1], p.theta_alpha),
+                      theta_beta=_width_grad(sums_b[n_sp:], p.theta_beta),
+                      theta_gamma=_width_grad(sums_s[::-1], p.theta_gamma),
+                      image=d_image.reshape(residuals.image_shape))
+    return MeanfieldGrads(d_logits.reshape(residuals.shape), d_compat, d_ws, d_wb, **widths)
 
 
 def _cuda_backward(residuals, grad, features):

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ._runtime import parallel as _parallel
-from ._engine.iterations import Transform, backward_one, filter_all, forward_one, step_one
+from ._engine.iterations import Transform, backward_one, filter_all, forward_one, step_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
+from ._kernels import meanfield as MK
 from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_shape_2d,
                           check_logits_values)
 from .params import (CheckedTerm, PairwiseTerm, as_term, check_features_shape, check_term_params,  # noqa: F401
@@ -94,12 +95,24 @@ class CrfModel:
 
     def __init__(self, terms, n_points, n_labels, dtype=np.float32):
         terms = check_terms_list(terms)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"`dtype` must be float32 or float64, got {self.dtype}")
-        self.terms = [_check_term(t, i, n_points, n_labels) for i, t in enumerate(terms)]
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"`dtype` must be float32 or float64, got {dtype}")
+        self._setup([_check_term(t, i, n_points, n_labels) for i, t in enumerate(terms)], n_points, n_labels, dtype)
+
+    @classmethod
+    def of_checked(cls, terms, n_points, n_labels, dtype, kernels=None):
+        """The model of terms already checked (:class:`~crfcore.params.CheckedTerm`, features ``(N, d)`` float64)
+        in the compute ``dtype``, with their kernels when the caller built them (else built here)."""
+        model = cls.__new__(cls)
+        model._setup(list(terms), n_points, n_labels, np.dtype(dtype), kernels)
+        return model
+
+    def _setup(self, terms, n_points, n_labels, dtype, kernels=None):
+        self.dtype = dtype
+        self.terms = terms
         self.num_points, self.num_labels = int(n_points), int(n_labels)
-        self.kernels = _parallel.run(self._build)
+        self.kernels = list(kernels) if kernels is not None else _parallel.run(self._build)
         self.transform = Transform.of([matrix(t) for t in self.terms], self.dtype)
         self._fused = (Transform.of((self.terms[0].compat,), self.dtype), [t.weight for t in self.terms]) \
             if summable(self.terms) else None
@@ -118,18 +131,28 @@ class CrfModel:
         """Mean field from ``softmax(logits)``: ``(out, residuals)``, ``out`` ``Q_T`` or ``Z_T`` (``output``)."""
         n_iter = check_run(n_iter, output)
         u = self._logits(logits)
+        return _parallel.run(self.run_forward, u, n_iter, output, bool(keep_residuals))
+
+    def run_forward(self, u, n_iter, output, keep_residuals, out=None):
+        """:meth:`forward` of checked arguments (``u`` C-contiguous ``(N, L)`` in the compute dtype), in the calling
+        thread (crfcore's compute thread); the output goes to ``out`` when given. Without residuals, terms that
+        :func:`~crfcore.params.summable` allows add their messages into one array."""
         trace = None
         if keep_residuals:
             shape = (n_iter, self.num_points, self.num_labels)
             trace = (np.empty(shape, self.dtype), tuple(np.empty(shape, self.dtype) for _ in self.kernels))
         tr, weights = (self.transform, None) if keep_residuals or self._fused is None else self._fused
-        z, q = _parallel.run(forward_one, u, self.kernels, tr, n_iter, trace, None, output == "logits", weights)
-        out = z if output == "logits" else q
-        if out is u:
-            out = u.copy()
-        if not keep_residuals:
-            return out, None
-        return out, CrfResiduals(self, output, trace[0], trace[1], q)
+        probs = output == "probs"
+        z, q = forward_one(u, self.kernels, tr, n_iter, trace, out if probs and not keep_residuals else None,
+                           not probs, weights)
+        result = q if probs else z
+        if out is not None:
+            if result is not out:
+                out[...] = result
+            result = out
+        elif result is u or keep_residuals and probs:  # u stays the caller's, Q_T the residuals'
+            result = result.copy()
+        return result, (CrfResiduals(self, output, trace[0], trace[1], q) if keep_residuals else None)
 
     def messages(self, q):
         """``[K_k Q]`` for a given ``Q`` ``(N, L)`` (one mean-field step's messages, e.g. for densecrf's
@@ -246,13 +269,11 @@ def crf_bwd(residuals, grad, *, features=True, device=None):
     if g.shape != (model.num_points, model.num_labels):
         raise ValueError(f"`grad` must have the output's shape {(model.num_points, model.num_labels)}, got {g.shape}")
     check_finite(g, "grad")
-    return _parallel.run(_crf_bwd, residuals, g, bool(features))
+    return _parallel.run(run_backward, residuals, g, bool(features))
 
 
-def _crf_bwd(res, g, features):
-    from ._kernels import meanfield as MK
-    from ._engine.iterations import tiny
-
+def run_backward(res, g, features):
+    """:func:`crf_bwd` of checked arguments (``g`` ``(N, L)`` in the compute dtype), in the calling thread."""
     model = res.model
     if res.output == "probs":
         dz = np.empty_like(g)

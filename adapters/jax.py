@@ -28,8 +28,8 @@ except ImportError as exc:  # the framework is an extra: say which
     raise ImportError(f"{__name__} needs JAX: pip install 'crfcore[jax]' ({exc})") from exc
 
 from crfcore import meanfield_bwd, meanfield_fwd
-from crfcore._shared import check_layout, check_logits_values, cuda_backend, cuda_unavailable
-from crfcore.params import NORMALIZATIONS
+from crfcore._shared import check_finite, check_layout, check_logits_values, cuda_backend, cuda_unavailable
+from crfcore.params import DEFAULTS, check_n_iter, check_normalization, kernel_width
 
 from . import _xla_ffi
 from ._residuals import ResidualStore
@@ -198,8 +198,10 @@ def _refine_bwd(static, res, g):
 _refine.defvjp(_refine_fwd, _refine_bwd, symbolic_zeros=True)
 
 
-def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
-               w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
+def crf_refine(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAULTS["theta_alpha"],
+               theta_beta=DEFAULTS["theta_beta"], theta_gamma=DEFAULTS["theta_gamma"],
+               w_bilateral=DEFAULTS["w_bilateral"], w_spatial=DEFAULTS["w_spatial"], compat=DEFAULTS["compat"],
+               normalization=DEFAULTS["normalization"], spatial_dims=DEFAULTS["spatial_dims"]):
     """Refined logits ``Z_T`` of the dense CRF (what ``crfcore.meanfield_fwd(..., output="logits")`` returns).
 
     Keywords, their order and defaults are :func:`crfcore.meanfield`'s; channels last like the core:
@@ -235,10 +237,8 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
     if image.shape[:-1] != logits.shape[:-1]:
         raise ValueError(f"`image` has shape {image.shape} but `logits` has shape {logits.shape}; all axes but the "
                          f"last must match (channels last: (..., *spatial, L) and (..., *spatial, C))")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
+    check_normalization(normalization)
+    n_iter = check_n_iter(n_iter)
     n_lab = logits.shape[-1]
     dt = logits.dtype
     mu = 1.0 - jnp.eye(n_lab, dtype=dt) if compat is None else jnp.asarray(compat, dt)
@@ -264,10 +264,10 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
             arr = np.asarray(value)
             if name == "logits":  # -inf: an impossible label, as in the core
                 check_logits_values(arr, name)
-            elif not np.isfinite(arr).all():
-                raise ValueError(f"`{name}` contains NaN or infinite values")
-            if name.startswith("theta") and not (arr > 0).all():
-                raise ValueError(f"`{name}` must be a positive finite number (or one per axis or channel), got {arr}")
+            elif name == "image":
+                check_finite(arr, name)
+            else:  # a width: the core's check (positive, finite, one value or one per axis or channel)
+                kernel_width(arr, name, sizes[name], "image channel" if name == "theta_beta" else "spatial axis")
     if logits.size == 0:  # an empty batch: an empty result (the core refuses empty arrays)
         return jnp.zeros(logits.shape, given)
     static = (int(n_iter), normalization, int(spatial_dims))

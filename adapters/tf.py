@@ -24,7 +24,7 @@ import numpy as np
 
 from crfcore import meanfield_bwd, meanfield_fwd
 from crfcore._shared import deprecated, positive_scalar
-from crfcore.params import NORMALIZATIONS
+from crfcore.params import DEFAULTS, check_n_iter, check_normalization
 
 from . import tf_lattice
 from ._residuals import ResidualStore
@@ -102,8 +102,10 @@ def _old_positional_form(fn):
 
 
 @_old_positional_form
-def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
-               w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2, features_grad=None,
+def crf_refine(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAULTS["theta_alpha"],
+               theta_beta=DEFAULTS["theta_beta"], theta_gamma=DEFAULTS["theta_gamma"],
+               w_bilateral=DEFAULTS["w_bilateral"], w_spatial=DEFAULTS["w_spatial"], compat=DEFAULTS["compat"],
+               normalization=DEFAULTS["normalization"], spatial_dims=DEFAULTS["spatial_dims"], features_grad=None,
                keep_residuals=True):
     """Refined logits ``Z_T`` of a batch (``crfcore.meanfield_fwd(..., output="logits")`` as a TensorFlow op),
     differentiable with crfcore's exact backward.
@@ -143,8 +145,7 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
     if logits.shape.rank is None or logits.shape.rank < spatial_dims + 1 or logits.shape[-1] is None:
         raise ValueError(f"`logits` must have shape (..., *spatial, L) with {spatial_dims} spatial axes and a known L, "
                          f"got {logits.shape}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    check_normalization(normalization)
     n_lab = int(logits.shape[-1])
     dt = logits.dtype
     image = tf.cast(tf.convert_to_tensor(image), dt)
@@ -171,7 +172,7 @@ def _meanfield_op(logits, image, spatial_ker_weights, bilateral_ker_weights, com
             "CrfRnnLayer(backend='numba') runs Python through tf.numpy_function, which XLA "
             "(tf.function(jit_compile=True)) cannot compile; call it without jit_compile"
         )
-    params = dict(n_iter=int(n_iter), normalization=normalization, spatial_dims=int(spatial_dims))
+    params = dict(n_iter=check_n_iter(n_iter), normalization=normalization, spatial_dims=int(spatial_dims))
     features = bool(features_grad)
     widths = [tf.cast(t, logits.dtype) for t in (theta_alpha, theta_beta, theta_gamma)]
     n_grads = 8 if features else 4
@@ -340,8 +341,7 @@ class CrfRnnLayer(keras.layers.Layer):
             raise ValueError(f"`num_classes` must be an integer >= 2 or None, got {num_classes!r}")
         if isinstance(num_iterations, bool) or not isinstance(num_iterations, (int, np.integer)) or num_iterations < 0:
             raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations!r}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+        check_normalization(normalization)
         self.image_dims = image_dims
         self.num_classes = None if num_classes is None else int(num_classes)
         self.theta_alpha = positive_scalar(theta_alpha, "theta_alpha")

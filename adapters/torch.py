@@ -24,7 +24,7 @@ except ImportError as exc:  # the framework is an extra: say which
 from crfcore import meanfield_bwd, meanfield_fwd
 from crfcore._shared import (check_layout, cuda_backend, cuda_unavailable, deprecated,
                              run_on_compute_thread, transpose_scaled)
-from crfcore.params import NORMALIZATIONS, kernel_width
+from crfcore.params import DEFAULTS, check_n_iter, check_normalization, kernel_width
 from ._residuals import ResidualStore
 
 __all__ = ["crf_refine", "CrfRnn", "DenseCRFParams"]
@@ -292,8 +292,10 @@ def _as_tensor(x, like, name, dtype=None):
     return t.to(device=like.device, dtype=dtype or like.dtype)
 
 
-def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
-               w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2):
+def crf_refine(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAULTS["theta_alpha"],
+               theta_beta=DEFAULTS["theta_beta"], theta_gamma=DEFAULTS["theta_gamma"],
+               w_bilateral=DEFAULTS["w_bilateral"], w_spatial=DEFAULTS["w_spatial"], compat=DEFAULTS["compat"],
+               normalization=DEFAULTS["normalization"], spatial_dims=DEFAULTS["spatial_dims"]):
     """Refined logits of a batch: the dense CRF's unrolled mean field, differentiable (exactly) w.r.t. everything.
 
     Keywords, their order and defaults are :func:`crfcore.meanfield`'s; the layout is PyTorch's, channels first.
@@ -322,10 +324,8 @@ def crf_refine(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, th
         returns, channels first).
     """
     image, spatial_dims = _check_inputs(logits, image, spatial_dims)
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
+    check_normalization(normalization)
+    n_iter = check_n_iter(n_iter)
     n_lab = logits.shape[1]
     eye = torch.eye(n_lab, dtype=logits.dtype, device=logits.device)
     mats = []
@@ -400,8 +400,7 @@ class CrfRnn(nn.Module):
             raise ValueError(f"`num_labels` must be an int >= 2, got {num_labels!r}")
         if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
             raise ValueError(f"`num_iterations` must be an int >= 0, got {num_iterations!r}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+        check_normalization(normalization)
         p = crf_init_params if crf_init_params is not None else DenseCRFParams()
 
         def pick(value, field):

@@ -16,14 +16,13 @@ import numpy as np
 
 from ._validation import check_finite
 from .inference import meanfield_bwd, meanfield_fwd
-from .params import check_params
+from .params import DEFAULTS, check_params
 
 LEARNABLE = ("widths", "weights", "compat")
 LOSSES = ("cross_entropy", "dice")
 WIDTHS = ("theta_alpha", "theta_beta", "theta_gamma")
-#: meanfield's defaults, the starting point where ``init`` says nothing.
-DEFAULTS = dict(theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0, w_spatial=3.0, compat=None,
-                normalization="symmetric")
+#: meanfield's defaults (:data:`crfcore.params.DEFAULTS`), the starting point where ``init`` says nothing.
+START = {k: v for k, v in DEFAULTS.items() if k not in ("n_iter", "spatial_dims")}
 #: Widths stay within this factor of their starting value (the lattice refuses features that are too large).
 WIDTH_RANGE = 50.0
 
@@ -260,7 +259,7 @@ def fit(logits, images, labels, *, n_iter=None, init=None, learn=LEARNABLE, loss
         raise ValueError(f"`n_iter`={n_iter!r} but `init` has n_iter={init['n_iter']!r}: give it once (or the same "
                          f"in both)")
     n_iter = init.pop("n_iter", 5 if n_iter is None else n_iter)
-    start = dict(DEFAULTS, **init)
+    start = dict(START, **init)
     n_channels = np.shape(data[0][1])[-1] if np.ndim(data[0][1]) == spatial_dims + 1 else 1
     try:
         checked = check_params(n_lab, n_iter=n_iter, spatial_dims=spatial_dims, n_channels=n_channels, **start)

@@ -25,7 +25,7 @@ from ._validation import (LatticeRangeError, as_float_array, check_backward_devi
                           check_logits_shape, check_logits_values, check_spatial_dims, host_array,
                           image_shape_with_channels)
 from .features import bilateral_features, spatial_features
-from .params import NORMALIZATIONS, CheckedTerm, CrfParams, check_params, potts  # noqa: F401  (re-exported)
+from .params import DEFAULTS, NORMALIZATIONS, CheckedTerm, CrfParams, check_params, potts  # noqa: F401
 from .terms import OUTPUTS, CrfModel, run_backward
 from .warmup import numpy_lattice
 
@@ -163,8 +163,10 @@ def _width_grad(column_sums, width):
     return -column_sums / width
 
 
-def meanfield_fwd(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0,
-                  w_bilateral=10.0, w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2,
+def meanfield_fwd(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAULTS["theta_alpha"],
+                  theta_beta=DEFAULTS["theta_beta"], theta_gamma=DEFAULTS["theta_gamma"],
+                  w_bilateral=DEFAULTS["w_bilateral"], w_spatial=DEFAULTS["w_spatial"], compat=DEFAULTS["compat"],
+                  normalization=DEFAULTS["normalization"], spatial_dims=DEFAULTS["spatial_dims"],
                   output="probs", keep_residuals=True, device="cpu"):
     """Mean-field forward pass returning the output and the residuals for :func:`meanfield_bwd`.
 
@@ -368,8 +370,10 @@ def _param_grads(p, d_logits, da_s, da_b, sums_s, sums_b, d_image, features):
     return MeanfieldGrads(d_logits, d_compat, d_ws, d_wb, **widths)
 
 
-def meanfield(logits, image, *, n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
-              w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2, device="cpu"):
+def meanfield(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAULTS["theta_alpha"],
+              theta_beta=DEFAULTS["theta_beta"], theta_gamma=DEFAULTS["theta_gamma"],
+              w_bilateral=DEFAULTS["w_bilateral"], w_spatial=DEFAULTS["w_spatial"], compat=DEFAULTS["compat"],
+              normalization=DEFAULTS["normalization"], spatial_dims=DEFAULTS["spatial_dims"], device="cpu"):
     """Dense-CRF mean-field inference (Krähenbühl & Koltun 2011): refine per-pixel class scores.
 
     Parameters

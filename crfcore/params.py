@@ -1,6 +1,7 @@
 """The parameters of a dense CRF, validated in one place (Krähenbühl & Koltun 2011, eq. 3)."""
 
 import numbers
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -8,6 +9,12 @@ import numpy as np
 from ._validation import check_finite, check_nonempty_shape, positive_scalar
 
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
+
+#: The defaults of :func:`crfcore.meanfield` (densecrf's usual kernels, Krähenbühl & Koltun 2011), the one place they
+#: are written: ``meanfield``, ``meanfield_fwd``, each adapter's ``crf_refine``, ``crfcore refine`` and
+#: ``crfcore.fit`` take theirs from here. ``compat`` None is Potts ``1 - I``.
+DEFAULTS = MappingProxyType(dict(n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0,
+                                 w_spatial=3.0, compat=None, normalization="symmetric", spatial_dims=2))
 
 
 class CrfParams(NamedTuple):
@@ -97,6 +104,22 @@ def compat_matrix(compat, n_labels, name="compat"):
     return arr
 
 
+def check_n_iter(n_iter):
+    """The number of mean-field iterations: an int >= 0 (TypeError for another type, ValueError below 0)."""
+    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (numbers.Integral, np.integer)):
+        raise TypeError(f"`n_iter` must be an int >= 0, got {type(n_iter).__name__}")
+    if n_iter < 0:
+        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter}")
+    return int(n_iter)
+
+
+def check_normalization(normalization, name="normalization"):
+    """A kernel normalisation: one of :data:`NORMALIZATIONS`."""
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(f"`{name}` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    return normalization
+
+
 def potts(n_labels):
     """The Potts compatibility ``mu(l, l') = [l != l']`` as an ``(L, L)`` matrix."""
     return 1.0 - np.eye(n_labels)
@@ -106,19 +129,15 @@ def check_params(n_labels, *, n_iter, theta_alpha, theta_beta, theta_gamma, w_sp
                  normalization, spatial_dims=2, n_channels=None):
     """Validate the CRF parameters for ``n_labels`` labels (and an image of ``n_channels`` channels, which a
     per-channel ``theta_beta`` must match); return a :class:`CrfParams`."""
-    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (numbers.Integral, np.integer)):
-        raise TypeError(f"`n_iter` must be an int, got {type(n_iter).__name__}")
-    if n_iter < 0:
-        raise ValueError(f"`n_iter` must be >= 0, got {n_iter}")
-    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
+    n_iter = check_n_iter(n_iter)
+    check_normalization(normalization)
     if compat is None:
         compat = potts(n_labels)
     else:
         compat = compat_matrix(compat, n_labels)
     n_channels = np.size(theta_beta) if n_channels is None else n_channels
     return CrfParams(
-        n_iter=int(n_iter),
+        n_iter=n_iter,
         theta_alpha=kernel_width(theta_alpha, "theta_alpha", spatial_dims, "spatial axis"),
         theta_beta=kernel_width(theta_beta, "theta_beta", n_channels, "image channel"),
         theta_gamma=kernel_width(theta_gamma, "theta_gamma", spatial_dims, "spatial axis"),
@@ -170,8 +189,7 @@ def check_term_params(term, i, n_labels):
     checked."""
     w = weight(term.weight, f"terms[{i}].weight", n_labels)
     compat = potts(n_labels) if term.compat is None else compat_matrix(term.compat, n_labels, f"terms[{i}].compat")
-    if term.normalization not in NORMALIZATIONS:
-        raise ValueError(f"`terms[{i}].normalization` must be one of {NORMALIZATIONS}, got {term.normalization!r}")
+    check_normalization(term.normalization, f"terms[{i}].normalization")
     return w, compat
 
 

@@ -19,8 +19,8 @@ from ._engine.kernel import FeatureGrad, Kernel
 from ._kernels import meanfield as MK
 from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_shape_2d,
                           check_logits_values)
-from .params import (CheckedTerm, PairwiseTerm, as_term, check_features_shape, check_term_params,  # noqa: F401
-                     check_terms_list, matrix, summable)  # PairwiseTerm: crfcore.terms.PairwiseTerm, as documented
+from .params import (CheckedTerm, PairwiseTerm, as_term, check_features_shape, check_n_iter,  # noqa: F401
+                     check_term_params, check_terms_list, matrix, summable)  # PairwiseTerm: crfcore.terms.PairwiseTerm, as documented
 
 OUTPUTS = ("probs", "logits")
 
@@ -65,9 +65,7 @@ def check_run(n_iter, output):
     """``n_iter`` (an int >= 0) and ``output`` (one of :data:`OUTPUTS`) of a forward; returns ``int(n_iter)``."""
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}")
-    if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
-        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter!r}")
-    return int(n_iter)
+    return check_n_iter(n_iter)
 
 
 def term_grads(terms, da, dfs, n_labels):

@@ -44,7 +44,7 @@ def with_nan(a, value=np.nan):
         (LOGITS, IMAGE, {"theta_beta": [13.0, 13.0]}, ValueError, r"one value per image channel \(3\)"),
         (LOGITS, IMAGE, {"theta_gamma": [3.0, 0.0]}, ValueError, r"`theta_gamma` must be positive and finite"),
         (LOGITS, IMAGE, {"theta_gamma": [3.0, "a"]}, TypeError, r"`theta_gamma` must be a positive real number or"),
-        (LOGITS, IMAGE, {"n_iter": -1}, ValueError, "`n_iter` must be >= 0"),
+        (LOGITS, IMAGE, {"n_iter": -1}, ValueError, "`n_iter` must be an int >= 0, got -1"),
         (LOGITS, IMAGE, {"n_iter": 2.5}, TypeError, "`n_iter` must be an int"),
         (LOGITS, IMAGE, {"n_iter": True}, TypeError, "`n_iter` must be an int"),
         (LOGITS, IMAGE, {"compat": np.ones((2, 2))}, ValueError,

@@ -26,7 +26,7 @@ from .._kernels import meanfield as MK
 from .._kernels import stepwise as SK
 from .._runtime import parallel as _parallel
 from .._engine.iterations import softmax
-from .._validation import check_logits_values
+from .._validation import check_finite, check_logits_values
 from ..terms import CrfModel, PairwiseTerm
 from .errors import ArgumentTypeError, LengthError
 
@@ -70,9 +70,8 @@ def _float_matrix(x, name, shape, what, energies=False):
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if energies:
         check_logits_values(arr, name, labels_axis=0, sign=-1.0)
-    elif not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s) (in float32); clean or clip it")
+    else:
+        check_finite(arr, name)
     return arr
 
 

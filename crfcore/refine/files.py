@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..params import check_params
+from ..params import DEFAULTS, check_params
 from . import imageio, tiling
 from .job import Job, outputs, refine_one
 from .manifest import Manifest
@@ -34,8 +34,7 @@ SCORE_KINDS = ("probs", "logits")
 #: The file a run holds locked (``fcntl.flock``) in its output folder while it writes there.
 LOCK = ".crfcore-refine.lock"
 #: meanfield's defaults: every one is a flag of ``crfcore refine``.
-CRF_DEFAULTS = dict(n_iter=5, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0, w_spatial=3.0,
-                    normalization="symmetric")
+CRF_DEFAULTS = {k: v for k, v in DEFAULTS.items() if k not in ("compat", "spatial_dims")}
 
 
 class Summary(NamedTuple):

@@ -45,7 +45,7 @@ print(*out)
 
 _KERNELS = """import json, sys
 from crfcore import warmup
-from crfcore.warmup import compile_workers
+from crfcore._shared import compile_workers
 todo = warmup.missing("inference/float32/2")
 w = compile_workers.Workers(todo, n_workers=int(sys.argv[1]), report=True)
 w.wait()
@@ -77,7 +77,7 @@ def measure():
     """All of the module's figures (see its doc); a measurement that failed is None."""
     import time
 
-    from crfcore.warmup import compile_workers
+    from crfcore._shared import compile_workers
 
     out = dict(cores=compile_workers.usable_cores(), pattern_s=None, served_by_numpy=None, kernels=None,
                workers=None, workers_s=None, in_process_s=None, training_s=None, warm_s=None, warm_runs_s=None,

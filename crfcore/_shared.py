@@ -9,9 +9,10 @@ from ._compat import deprecated
 from ._runtime import threads
 from ._argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from ._runtime.parallel import run as run_on_compute_thread
-from ._validation import check_layout, check_logits_values, positive_scalar
+from ._validation import check_finite, check_layout, check_logits_values, positive_scalar
 from ._kernels import lattice as lattice_kernels
 from ._kernels.meanfield import transpose_scaled
+from .warmup import compile_workers
 
 
 
@@ -39,6 +40,6 @@ def cuda_unavailable():
     return _cuda_error
 
 
-__all__ = ["cuda_backend", "cuda_unavailable", "check_layout", "check_logits_values", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
+__all__ = ["compile_workers", "cuda_backend", "cuda_unavailable", "check_finite", "check_layout", "check_logits_values", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
            "threads", "deprecated", "positive_int", "non_negative_int", "positive_float",
            "non_negative_float"]

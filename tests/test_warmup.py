@@ -307,17 +307,17 @@ def test_warmup_command_compiles_everything_a_call_needs(tmp_path):
 
 def test_signature_table_is_current(tmp_path):
     """The table of kernel argument types (crfcore/warmup/signature_table.py) is what the kernels are called
-    with today: regenerate it with ``python -m crfcore.warmup`` when this fails."""
+    with today: regenerate it with ``python tools/record_signatures.py`` when this fails."""
     from crfcore.warmup import signature_table
 
-    code = "import json; from crfcore.warmup import signatures; print(json.dumps(signatures.record()))"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=590)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "record_signatures.py"), "--json"], env=env,
+                          capture_output=True, text=True, timeout=590)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = {k: {n: [tuple(s) for s in sigs] for n, sigs in v.items()}
                 for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
     assert recorded == signature_table.TABLE, \
-        "the kernels' argument types changed: run `python -m crfcore.warmup` and commit the table"
+        "the kernels' argument types changed: run `python tools/record_signatures.py` and commit the table"
 
 
 def test_numba_internals_the_cache_check_reads_are_there(tmp_path):

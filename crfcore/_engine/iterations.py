@@ -19,7 +19,6 @@ import numpy as np
 from .._kernels import meanfield as MK
 from .._runtime import parallel as _parallel
 from .kernel import share_workspace
-from ..params import potts
 
 
 class Transform(NamedTuple):
@@ -32,7 +31,7 @@ class Transform(NamedTuple):
 
     @classmethod
     def of(cls, mats, dtype):
-        off = potts(mats[0].shape[0])
+        off = 1.0 - np.eye(mats[0].shape[0])  # Potts: c_k (J - I)
         coefs = [m[0, 1] for m in mats]
         is_potts = all(bool(np.array_equal(m, c * off)) for m, c in zip(mats, coefs))
         return cls(tuple(np.ascontiguousarray(m, dtype=dtype) for m in mats), is_potts,

@@ -251,7 +251,7 @@ class Lattice:
         """Unchecked: accumulate into ``grad_w`` ``(N, d + 1)`` float64 the derivative w.r.t. the barycentric
         weights of ``l = scale * <g, diag(post) K diag(pre) x>`` (``K^T`` with ``transpose``).
 
-        Two passes (``shared/notes/lattice-feature-gradient.md``): through the slice, the blurred splat of
+        Two passes (docs/design/feature-gradient.md): through the slice, the blurred splat of
         ``pre x`` against ``g``; through the splat, the reversed blur of the splat of ``post g`` against ``x``.
         """
         dtype = x.dtype

@@ -602,7 +602,7 @@ def slice_grad(local, offsets, starts, chunk, other, post, scale, out):
 
     With ``local`` the blurred splat of ``x`` and ``other`` the upstream gradient, this is ``dl/dW`` through the
     slice; with ``local`` the blurred (reversed) splat of the gradient and ``other = x``, through the splat
-    (``shared/notes/lattice-feature-gradient.md``).
+    (docs/design/feature-gradient.md).
     """
     n, n_ch = other.shape
     d1 = offsets.shape[0] // n

@@ -1,12 +1,11 @@
 """Numba's threading layer for crfcore: Intel TBB where its wheel is installed, else Numba's own choice.
 
-Measured on the project's 2-core machine (224x224 RGB, L=2, 5 iterations, images/s; ``benchmarks/processes.py``
-and the README's "Processes" section): with Numba's default layer there (GNU OpenMP) one process alone ran at
-14.6 (median of 8 runs; the machine is noisy), two processes at once at 1.0 + 1.0 to 5.7 + 5.1 (idle OpenMP
-threads spin on the cores the other process needs), and a process forked after crfcore had run was killed
-("fork() called from a process already using GNU OpenMP, this is unsafe"). With TBB: 14.4 alone, 8.6 + 9.3 and
-7.0 + 8.2 for two processes (their total at least one process's), and forked children work. Numba's
-``workqueue`` layer is fork-safe too but ran at 11.0 alone (25 % slower: it sleeps between kernel launches).
+Why TBB (measured with ``benchmarks/processes.py``; the figures are in docs/concurrency.md): with Numba's default
+layer on Linux, GNU OpenMP, idle threads spin on the cores that another process needs, so two crfcore processes at
+once ran far slower than one, and a process forked after crfcore had run was killed ("fork() called from a process
+already using GNU OpenMP, this is unsafe"). TBB kept one process's speed, gave two processes together at least one
+process's throughput, and forked children work. Numba's ``workqueue`` layer is fork-safe too but about a quarter
+slower (it sleeps between kernel launches).
 
 Numba's default search order already puts TBB first; it only fails to find it because the pip wheel puts
 ``libtbb`` in the environment's ``lib/``, outside the loader's search path ("No threading layer could be loaded"

@@ -1,8 +1,8 @@
 """Compiling kernels into Numba's cache in worker processes, several at once.
 
 Numba compiles one function at a time in a process (a global compiler lock), and a kernel's compile is one
-core's work; crfcore's inference kernels take about 15 s of it on the project's 2-core machine (one core's time,
-measured per kernel in :data:`HINTS`). Workers, one per usable core (at most :data:`MAX_WORKERS`), each compile a
+core's work; crfcore's inference kernels take 12-15 s of one core's time (measured per kernel in :data:`HINTS`;
+see docs/first-call.md). Workers, one per usable core (at most :data:`MAX_WORKERS`), each compile a
 share of the kernels, largest first and balanced by those measurements, from the argument types of
 :mod:`crfcore.warmup.signatures`: no kernel waits for another's results. Each compiled kernel lands in the cache
 at once, so the work done survives a worker that is stopped.
@@ -20,7 +20,7 @@ import threading
 import time
 
 #: One core's seconds to compile each kernel from an empty cache (all argument types of one profile; measured
-#: with ``benchmarks/compile_kernels.py`` on the project's 2-core machine): only for balancing the workers and
+#: with ``benchmarks/first_call.py``'s per-kernel times): only for balancing the workers and
 #: the estimate of the time left, never for correctness. Kernels not listed count :data:`DEFAULT_HINT`.
 HINTS = {
     "lattice.embed_chunk": 3.1, "lattice.slice_": 1.7, "lattice.blur_neighbours": 1.6,

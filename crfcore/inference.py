@@ -26,7 +26,7 @@ from ._validation import (LatticeRangeError, as_float_array, check_backward_devi
                           image_shape_with_channels)
 from .features import bilateral_features, spatial_features
 from .params import DEFAULTS, NORMALIZATIONS, CheckedTerm, CrfParams, check_params, potts  # noqa: F401
-from .terms import OUTPUTS, CrfModel, run_backward
+from .terms import OUTPUTS, CrfModel, run_backward, term_grads
 from .warmup import numpy_lattice
 
 class MeanfieldResiduals(NamedTuple):
@@ -325,13 +325,8 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
             sums_b += np.einsum("ij,ij->j", tb.features, fb)
             # bilateral features are (positions / theta_alpha, image / theta_beta)
             d_image[i] = tb.features[:, n_sp:] / np.asarray(p.theta_beta)
-    widths = {}
-    if features:  # spatial columns run last axis first: reversed into axis order
-        widths = dict(theta_alpha=_width_grad(sums_b[:n_sp][::-1], p.theta_alpha),
-                      theta_beta=_width_grad(sums_b[n_sp:], p.theta_beta),
-                      theta_gamma=_width_grad(sums_s[::-1], p.theta_gamma),
-                      image=d_image.reshape(residuals.image_shape))
-    return MeanfieldGrads(d_logits.reshape(residuals.shape), d_compat, d_ws, d_wb, **widths)
+    d_image = d_image.reshape(residuals.image_shape) if features else None
+    return _grads(p, d_logits.reshape(residuals.shape), (d_ws, d_wb), d_compat, sums_s, sums_b, d_image)
 
 
 def _cuda_backward(residuals, grad, features):
@@ -339,35 +334,32 @@ def _cuda_backward(residuals, grad, features):
     from ._cuda import device as cuda_device
     from ._cuda import meanfield as cuda_meanfield
 
-    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features,
-                                                                          _combined(residuals.params))
+    p = residuals.params
+    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features, _combined(p))
     if features:
         d_image = d_image.reshape(*residuals.image_shape)
     if not residuals.on_device:
         d_logits = cuda_device.to_host(d_logits)
         d_image = cuda_device.to_host(d_image) if features else None
-    return _param_grads(residuals.params, d_logits, da_s, da_b, sums_s, sums_b, d_image, features)
+    # the terms' weight and compatibility gradients from dA_k, A_k = mu W_k, as crf_bwd gives them
+    terms = [CheckedTerm(None, w, p.compat, p.normalization) for w in (p.w_spatial, p.w_bilateral)]
+    ts, tb = term_grads(terms, (da_s, da_b), (None, None), da_s.shape[0])
+    if not features:
+        sums_s = sums_b = None
+    return _grads(p, d_logits, (ts.weight, tb.weight), ts.compat + tb.compat, sums_s, sums_b, d_image)
 
 
-def _param_grads(p, d_logits, da_s, da_b, sums_s, sums_b, d_image, features):
-    """:class:`MeanfieldGrads` from the gradients w.r.t. ``A = mu W`` and the features' column sums."""
-    n_sp = p.spatial_dims
-    n_lab = da_s.shape[0]
-    # A_s = mu W_s, A_b = mu W_b
-    ws = p.w_spatial if np.ndim(p.w_spatial) else p.w_spatial * np.eye(n_lab)
-    wb = p.w_bilateral if np.ndim(p.w_bilateral) else p.w_bilateral * np.eye(n_lab)
-    d_compat = da_s @ ws.T + da_b @ wb.T
-    d_ws = p.compat.T @ da_s
-    d_wb = p.compat.T @ da_b
-    d_ws = float(np.trace(d_ws)) if np.ndim(p.w_spatial) == 0 else d_ws
-    d_wb = float(np.trace(d_wb)) if np.ndim(p.w_bilateral) == 0 else d_wb
+def _grads(p, d_logits, d_weights, d_compat, sums_s, sums_b, d_image):
+    """:class:`MeanfieldGrads` from the two terms' gradients and, with the features' gradient, the sums over
+    pixels of ``df * f`` per feature column (None without) and the image's gradient."""
     widths = {}
-    if features:  # spatial columns run last axis first: reversed into axis order
+    if sums_s is not None:  # spatial columns run last axis first: reversed into axis order
+        n_sp = p.spatial_dims
         widths = dict(theta_alpha=_width_grad(sums_b[:n_sp][::-1], p.theta_alpha),
                       theta_beta=_width_grad(sums_b[n_sp:], p.theta_beta),
                       theta_gamma=_width_grad(sums_s[::-1], p.theta_gamma),
                       image=d_image)
-    return MeanfieldGrads(d_logits, d_compat, d_ws, d_wb, **widths)
+    return MeanfieldGrads(d_logits, d_compat, *d_weights, **widths)
 
 
 def meanfield(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAULTS["theta_alpha"],

@@ -163,8 +163,7 @@ def _compatibility(compat, n_labels):
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"`compat` must be a number, a vector or a matrix of numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float32).astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError("`compat` contains NaN or infinite values")
+    check_finite(arr, "compat")
     if arr.ndim == 1:
         if arr.shape != (n_labels,):
             raise ValueError(f"`compat` as a vector (DiagonalCompatibility) needs {n_labels} values, one per label, "

@@ -252,13 +252,13 @@ def fit(logits, images, labels, *, n_iter=None, init=None, learn=LEARNABLE, loss
         raise TypeError(f"`init` must be a dict of crfcore.meanfield keyword arguments (e.g. dict(theta_alpha=80.0) or "
                         f"a previous fit's result), got {type(init).__name__} {init!r:.60}")
     init = dict(init or {})
-    bad = [k for k in init if k not in DEFAULTS and k != "n_iter"]
+    bad = [k for k in init if k not in START and k != "n_iter"]
     if bad:
-        raise ValueError(f"`init` has unknown keys {bad}; it takes crfcore.meanfield's {sorted(DEFAULTS)}")
+        raise ValueError(f"`init` has unknown keys {bad}; it takes crfcore.meanfield's {sorted(START) + ['n_iter']}")
     if n_iter is not None and "n_iter" in init and init["n_iter"] != n_iter:
         raise ValueError(f"`n_iter`={n_iter!r} but `init` has n_iter={init['n_iter']!r}: give it once (or the same "
                          f"in both)")
-    n_iter = init.pop("n_iter", 5 if n_iter is None else n_iter)
+    n_iter = init.pop("n_iter", DEFAULTS["n_iter"] if n_iter is None else n_iter)
     start = dict(START, **init)
     n_channels = np.shape(data[0][1])[-1] if np.ndim(data[0][1]) == spatial_dims + 1 else 1
     try:

@@ -15,8 +15,8 @@ from .._kernels import cuda_meanfield as MK
 from .._validation import check_logits_shape_2d
 from ..params import CheckedTerm, as_term, check_features_shape, check_term_params, check_terms_list, matrix, summable
 from . import device as dev
+from .inputs import check_finite, check_grad, check_logits, device_input
 from .kernel import CudaFeatureGrad, CudaKernel
-from .meanfield import check_finite, check_logits, device_input
 
 
 class CudaCrfResiduals(NamedTuple):
@@ -139,12 +139,7 @@ def backward(res, grad, features):
     for every ``df_k`` without ``features``)."""
     dtype = res.dtype
     n_iter, n, n_lab = tuple(res.q_in.shape)
-    g, _ = device_input(grad, "grad", float_only=True)
-    if tuple(g.shape) != (n, n_lab):
-        raise ValueError(f"`grad` must have the output's shape {(n, n_lab)}, got {tuple(g.shape)}")
-    if np.dtype(g.dtype) != dtype:
-        raise TypeError(f"`grad` must have the forward's dtype {dtype}, got {np.dtype(g.dtype)}")
-    check_finite(g, "grad")
+    g = check_grad(grad, (n, n_lab), dtype)
     eps = tiny(dtype)
     n_k = len(res.kernels)
     n_pairs = -(-n_k // 2)

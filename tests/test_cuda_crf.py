@@ -171,3 +171,31 @@ def test_minus_inf_logits_are_impossible_labels_on_cuda(rng):
         wrong[5] = bad
         with pytest.raises(ValueError, match=match):
             crfcore.crf(wrong, terms, device="cuda")
+
+
+@pytest.mark.parametrize("output,compat", [("probs", None), ("logits", "matrix")])
+def test_meanfield_is_crf_with_its_two_terms_on_cuda(output, compat, rng):
+    """Meanfield on the device runs crf's path with its spatial and bilateral terms: the same bits forward, the
+    same logits gradient, and its parameter gradients are those of the two terms."""
+    from crfcore.features import bilateral_features, spatial_features
+
+    shape, kw = (4, 7), dict(theta_alpha=5.3, theta_beta=31.0, theta_gamma=2.1, w_spatial=1.7, w_bilateral=0.6)
+    mu = rng.uniform(0.0, 1.0, (L, L)) if compat else crfcore.potts(L)
+    image = rng.integers(0, 255, shape + (3,)).astype(np.uint8)
+    logits = rng.normal(size=shape + (L,)) * 2
+    flat = image.reshape(-1, 3)
+    terms = [PairwiseTerm(spatial_features(shape, kw["theta_gamma"]), kw["w_spatial"], mu),
+             PairwiseTerm(bilateral_features(flat, shape, kw["theta_alpha"], kw["theta_beta"]), kw["w_bilateral"], mu)]
+    out_m, res_m = crfcore.meanfield_fwd(logits, image, n_iter=2, output=output, compat=mu, device="cuda", **kw)
+    out_c, res_c = crfcore.crf_fwd(logits.reshape(-1, L), terms, n_iter=2, output=output, device="cuda")
+    np.testing.assert_array_equal(out_m.reshape(-1, L), out_c)
+    grad = rng.normal(size=logits.shape)
+    gm = crfcore.meanfield_bwd(res_m, grad)
+    gc = crfcore.crf_bwd(res_c, grad.reshape(-1, L))
+    np.testing.assert_array_equal(_host(gm.logits).reshape(-1, L), _host(gc.logits))
+    for mine, term in ((gm.w_spatial, gc.terms[0]), (gm.w_bilateral, gc.terms[1])):
+        np.testing.assert_allclose(mine, term.weight, rtol=1e-12)
+    np.testing.assert_allclose(gm.compat, gc.terms[0].compat + gc.terms[1].compat, rtol=1e-12, atol=1e-14)
+    df_s, df_b = (_host(t.features) for t in gc.terms)
+    np.testing.assert_allclose(gm.theta_gamma, -(df_s * terms[0].features).sum() / kw["theta_gamma"], rtol=1e-10)
+    np.testing.assert_allclose(_host(gm.image).reshape(-1, 3), df_b[:, 2:] / kw["theta_beta"], rtol=1e-12)

@@ -15,11 +15,25 @@ import numpy as np
 
 
 def residual_bytes(res):
-    """Memory held by a forward's residuals (iterates, messages and lattices; device memory for a CUDA
-    forward's)."""
-    arrays = [v for v in res if isinstance(v, np.ndarray) or hasattr(v, "__cuda_array_interface__")]
-    lattices = [k.lattice for pair in getattr(res, "kernels", []) if pair is not None for k in pair]
-    return sum(a.nbytes for a in arrays) + sum(lat.nbytes for lat in lattices)
+    """Memory held by a forward's residuals: every array in them (iterates, messages, features; device memory for a
+    CUDA forward's) and every kernel's lattice, found by walking the tuples, lists and models they nest (meanfield's
+    hold one crf residual per image, whose model holds the terms and kernels), each object counted once."""
+    total, seen, todo = 0, set(), [res]
+    while todo:
+        v = todo.pop()
+        if v is None or id(v) in seen or isinstance(v, (str, bytes, int, float, np.generic)):
+            continue
+        seen.add(id(v))
+        if all(hasattr(v, a) for a in ("shape", "dtype", "nbytes")):  # NumPy, or a device array (also simulated)
+            total += int(v.nbytes)
+        elif isinstance(v, (tuple, list)):
+            todo.extend(v)
+        elif hasattr(v, "lattice") and hasattr(v.lattice, "nbytes"):  # a kernel: its lattice's index arrays
+            total += int(v.lattice.nbytes)
+        elif hasattr(v, "terms") and hasattr(v, "kernels"):  # crfcore.CrfModel: the terms' features, the kernels
+            todo.extend(v.terms)
+            todo.extend(v.kernels)
+    return total
 
 
 class ResidualStore:

@@ -202,3 +202,19 @@ def test_inference_path_equals_training_path(rng, n_labels, potts_compat):
     z_infer = meanfield_fwd(logits, image, keep_residuals=False, output="logits", **kw)[0]
     z_train = meanfield_fwd(logits, image, keep_residuals=True, output="logits", **kw)[0]
     np.testing.assert_allclose(z_infer, z_train, rtol=1e-11, atol=1e-11)
+
+
+def test_the_residual_store_counts_what_residuals_hold(rng):
+    """The adapters' residual store is bounded in bytes: it counts the iterates, the terms' features and the lattices
+    of every image of a meanfield forward (nested per image), which must come to at least the iterates' own size."""
+    from crfcore.adapters._residuals import residual_bytes
+
+    logits = rng.normal(size=(2, 20, 24, 3)).astype(np.float32)
+    image = rng.integers(0, 255, size=(2, 20, 24, 3), dtype=np.uint8)
+    _, res = crfcore.meanfield_fwd(logits, image, n_iter=4)
+    iterates = 2 * 4 * (1 + 2) * 20 * 24 * 3 * 4  # per image and iteration: Q_{t-1} and one message per term
+    features = 2 * 20 * 24 * (2 + 5) * 8
+    lattices = sum(k.lattice.nbytes for r in res.images for k in r.model.kernels)
+    assert lattices > 0
+    assert residual_bytes(res) >= iterates + features + lattices
+    assert residual_bytes(res) < 2 * (iterates + features + lattices)

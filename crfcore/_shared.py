@@ -15,7 +15,6 @@ from ._kernels.meanfield import transpose_scaled
 from .warmup import compile_workers
 
 
-
 def cuda_backend():
     """crfcore's CUDA device module (:mod:`crfcore._cuda.device`: ``require``, ``on_stream``), imported on first
     use (it imports ``numba.cuda``)."""
@@ -24,22 +23,12 @@ def cuda_backend():
     return device
 
 
-_cuda_error = None
-
-
 def cuda_unavailable():
     """Why crfcore's CUDA backend cannot run here (numba-cuda missing, no usable GPU), or ``""`` when it can;
-    checked once per process."""
-    global _cuda_error
-    if _cuda_error is None:
-        try:
-            cuda_backend().require()
-            _cuda_error = ""
-        except (ImportError, RuntimeError) as exc:
-            _cuda_error = str(exc)
-    return _cuda_error
+    found once per process (by :func:`crfcore._cuda.device.require`)."""
+    return cuda_backend().unavailable()
 
 
-__all__ = ["compile_workers", "cuda_backend", "cuda_unavailable", "check_finite", "check_layout", "check_logits_values", "run_on_compute_thread", "positive_scalar", "transpose_scaled", "lattice_kernels",
-           "threads", "deprecated", "positive_int", "non_negative_int", "positive_float",
-           "non_negative_float"]
+__all__ = ["check_finite", "check_layout", "check_logits_values", "compile_workers", "cuda_backend", "cuda_unavailable",
+           "deprecated", "lattice_kernels", "non_negative_float", "non_negative_int", "positive_float", "positive_int",
+           "positive_scalar", "run_on_compute_thread", "threads", "transpose_scaled"]

@@ -242,8 +242,7 @@ def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
         _check_image_range(*img_range, params.theta_beta)
     spatial_shape = tuple(u.shape)[-1 - spatial_dims:-1]
     image_shape = tuple(image.shape) if cuda_device.is_device_array(image) else np.shape(image)
-    out, res = cuda_meanfield.forward(u, img, spatial_shape, params, _combined(params), output, keep_residuals,
-                                      image_shape, on_device)
+    out, res = cuda_meanfield.forward(u, img, spatial_shape, params, output, keep_residuals, image_shape, on_device)
     return (out if on_device else cuda_device.to_host(out)), res
 
 
@@ -335,7 +334,7 @@ def _cuda_backward(residuals, grad, features):
     from ._cuda import meanfield as cuda_meanfield
 
     p = residuals.params
-    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features, _combined(p))
+    d_logits, da_s, da_b, sums_s, sums_b, d_image = cuda_meanfield.backward(residuals, grad, features)
     if features:
         d_image = d_image.reshape(*residuals.image_shape)
     if not residuals.on_device:

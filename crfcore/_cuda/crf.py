@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._engine.iterations import Transform, tiny
-from .._kernels import cuda_meanfield as MK
+from .._kernels import cuda_meanfield as CK
 from .._validation import check_logits_shape_2d
 from ..params import CheckedTerm, as_term, check_features_shape, check_term_params, check_terms_list, matrix, summable
 from . import device as dev
@@ -62,7 +62,7 @@ def _features(features, i, n):
     dtype = np.dtype(f.dtype)
     if dtype == np.float32:
         wide = dev.empty(tuple(f.shape), np.float64)
-        dev.launch(MK.widen, int(np.prod(f.shape)), f.reshape(-1), wide.reshape(-1))
+        dev.launch(CK.widen, int(np.prod(f.shape)), f.reshape(-1), wide.reshape(-1))
         f = wide
     elif dtype != np.float64:
         raise TypeError(f"`{name}` on the device must be float32 or float64, got {dtype}; convert it first")
@@ -133,7 +133,7 @@ def backward_checked(res, g, features, da=None):
     n_iter = tuple(res.q_in.shape)[0]
     dz = dev.empty(tuple(g.shape), res.dtype)
     if res.output == "probs":
-        dev.launch(MK.softmax_rows_bwd, tuple(g.shape)[0], res.q_out, g, dz, tiny(res.dtype))
+        dev.launch(CK.softmax_rows_bwd, tuple(g.shape)[0], res.q_out, g, dz, tiny(res.dtype))
     else:
         dev.copy(g, dz)
     tr = Transform.of([matrix(t) for t in res.terms], res.dtype)

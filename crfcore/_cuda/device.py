@@ -25,7 +25,8 @@ def _simulator():
 
 
 def require():
-    """Import ``numba.cuda`` and check that kernels can run: a GPU with a working driver, or the simulator.
+    """Import ``numba.cuda`` and check that kernels can run: a GPU with a working driver, or the simulator. The
+    answer is found once per process (:func:`unavailable` says it in words).
 
     Raises
     ------
@@ -35,11 +36,27 @@ def require():
         If there is neither a usable GPU nor the simulator.
     """
     global _checked
-    if _checked is not None:
-        return _checked
+    if _checked is None:
+        _checked = _check()
+    if isinstance(_checked, Exception):
+        raise type(_checked)(str(_checked))
+    return _checked
+
+
+def unavailable():
+    """Why ``device="cuda"`` cannot run here (numba-cuda missing, no usable GPU), or ``""`` when it can."""
+    try:
+        require()
+    except (ImportError, RuntimeError) as exc:
+        return str(exc)
+    return ""
+
+
+def _check():
+    """``numba.cuda`` when kernels can run here, else the ImportError or RuntimeError that says why."""
     if importlib.util.find_spec("numba_cuda") is None:
-        raise ImportError("device='cuda' needs the numba-cuda package: pip install 'crfcore[cuda]' (CUDA 13; "
-                          "'numba-cuda[cu12]' for a CUDA 12 driver)")
+        return ImportError("device='cuda' needs the numba-cuda package: pip install 'crfcore[cuda]' (CUDA 13; "
+                           "'numba-cuda[cu12]' for a CUDA 12 driver)")
     from numba import cuda
 
     if not _simulator():
@@ -48,11 +65,10 @@ def require():
         except Exception:  # a broken driver install raises instead of answering
             ok = False
         if not ok:
-            raise RuntimeError("device='cuda' was asked for but no CUDA GPU is usable here (numba.cuda.is_available() "
-                               "is False: no NVIDIA GPU, no driver, or CUDA_VISIBLE_DEVICES hides it); use "
-                               "device='cpu', or set NUMBA_ENABLE_CUDASIM=1 before importing numba to run the CUDA "
-                               "code in Numba's simulator (slow, for tests)")
-    _checked = cuda
+            return RuntimeError("device='cuda' was asked for but no CUDA GPU is usable here (numba.cuda.is_available() "
+                                "is False: no NVIDIA GPU, no driver, or CUDA_VISIBLE_DEVICES hides it); use "
+                                "device='cpu', or set NUMBA_ENABLE_CUDASIM=1 before importing numba to run the CUDA "
+                                "code in Numba's simulator (slow, for tests)")
     return cuda
 
 

@@ -16,7 +16,7 @@ The transforms are the CPU's :class:`~crfcore._engine.iterations.Transform`, cop
 import numpy as np
 
 from .._engine.iterations import tiny
-from .._kernels import cuda_meanfield as MK
+from .._kernels import cuda_meanfield as CK
 from . import device as dev
 
 
@@ -44,7 +44,7 @@ def forward_one(u, kernels, tr, n_iter, trace=None, q=None, z=None, weights=None
     dtype = np.dtype(u.dtype)
     eps = tiny(dtype)
     q = dev.empty((n, n_lab), dtype) if q is None else q
-    dev.launch(MK.softmax, n, u, trace[0][0] if trace is not None and n_iter else q, eps)
+    dev.launch(CK.softmax, n, u, trace[0][0] if trace is not None and n_iter else q, eps)
     if n_iter == 0:
         if z is not None:
             dev.copy(u, z)
@@ -78,10 +78,10 @@ def _update(u, msgs, mats, coefs, potts, base, z, store_z, q, eps):
     n = tuple(u.shape)[0]
     src = u
     for k in range(2, len(msgs)):
-        dev.launch(MK.subtract_message, n, src, msgs[k], mats[k], potts, coefs[k], base)
+        dev.launch(CK.subtract_message, n, src, msgs[k], mats[k], potts, coefs[k], base)
         src = base
     has_b = len(msgs) > 1
-    dev.launch(MK.combine_softmax, n, src, msgs[0], msgs[1] if has_b else msgs[0], mats[0], mats[1], potts,
+    dev.launch(CK.combine_softmax, n, src, msgs[0], msgs[1] if has_b else msgs[0], mats[0], mats[1], potts,
                coefs[0], coefs[1], has_b, z, store_z, q, eps)
 
 
@@ -107,22 +107,22 @@ def backward_one(dz, kernels, tr, q_in, msgs, feature_grads=None, da=None):
     dq = [dev.empty((n, n_lab), dtype) for _ in range(max(2, n_k))]
     if n_k == 1:
         dev.fill(dq[1], 0)
-    n_blocks = -(-n // MK.BLOCK_ROWS)
+    n_blocks = -(-n // CK.BLOCK_ROWS)
     partial = dev.empty((n_blocks, 2, n_lab, n_lab), np.float64)
     for t in range(n_iter - 1, -1, -1):
         msgs_t = [m[t] for m in msgs]
         for j in range(n_pairs):  # Z = U - sum_k S_k A_k^T: du += dZ, dA_k = -dZ^T S_k, dS_k = -dZ A_k
             k0, k1 = 2 * j, 2 * j + 1
-            dev.launch(MK.combine_bwd, n, dz, mats[k0], mats[k1], tr.potts, coefs[k0], coefs[k1], ds[k0], ds[k1],
+            dev.launch(CK.combine_bwd, n, dz, mats[k0], mats[k1], tr.potts, coefs[k0], coefs[k1], ds[k0], ds[k1],
                        du, j == 0)
-            dev.launch(MK.outer_blocks, n_blocks * n_lab * n_lab, dz, msgs_t[k0], msgs_t[min(k1, n_k - 1)], partial)
-            dev.launch(MK.sum_blocks, 2 * n_lab * n_lab, partial, da[k0:k0 + 2])
+            dev.launch(CK.outer_blocks, n_blocks * n_lab * n_lab, dz, msgs_t[k0], msgs_t[min(k1, n_k - 1)], partial)
+            dev.launch(CK.sum_blocks, 2 * n_lab * n_lab, partial, da[k0:k0 + 2])
         for k, kern in enumerate(kernels):
             blurred = kern.apply(ds[k], dq[k], transpose=True)
             if feature_grads:
                 feature_grads[k].add_message(q_in[t], msgs_t[k], ds[k], dq[k], blurred)
         for k in range(2, n_k):
-            dev.launch(MK.add, n * n_lab, dq[k], dq[1])
-        dev.launch(MK.iteration_bwd, n, q_in[t], dq[0], dq[1], dz, eps)
-    dev.launch(MK.add, n * n_lab, dz, du)
+            dev.launch(CK.add, n * n_lab, dq[k], dq[1])
+        dev.launch(CK.iteration_bwd, n, q_in[t], dq[0], dq[1], dz, eps)
+    dev.launch(CK.add, n * n_lab, dz, du)
     return du, da

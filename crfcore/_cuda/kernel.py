@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from .._kernels import cuda_meanfield as MK
+from .._kernels import cuda_meanfield as CK
 from . import device as dev
 from .lattice import CudaLattice
 
@@ -23,7 +23,7 @@ class CudaKernel:
         ones = lat.ones(dtype)
         lat.apply(lat.ones(dtype, 1), norm, pre=ones, post=ones)
         self.pre, self.post = dev.empty(n, dtype), dev.empty(n, dtype)
-        dev.launch(MK.normalisers, n, norm, self.kind, self.pre, self.post)
+        dev.launch(CK.normalisers, n, norm, self.kind, self.pre, self.post)
 
     def apply(self, x, out, transpose=False, scale=1.0, accumulate=False):
         pre, post = (self.post, self.pre) if transpose else (self.pre, self.post)
@@ -48,9 +48,9 @@ class CudaFeatureGrad:
         n = lat.num_points
         lat.slice_grad(blurred, q, k.pre, -1.0, self.grad_w)  # through the splat: K^T's blurred values
         if k.kind in (0, 1):
-            dev.launch(MK.row_dots, n, ds, s, self.dot_post)
+            dev.launch(CK.row_dots, n, ds, s, self.dot_post)
         if k.kind in (0, 2):
-            dev.launch(MK.row_dots, n, q, dq, self.dot_pre)
+            dev.launch(CK.row_dots, n, q, dq, self.dot_pre)
         buf = lat.splat_blur(q, k.pre, False)
         lat.slice_grad(buf, ds, k.post, -1.0, self.grad_w)  # through the slice: K's blurred values
 
@@ -61,7 +61,7 @@ class CudaFeatureGrad:
         if k.kind != 3:  # the normalisation D = K 1
             dtype = lat.weights.dtype
             dnorm = dev.empty((lat.num_points, 1), dtype)
-            dev.launch(MK.norm_grad, lat.num_points, k.pre, k.post, self.dot_pre, self.dot_post, k.kind, dnorm)
+            dev.launch(CK.norm_grad, lat.num_points, k.pre, k.post, self.dot_pre, self.dot_post, k.kind, dnorm)
             ones = lat.ones(dtype)
             lat.weights_grad(lat.ones(dtype, 1), dnorm, self.grad_w, pre=ones, post=ones)
         return lat.features_grad_from(self.grad_w, features)

@@ -8,7 +8,7 @@ rounding. See :mod:`crfcore._kernels.cuda_lattice` for how it is built.
 import numpy as np
 
 from .._kernels import cuda_lattice as K
-from .._kernels import cuda_meanfield as MK
+from .._kernels import cuda_meanfield as CK
 from ..lattice import _MAX_COORD, LatticeRangeError, elevation_scale, key_layout
 from . import device as dev
 
@@ -61,10 +61,10 @@ def stable_order(keys, n_bits):
 def feature_range(x):
     """Per-column minimum and maximum of a 2-D device array (host float64) and its count of non-finite values."""
     n, d = x.shape
-    n_blocks = -(-n // MK.BLOCK_ROWS)
+    n_blocks = -(-n // CK.BLOCK_ROWS)
     lo, hi = dev.empty((n_blocks, d), np.float64), dev.empty((n_blocks, d), np.float64)
     bad = dev.empty((n_blocks, d), np.int64)
-    dev.launch(MK.column_range, n_blocks * d, x, lo, hi, bad)
+    dev.launch(CK.column_range, n_blocks * d, x, lo, hi, bad)
     return dev.to_host(lo).min(axis=0), dev.to_host(hi).max(axis=0), int(dev.to_host(bad).sum())
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._kernels import cuda_meanfield as MK
+from .._kernels import cuda_meanfield as CK
 from .._validation import LatticeRangeError, check_logits_shape, image_shape_with_channels
 from ..params import CheckedTerm, CrfParams
 from . import device as dev
@@ -64,7 +64,7 @@ def _features(img, spatial_shape, params, bilateral):
     widths = np.broadcast_to(np.asarray(widths, dtype=np.float64), (n_sp,))
     beta = np.broadcast_to(np.asarray(params.theta_beta, dtype=np.float64), (n_ch,))
     out = dev.empty((n, n_sp + (n_ch if bilateral else 0)), np.float64)
-    dev.launch(MK.features, n, img, dev.to_device(np.asarray(spatial_shape, dtype=np.int64)),
+    dev.launch(CK.features, n, img, dev.to_device(np.asarray(spatial_shape, dtype=np.int64)),
                dev.to_device(np.ascontiguousarray(widths)), dev.to_device(np.ascontiguousarray(beta)), bilateral, out)
     return out
 
@@ -90,11 +90,9 @@ def _terms(img, spatial_shape, params, dtype):
     return terms, [ks, kb]
 
 
-def forward(u, img, spatial_shape, params, tr_mats, output, keep_residuals, image_shape, on_device):
+def forward(u, img, spatial_shape, params, output, keep_residuals, image_shape, on_device):
     """Mean field on device arrays ``u`` (logits) and ``img`` (with its channel axis); returns ``(out,
-    residuals)``, ``out`` a device array of ``u``'s shape (residuals None unless ``keep_residuals``).
-
-    ``tr_mats`` (``A = mu W`` of both terms) are the terms' own: :func:`crfcore.params.matrix` makes them alike."""
+    residuals)``, ``out`` a device array of ``u``'s shape (residuals None unless ``keep_residuals``)."""
     dtype = np.dtype(u.dtype)
     n = int(np.prod(spatial_shape))
     n_lab = tuple(u.shape)[-1]
@@ -113,10 +111,9 @@ def forward(u, img, spatial_shape, params, tr_mats, output, keep_residuals, imag
     return out, CudaMeanfieldResiduals(params, output, tuple(u.shape), dtype, images, image_shape, on_device)
 
 
-def backward(res, grad, features, tr_mats):
+def backward(res, grad, features):
     """The gradients of :func:`crfcore.meanfield_bwd` for device residuals: ``(d_logits, dA_s, dA_b, sums_s,
-    sums_b, d_image)``; ``d_logits`` and ``d_image`` device arrays, the rest host float64. ``tr_mats``: as in
-    :func:`forward`."""
+    sums_b, d_image)``; ``d_logits`` and ``d_image`` device arrays, the rest host float64."""
     p = res.params
     g = check_grad(grad, res.shape, res.dtype)
     n_batch, n_iter, n_lab = len(res.images), p.n_iter, res.shape[-1]
@@ -137,14 +134,14 @@ def backward(res, grad, features, tr_mats):
             fs, fb = (t.features for t in image.terms)
             sums_s += _column_dots(dfs[0], fs)
             sums_b += _column_dots(dfs[1], fb)
-            dev.launch(MK.image_grad, n * n_ch, dfs[1], n_sp, beta, d_image[i])
+            dev.launch(CK.image_grad, n * n_ch, dfs[1], n_sp, beta, d_image[i])
     da = dev.to_host(da)
     return d_logits.reshape(res.shape), da[0], da[1], sums_s, sums_b, d_image
 
 
 def _column_dots(a, b):
     n, d = a.shape
-    n_blocks = -(-n // MK.BLOCK_ROWS)
+    n_blocks = -(-n // CK.BLOCK_ROWS)
     partial = dev.empty((n_blocks, d), np.float64)
-    dev.launch(MK.column_dots, n_blocks * d, a, b, 0, partial)
+    dev.launch(CK.column_dots, n_blocks * d, a, b, 0, partial)
     return dev.to_host(partial).sum(axis=0)

@@ -189,18 +189,19 @@ def test_two_processes_train_the_same_weights_on_one_thread(tmp_path):
     import subprocess
     import sys
 
-    weights = []
-    for k in range(2):
-        out = tmp_path / f"run{k}"
-        cmd = [sys.executable, "-m", "unet", "train", "--out", str(out), "--size", "32", "--n-train", "8", "--n-dev",
-               "2", "--epochs", "2", "--batch-size", "4", "--threads", "1"]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        import keras
+    import keras
 
-        import unet.model  # noqa: F401  (registers the U-Net's layers for loading)
+    import unet.model  # noqa: F401  (registers the U-Net's layers for loading)
 
-        weights.append(keras.models.load_model(out / "unet.keras").get_weights())
+    procs = []
+    for k in range(2):  # at the same time, one core each: the same weights whatever the other process does
+        cmd = [sys.executable, "-m", "unet", "train", "--out", str(tmp_path / f"run{k}"), "--size", "32",
+               "--n-train", "8", "--n-dev", "2", "--epochs", "2", "--batch-size", "4", "--threads", "1"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    weights = [keras.models.load_model(tmp_path / f"run{k}" / "unet.keras").get_weights() for k in range(2)]
     assert len(weights[0]) > 10
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)

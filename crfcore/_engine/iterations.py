@@ -61,11 +61,13 @@ def softmax(u, q):
     (the same compiled code as an iteration, and the same arithmetic: no separate softmax kernel to compile).
 
     The messages are an array of zeros, never ``u`` itself with a zero matrix: ``0 * -inf`` (an impossible label's
-    logit) is NaN. ``np.zeros`` maps the operating system's zero page, so reading it costs little."""
+    logit) is NaN. ``np.zeros`` maps the operating system's zero page, so reading it costs little. The zero
+    transform is given as Potts with coefficient 0, which costs O(L) a pixel (a general ``(L, L)`` matrix costs
+    O(L²): 30 ms of a 512x512 call at 21 labels) and gives the same ``Z = U`` exactly."""
     zero = np.zeros((u.shape[1], u.shape[1]), u.dtype)
     absent = np.empty((0, u.shape[1]), u.dtype)
     c = u.dtype.type(0)
-    combine_softmax(u, np.zeros(u.shape, u.dtype), absent, zero, zero, False, c, c, absent, q, tiny(u.dtype))
+    combine_softmax(u, np.zeros(u.shape, u.dtype), absent, zero, zero, True, c, c, absent, q, tiny(u.dtype))
 
 
 def forward_one(u, kernels, tr, n_iter, trace=None, q=None, want_z=True, weights=None):

@@ -112,8 +112,9 @@ def image_model(image_flat, spatial_shape, params, dtype):
     weight ``w_spatial``) and the bilateral one (``(p / theta_alpha, I / theta_beta)``, ``w_bilateral``), both with
     the compatibility and normalisation of ``params``. ``image_flat``: ``(N, C)``, any real dtype.
 
-    The bilateral kernel is built first. Features too large for the lattice are reported by the argument that made
-    them so (a width too small, or the image's values).
+    The spatial kernel depends on the image's shape alone and comes from a cache of recent shapes
+    (:func:`_spatial_kernel`). Features too large for the lattice are reported by the argument that made them so
+    (a width too small, or the image's values).
     """
     try:
         fb = bilateral_features(image_flat, spatial_shape, params.theta_alpha, params.theta_beta)
@@ -126,22 +127,49 @@ def image_model(image_flat, spatial_shape, params, dtype):
         raise LatticeRangeError(f"{culprit}: positions / theta_alpha reach {positions:.3g} and image / theta_beta "
                                 f"{colours:.3g}, too large for the lattice; use larger widths or rescale the "
                                 f"image") from None
-    try:
-        fs = spatial_features(spatial_shape, params.theta_gamma)
-        ks = Kernel(fs, params.normalization, dtype)
-    except LatticeRangeError:
-        raise LatticeRangeError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
-                                f"{max(spatial_shape) / np.min(params.theta_gamma):.3g}, too large for the lattice; "
-                                f"use a larger width") from None
+    fs, ks = _spatial_kernel(tuple(spatial_shape), params.theta_gamma, params.normalization, np.dtype(dtype))
     terms = [CheckedTerm(fs, params.w_spatial, params.compat, params.normalization),
              CheckedTerm(fb, params.w_bilateral, params.compat, params.normalization)]
     return CrfModel.of_checked(terms, fs.shape[0], params.compat.shape[0], dtype, kernels=[ks, kb])
 
 
+#: The spatial kernels of recent calls: ``(shape, widths, normalization, dtype) -> (features, Kernel)``. The spatial
+#: term depends on the image's shape and ``theta_gamma`` alone, so a data set of same-sized images (or a batch)
+#: builds its lattice once. Used on crfcore's compute thread only; kernels are read-only but for their scratch
+#: buffers, which only the compute thread uses. At most :data:`_SPATIAL_CACHE_POINTS` points are kept in all
+#: (about 40 bytes each: 2048x2048 pixels at most), and no image of more than half of them.
+_spatial_cache = {}
+_SPATIAL_CACHE_POINTS = 1 << 23
+
+
+def _spatial_kernel(spatial_shape, theta_gamma, normalization, dtype):
+    """The spatial term's features ``p / theta_gamma`` (read-only float64) and its :class:`Kernel`, built once per
+    shape, widths, normalisation and dtype (the newest few kept)."""
+    key = (spatial_shape, tuple(np.atleast_1d(theta_gamma).tolist()), normalization, dtype)
+    hit = _spatial_cache.pop(key, None)
+    if hit is None:
+        try:
+            fs = spatial_features(spatial_shape, theta_gamma)
+            hit = (fs, Kernel(fs, normalization, dtype))
+        except LatticeRangeError:
+            raise LatticeRangeError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
+                                    f"{max(spatial_shape) / np.min(theta_gamma):.3g}, too large for the lattice; "
+                                    f"use a larger width") from None
+        hit[0].flags.writeable = False
+        if hit[0].shape[0] > _SPATIAL_CACHE_POINTS // 2:  # a very large image: not kept
+            return hit
+    _spatial_cache[key] = hit  # the newest last
+    while sum(f.shape[0] for f, _ in _spatial_cache.values()) > _SPATIAL_CACHE_POINTS:
+        del _spatial_cache[next(iter(_spatial_cache))]
+    return hit
+
+
 def _forward_image(img, u, spatial_shape, params, output, keep_residuals, out):
     """Mean field on one image (on crfcore's compute thread): its model, then :meth:`CrfModel.run_forward`."""
     model = image_model(img, spatial_shape, params, u.dtype)
-    return model.run_forward(u, params.n_iter, output, keep_residuals, out=out)[1]
+    residuals = model.run_forward(u, params.n_iter, output, keep_residuals, out=out)[1]
+    model.kernels[0].release_workspace()  # the cached spatial kernel: no scratch kept between calls
+    return residuals
 
 
 def _numpy_forward(img3, u3, spatial_shape, params, output, out):

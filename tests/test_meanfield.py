@@ -213,8 +213,31 @@ def test_the_residual_store_counts_what_residuals_hold(rng):
     image = rng.integers(0, 255, size=(2, 20, 24, 3), dtype=np.uint8)
     _, res = crfcore.meanfield_fwd(logits, image, n_iter=4)
     iterates = 2 * 4 * (1 + 2) * 20 * 24 * 3 * 4  # per image and iteration: Q_{t-1} and one message per term
-    features = 2 * 20 * 24 * (2 + 5) * 8
-    lattices = sum(k.lattice.nbytes for r in res.images for k in r.model.kernels)
-    assert lattices > 0
+    features = 20 * 24 * (2 + 2 * 5) * 8  # the images share their spatial term's features (and kernel)
+    kernels = {id(k): k for r in res.images for k in r.model.kernels}
+    assert len(kernels) == 3
+    lattices = sum(k.lattice.nbytes for k in kernels.values())
     assert residual_bytes(res) >= iterates + features + lattices
     assert residual_bytes(res) < 2 * (iterates + features + lattices)
+
+
+def test_the_spatial_kernel_kept_between_calls_gives_the_same_results(rng):
+    """The spatial term's kernel depends on the image's shape and theta_gamma alone and is kept between calls: a
+    call served from it equals one that built it, bit for bit, and another shape, width or normalisation gets its
+    own."""
+    from crfcore import inference
+
+    logits = rng.normal(size=(2, 18, 22, 3)).astype(np.float32)
+    image = rng.integers(0, 255, size=(2, 18, 22, 3), dtype=np.uint8)
+    other_logits, other_image = logits[:, :15], image[:, :15]
+    cases = [dict(), dict(theta_gamma=5.0), dict(theta_gamma=(3.0, 4.0)), dict(normalization="after")]
+    inference._spatial_cache.clear()
+    cold = [meanfield(lg, im, **kw) for kw in cases for lg, im in ((logits, image), (other_logits, other_image))]
+    assert len(inference._spatial_cache) == 8
+    warm = [meanfield(lg, im, **kw) for kw in cases for lg, im in ((logits, image), (other_logits, other_image))]
+    for a, b in zip(cold, warm):
+        np.testing.assert_array_equal(a, b)
+    for i, kw in enumerate(cases):  # each case's result is its own, not another's kernel
+        inference._spatial_cache.clear()
+        np.testing.assert_array_equal(meanfield(other_logits, other_image, **kw), cold[2 * i + 1])
+    assert not np.array_equal(cold[0], cold[2])

@@ -30,6 +30,10 @@ class Kernel:
 
         self._work = None
 
+    def release_workspace(self):
+        """Drop the scratch buffers (a kernel kept for later calls should not keep a call's buffers alive)."""
+        self._work = None
+
     def workspace(self, n_channels, dtype):
         if self._work is None or self._work[0].shape[1] != n_channels or self._work[0].dtype != dtype:
             self._work = self.lattice.workspace(n_channels, dtype)

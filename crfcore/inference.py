@@ -136,10 +136,12 @@ def image_model(image_flat, spatial_shape, params, dtype):
 #: The spatial kernels of recent calls: ``(shape, widths, normalization, dtype) -> (features, Kernel)``. The spatial
 #: term depends on the image's shape and ``theta_gamma`` alone, so a data set of same-sized images (or a batch)
 #: builds its lattice once. Used on crfcore's compute thread only; kernels are read-only but for their scratch
-#: buffers, which only the compute thread uses. At most :data:`_SPATIAL_CACHE_POINTS` points are kept in all
-#: (about 40 bytes each: 2048x2048 pixels at most), and no image of more than half of them.
+#: buffers, which only the compute thread uses and which are dropped after each forward and backward. At most
+#: :data:`_SPATIAL_CACHE_ENTRIES` shapes and :data:`_SPATIAL_CACHE_POINTS` points are kept (about 44 bytes a point
+#: in 2-D, 55 in 3-D: under 100 MB), and no image of more than half of those points (1024x1024 is kept).
 _spatial_cache = {}
-_SPATIAL_CACHE_POINTS = 1 << 23
+_SPATIAL_CACHE_POINTS = 1 << 21
+_SPATIAL_CACHE_ENTRIES = 4
 
 
 def _spatial_kernel(spatial_shape, theta_gamma, normalization, dtype):
@@ -155,11 +157,11 @@ def _spatial_kernel(spatial_shape, theta_gamma, normalization, dtype):
             raise LatticeRangeError(f"`theta_gamma` is too small for the image size: positions / theta_gamma reach "
                                     f"{max(spatial_shape) / np.min(theta_gamma):.3g}, too large for the lattice; "
                                     f"use a larger width") from None
-        hit[0].flags.writeable = False
-        if hit[0].shape[0] > _SPATIAL_CACHE_POINTS // 2:  # a very large image: not kept
+        if hit[0].shape[0] > _SPATIAL_CACHE_POINTS // 2:  # a large image: not kept
             return hit
     _spatial_cache[key] = hit  # the newest last
-    while sum(f.shape[0] for f, _ in _spatial_cache.values()) > _SPATIAL_CACHE_POINTS:
+    while (sum(f.shape[0] for f, _ in _spatial_cache.values()) > _SPATIAL_CACHE_POINTS
+           or len(_spatial_cache) > _SPATIAL_CACHE_ENTRIES):
         del _spatial_cache[next(iter(_spatial_cache))]
     return hit
 
@@ -167,9 +169,19 @@ def _spatial_kernel(spatial_shape, theta_gamma, normalization, dtype):
 def _forward_image(img, u, spatial_shape, params, output, keep_residuals, out):
     """Mean field on one image (on crfcore's compute thread): its model, then :meth:`CrfModel.run_forward`."""
     model = image_model(img, spatial_shape, params, u.dtype)
-    residuals = model.run_forward(u, params.n_iter, output, keep_residuals, out=out)[1]
-    model.kernels[0].release_workspace()  # the cached spatial kernel: no scratch kept between calls
-    return residuals
+    try:
+        return model.run_forward(u, params.n_iter, output, keep_residuals, out=out)[1]
+    finally:
+        model.kernels[0].release_workspace()  # the cached spatial kernel: no scratch kept between calls
+
+
+def _backward_image(res, g, features):
+    """:func:`~crfcore.terms.run_backward` of one image (on crfcore's compute thread), the spatial kernel's scratch
+    buffers dropped after it (the kernel is kept between calls)."""
+    try:
+        return run_backward(res, g, features)
+    finally:
+        res.model.kernels[0].release_workspace()
 
 
 def _numpy_forward(img3, u3, spatial_shape, params, output, out):
@@ -338,7 +350,7 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
     d_compat, d_ws, d_wb = np.zeros((n_lab, n_lab)), 0.0, 0.0
     sums_s = sums_b = d_image = None  # sums over pixels of df * f per feature column, over the batch
     for i, res in enumerate(residuals.images):
-        grads = _parallel.run(run_backward, res, np.ascontiguousarray(g3[i]), bool(features))
+        grads = _parallel.run(_backward_image, res, np.ascontiguousarray(g3[i]), bool(features))
         d_logits[i] = grads.logits
         ts, tb = grads.terms
         d_compat += ts.compat + tb.compat

@@ -233,7 +233,7 @@ def test_the_spatial_kernel_kept_between_calls_gives_the_same_results(rng):
     cases = [dict(), dict(theta_gamma=5.0), dict(theta_gamma=(3.0, 4.0)), dict(normalization="after")]
     inference._spatial_cache.clear()
     cold = [meanfield(lg, im, **kw) for kw in cases for lg, im in ((logits, image), (other_logits, other_image))]
-    assert len(inference._spatial_cache) == 8
+    assert len(inference._spatial_cache) == inference._SPATIAL_CACHE_ENTRIES == 4  # the newest four
     warm = [meanfield(lg, im, **kw) for kw in cases for lg, im in ((logits, image), (other_logits, other_image))]
     for a, b in zip(cold, warm):
         np.testing.assert_array_equal(a, b)
@@ -241,3 +241,18 @@ def test_the_spatial_kernel_kept_between_calls_gives_the_same_results(rng):
         inference._spatial_cache.clear()
         np.testing.assert_array_equal(meanfield(other_logits, other_image, **kw), cold[2 * i + 1])
     assert not np.array_equal(cold[0], cold[2])
+
+
+def test_the_kept_spatial_kernel_keeps_no_scratch_buffers(rng):
+    """A forward and a backward leave the kept spatial kernel without their scratch buffers (which are sized for
+    the bilateral lattice and the labels: megabytes at 256x256 and 21 labels)."""
+    from crfcore import inference
+
+    logits = rng.normal(size=(16, 20, 5)).astype(np.float32)
+    image = rng.integers(0, 255, size=(16, 20, 3), dtype=np.uint8)
+    out, res = meanfield_fwd(logits, image)
+    kernel = res.images[0].model.kernels[0]
+    assert any(kernel is k for _, k in inference._spatial_cache.values())
+    assert kernel._work is None
+    crfcore.meanfield_bwd(res, np.ones_like(out))
+    assert kernel._work is None

@@ -15,12 +15,14 @@ import numba
 import numpy as np
 
 import crfcore
+from crfcore import inference
 from crfcore._kernels import lattice, meanfield
 from crfcore.warmup.signatures import PROFILES, encode, profile_key, write
 
 
 def _run(what, dtype, n_labels):
-    """One small call of the profile (compiled kernels, never the NumPy fallback)."""
+    """One small call of the profile (compiled kernels, never the NumPy fallback), from no kept spatial kernel."""
+    inference._spatial_cache.clear()
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 24, 20, n_labels)).astype(dtype)
     image = rng.integers(0, 255, size=(2, 24, 20, 3), dtype=np.uint8)

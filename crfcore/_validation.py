@@ -68,11 +68,16 @@ def as_float_array(x, name, *, dtype=None):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def check_finite(arr, name):
-    """Raise ValueError when ``arr`` holds NaN or infinity."""
+def nonfinite_error(name, bad, note=""):
+    """The one error for ``bad`` NaN or infinite values in the argument ``name`` (``note`` says where they came
+    from, e.g. a conversion to float32)."""
+    return ValueError(f"`{name}` contains {bad} NaN or infinite value(s){note}; clean or clip it before calling")
+
+
+def check_finite(arr, name, note=""):
+    """Raise :func:`nonfinite_error` when ``arr`` holds NaN or infinity."""
     if not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s); clean or clip it before calling")
+        raise nonfinite_error(name, int(np.size(arr) - np.count_nonzero(np.isfinite(arr))), note)
 
 
 def check_logits_values(u, name="logits", *, labels_axis=-1, sign=1.0):

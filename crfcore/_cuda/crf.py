@@ -13,6 +13,7 @@ import numpy as np
 
 from .._engine.iterations import Transform, tiny
 from .._kernels import cuda_meanfield as CK
+from .._validation import check_finite as check_finite_host
 from .._validation import check_logits_shape_2d
 from ..params import CheckedTerm, as_term, check_features_shape, check_term_params, check_terms_list, matrix, summable
 from . import device as dev
@@ -53,9 +54,7 @@ def _features(features, i, n):
             raise TypeError(f"`{name}` must be a real numeric array, got dtype {f.dtype}")
         check_features_shape(f.shape, i, n)
         f = np.ascontiguousarray(f, dtype=np.float64)
-        if not np.isfinite(f).all():
-            raise ValueError(f"`{name}` contains {int(np.size(f) - np.isfinite(f).sum())} NaN or infinite value(s); "
-                             f"clean or clip it before calling")
+        check_finite_host(f, name)
         return dev.to_device(f), False
     f = dev.as_device_array(features, name)
     check_features_shape(tuple(f.shape), i, n)

@@ -25,8 +25,9 @@ def _simulator():
 
 
 def require():
-    """Import ``numba.cuda`` and check that kernels can run: a GPU with a working driver, or the simulator. The
-    answer is found once per process (:func:`unavailable` says it in words).
+    """Import ``numba.cuda`` and check that kernels can run: a GPU with a working driver, or the simulator. A success
+    is remembered for the process; a failure is checked again on the next call (numba-cuda installed or a driver
+    back meanwhile).
 
     Raises
     ------
@@ -37,19 +38,27 @@ def require():
     """
     global _checked
     if _checked is None:
-        _checked = _check()
-    if isinstance(_checked, Exception):
-        raise type(_checked)(str(_checked))
+        found = _check()
+        if isinstance(found, Exception):
+            raise found
+        _checked = found
     return _checked
 
 
+_why = None
+
+
 def unavailable():
-    """Why ``device="cuda"`` cannot run here (numba-cuda missing, no usable GPU), or ``""`` when it can."""
-    try:
-        require()
-    except (ImportError, RuntimeError) as exc:
-        return str(exc)
-    return ""
+    """Why ``device="cuda"`` cannot run here (numba-cuda missing, no usable GPU), or ``""`` when it can: the
+    adapters' per-call question, answered once per process."""
+    global _why
+    if _why is None:
+        try:
+            require()
+            _why = ""
+        except (ImportError, RuntimeError) as exc:
+            _why = str(exc)
+    return _why
 
 
 def _check():

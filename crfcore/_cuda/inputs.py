@@ -5,7 +5,7 @@ the device).
 
 import numpy as np
 
-from .._validation import check_logits_values, supported_float_type
+from .._validation import check_logits_values, nonfinite_error, supported_float_type
 from . import device as dev
 from .lattice import feature_range
 
@@ -40,7 +40,7 @@ def check_finite(x, name):
     flat = x.reshape(-1, tuple(x.shape)[-1]) if x.ndim > 1 else x.reshape(-1, 1)
     lo, hi, bad = feature_range(flat)
     if bad:
-        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s); clean or clip it before calling")
+        raise nonfinite_error(name, bad)
     return float(lo.min()), float(hi.max())
 
 

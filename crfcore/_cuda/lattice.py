@@ -9,6 +9,7 @@ import numpy as np
 
 from .._kernels import cuda_lattice as K
 from .._kernels import cuda_meanfield as CK
+from .._validation import nonfinite_error
 from ..lattice import _MAX_COORD, LatticeRangeError, elevation_scale, key_layout
 from . import device as dev
 
@@ -84,7 +85,7 @@ class CudaLattice:
                              f"channels), got {d}; use device='cpu'")
         fmin, fmax, bad = feature_range(features)
         if bad:
-            raise ValueError(f"`features` contains {bad} NaN or infinite value(s); clean or clip it before calling")
+            raise nonfinite_error("features", bad)
         scale = elevation_scale(d)
         biggest = float(np.maximum(np.abs(fmin), np.abs(fmax)).max())
         if biggest * float(scale.max()) * d1 >= _MAX_COORD:

@@ -71,7 +71,7 @@ def _float_matrix(x, name, shape, what, energies=False):
     if energies:
         check_logits_values(arr, name, labels_axis=0, sign=-1.0)
     else:
-        check_finite(arr, name)
+        check_finite(arr, name, " (in float32)")
     return arr
 
 

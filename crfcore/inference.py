@@ -37,7 +37,7 @@ class MeanfieldResiduals(NamedTuple):
     output: str
     shape: tuple  # the logits' shape
     dtype: np.dtype
-    images: list  # per image: CrfResiduals of the spatial and the bilateral term (in that order)
+    per_image: list  # per image: CrfResiduals of the spatial and the bilateral term (in that order)
     image_shape: tuple  # the image's shape as given
 
 
@@ -257,15 +257,15 @@ def meanfield_fwd(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAU
             return _numpy_forward(img3, u3, spatial_shape, params, output, out).reshape(u.shape), None
         except OverflowError:  # vertex keys too wide for the NumPy lattice: the compiled one
             pass
-    images = []
+    per_image = []
     for i in range(n_batch):
         # one image at a time on crfcore's compute thread, whichever Python thread calls: no oversubscription
-        images.append(_parallel.run(_forward_image, img3[i], np.ascontiguousarray(u3[i]), spatial_shape, params,
-                                    output, bool(keep_residuals), out[i]))
+        per_image.append(_parallel.run(_forward_image, img3[i], np.ascontiguousarray(u3[i]), spatial_shape, params,
+                                       output, bool(keep_residuals), out[i]))
     out = out.reshape(u.shape)
     if not keep_residuals:
         return out, None
-    return out, MeanfieldResiduals(params, output, u.shape, u.dtype, images, np.shape(image))
+    return out, MeanfieldResiduals(params, output, u.shape, u.dtype, per_image, np.shape(image))
 
 
 def _cuda_forward(logits, image, spatial_dims, output, keep_residuals, kwargs):
@@ -342,14 +342,14 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
         raise ValueError(f"`grad` must have the output's shape {residuals.shape}, got {g.shape}")
     check_finite(g, "grad")
     p = residuals.params
-    n_batch = len(residuals.images)
+    n_batch = len(residuals.per_image)
     n_lab = residuals.shape[-1]
     g3 = g.reshape(n_batch, -1, n_lab)
     d_logits = np.empty_like(g3)
     n_sp = p.spatial_dims
     d_compat, d_ws, d_wb = np.zeros((n_lab, n_lab)), 0.0, 0.0
     sums_s = sums_b = d_image = None  # sums over pixels of df * f per feature column, over the batch
-    for i, res in enumerate(residuals.images):
+    for i, res in enumerate(residuals.per_image):
         grads = _parallel.run(_backward_image, res, np.ascontiguousarray(g3[i]), bool(features))
         d_logits[i] = grads.logits
         ts, tb = grads.terms

@@ -25,7 +25,7 @@ def structure(lattices):
 
 
 def res_lattices(res):
-    return [k.lattice for r in res.images for k in r.model.kernels]
+    return [k.lattice for r in res.per_image for k in r.model.kernels]
 
 
 @settings(max_examples=60)

@@ -181,7 +181,7 @@ def test_saturated_logits_give_clean_probabilities_and_gradients(rng):
     out, res = meanfield_fwd(logits, img, n_iter=3)
     assert np.isfinite(out).all() and set(np.unique(out)) <= {0.0, 1.0}
     tiny = np.finfo(np.float32).tiny
-    q_in = np.stack([r.q_in for r in res.images])
+    q_in = np.stack([r.q_in for r in res.per_image])
     assert not np.any((np.abs(q_in) > 0) & (np.abs(q_in) < tiny))
     grads = crfcore.meanfield_bwd(res, rng.normal(size=out.shape))
     assert np.isfinite(grads.logits).all() and np.isfinite(grads.compat).all()
@@ -214,7 +214,7 @@ def test_the_residual_store_counts_what_residuals_hold(rng):
     _, res = crfcore.meanfield_fwd(logits, image, n_iter=4)
     iterates = 2 * 4 * (1 + 2) * 20 * 24 * 3 * 4  # per image and iteration: Q_{t-1} and one message per term
     features = 20 * 24 * (2 + 2 * 5) * 8  # the images share their spatial term's features (and kernel)
-    kernels = {id(k): k for r in res.images for k in r.model.kernels}
+    kernels = {id(k): k for r in res.per_image for k in r.model.kernels}
     assert len(kernels) == 3
     lattices = sum(k.lattice.nbytes for k in kernels.values())
     assert residual_bytes(res) >= iterates + features + lattices
@@ -251,7 +251,7 @@ def test_the_kept_spatial_kernel_keeps_no_scratch_buffers(rng):
     logits = rng.normal(size=(16, 20, 5)).astype(np.float32)
     image = rng.integers(0, 255, size=(16, 20, 3), dtype=np.uint8)
     out, res = meanfield_fwd(logits, image)
-    kernel = res.images[0].model.kernels[0]
+    kernel = res.per_image[0].model.kernels[0]
     assert any(kernel is k for _, k in inference._spatial_cache.values())
     assert kernel._work is None
     crfcore.meanfield_bwd(res, np.ones_like(out))

@@ -30,7 +30,7 @@ class CudaMeanfieldResiduals(NamedTuple):
     output: str
     shape: tuple  # the logits' shape
     dtype: np.dtype
-    images: list  # per image: CudaCrfResiduals of the spatial and the bilateral term (in that order)
+    per_image: list  # per image: CudaCrfResiduals of the spatial and the bilateral term (in that order)
     image_shape: tuple
     on_device: bool  # the forward's logits were a device array: the backward returns device arrays too
 
@@ -99,16 +99,16 @@ def forward(u, img, spatial_shape, params, output, keep_residuals, image_shape, 
     u3 = u.reshape(-1, n, n_lab)
     img3 = img.reshape(-1, n, tuple(img.shape)[-1])
     out = dev.empty(u3.shape, dtype)
-    images = []
+    per_image = []
     for i in range(u3.shape[0]):
         terms, kernels = _terms(img3[i], spatial_shape, params, dtype)
         _, res = forward_checked(u3[i], terms, (True, True), params.n_iter, output, keep_residuals, True, kernels,
                                  out[i])
-        images.append(res)
+        per_image.append(res)
     out = out.reshape(u.shape)
     if not keep_residuals:
         return out, None
-    return out, CudaMeanfieldResiduals(params, output, tuple(u.shape), dtype, images, image_shape, on_device)
+    return out, CudaMeanfieldResiduals(params, output, tuple(u.shape), dtype, per_image, image_shape, on_device)
 
 
 def backward(res, grad, features):
@@ -116,18 +116,18 @@ def backward(res, grad, features):
     sums_b, d_image)``; ``d_logits`` and ``d_image`` device arrays, the rest host float64."""
     p = res.params
     g = check_grad(grad, res.shape, res.dtype)
-    n_batch, n_iter, n_lab = len(res.images), p.n_iter, res.shape[-1]
+    n_batch, n_iter, n_lab = len(res.per_image), p.n_iter, res.shape[-1]
     n = int(np.prod(res.shape[-1 - p.spatial_dims:-1]))
     g3 = g.reshape(n_batch, n, n_lab)
     d_logits = dev.empty((n_batch, n, n_lab), res.dtype)
     da = dev.zeros((2, n_lab, n_lab), np.float64)  # both terms' transforms, summed over the images
     n_sp = p.spatial_dims
-    n_ch = tuple(res.images[0].terms[1].features.shape)[1] - n_sp
+    n_ch = tuple(res.per_image[0].terms[1].features.shape)[1] - n_sp
     sums_s, sums_b = np.zeros(n_sp), np.zeros(n_sp + n_ch)
     d_image = dev.zeros((n_batch, n, n_ch), res.dtype) if features else None
     beta = dev.to_device(np.broadcast_to(np.asarray(p.theta_beta, np.float64), (n_ch,)).copy())
     run = features and n_iter > 0  # without iterations the kernels play no part: zeros
-    for i, image in enumerate(res.images):
+    for i, image in enumerate(res.per_image):
         du, _, dfs = backward_checked(image, g3[i], run, da)
         dev.copy(du, d_logits[i])
         if run:

@@ -25,7 +25,7 @@ from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
 from . import first_call
-from .provenance import provenance
+from unet.provenance import provenance
 from .inputs import case
 from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, _pydensecrf_setup, dcrf, densecrf, ours
 from .timing import _with_threads, peak_memory, timed, timed_interleaved

@@ -262,7 +262,7 @@ def cmd_demo(args):
                            parts=parts, settings=settings)
     seconds = time.perf_counter() - t0
     print(f"demo finished in {seconds:.0f} s")
-    from benchmarks.provenance import provenance
+    from .provenance import provenance
 
     # the results file the docs' results page renders (docs/results/demo-*.json keeps copies of these)
     pipeline.save_json({"meta": provenance(), "settings": settings, "seconds": seconds, "metrics": summary,
@@ -380,7 +380,7 @@ def cmd_crossval(args):
         d, n = summary[m]["dice"], summary[m]["islands_per_image"]
         print(f"  {pipeline.LABELS[m]:32s} Dice {d['mean']:.4f} (spread over seeds {d['spread']:.4f}), islands per "
               f"image {n['mean']:.2f}")
-    from benchmarks.provenance import provenance
+    from .provenance import provenance
 
     settings = {"data": args.data, "folds": [{"name": name, "test": [full.names[i] for i in idx]}
                                              for name, idx in folds],

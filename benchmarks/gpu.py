@@ -22,7 +22,7 @@ import numpy as np
 
 import crfcore
 
-from .provenance import provenance
+from unet.provenance import provenance
 
 KERNELS = dict(theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, w_bilateral=10.0, w_spatial=3.0)
 
@@ -132,7 +132,7 @@ def run(sizes, labels, iterations, repeats, cpu=True, progress=print):
                 else:
                     row["monai_forward"] = monai_why
                 rows.append(row)
-    return dict(rows=rows, device=_device_name(), simulator=os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"))
+    return dict(rows=rows, device=_device_name(), simulator=dev.simulator())
 
 
 def _device_name():

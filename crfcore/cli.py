@@ -59,7 +59,7 @@ def _cuda_status():
         cuda = device.require()
     except RuntimeError:
         return "no usable GPU (numba.cuda.is_available() is False)"
-    if device._simulator():
+    if device.simulator():
         return "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1: on the CPU, slow)"
     gpu = cuda.get_current_device()
     name = gpu.name.decode() if isinstance(gpu.name, bytes) else gpu.name

@@ -19,7 +19,7 @@ from ._engine.kernel import FeatureGrad, Kernel
 from ._kernels import meanfield as MK
 from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_shape_2d,
                           check_logits_values)
-from .params import (CheckedTerm, PairwiseTerm, as_term, check_features_shape, check_n_iter,  # noqa: F401
+from .params import (DEFAULTS, CheckedTerm, PairwiseTerm, as_term, check_features_shape, check_n_iter,  # noqa: F401
                      check_term_params, check_terms_list, matrix, summable)  # PairwiseTerm: crfcore.terms.PairwiseTerm, as documented
 
 OUTPUTS = ("probs", "logits")
@@ -125,7 +125,7 @@ class CrfModel:
                              f"got {u.shape}")
         return np.ascontiguousarray(u, dtype=self.dtype)
 
-    def forward(self, logits, n_iter=5, output="probs", keep_residuals=False):
+    def forward(self, logits, n_iter=DEFAULTS["n_iter"], output="probs", keep_residuals=False):
         """Mean field from ``softmax(logits)``: ``(out, residuals)``, ``out`` ``Q_T`` or ``Z_T`` (``output``)."""
         n_iter = check_run(n_iter, output)
         u = self._logits(logits)
@@ -182,7 +182,7 @@ class CrfModel:
         return [matrix(t) for t in self.terms]
 
 
-def crf_fwd(logits, terms, *, n_iter=5, output="probs", keep_residuals=True, device="cpu"):
+def crf_fwd(logits, terms, *, n_iter=DEFAULTS["n_iter"], output="probs", keep_residuals=True, device="cpu"):
     """Mean-field forward of a dense CRF with any pairwise terms, returning the output and the residuals.
 
     Parameters
@@ -227,7 +227,7 @@ def _cuda():
     return cuda_crf
 
 
-def crf(logits, terms, *, n_iter=5, device="cpu"):
+def crf(logits, terms, *, n_iter=DEFAULTS["n_iter"], device="cpu"):
     """Mean-field probabilities ``Q`` ``(N, L)`` of a dense CRF with any pairwise terms (see :func:`crf_fwd`)."""
     return crf_fwd(logits, terms, n_iter=n_iter, output="probs", keep_residuals=False, device=device)[0]
 

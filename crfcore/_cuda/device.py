@@ -19,7 +19,7 @@ _checked = None
 
 
 @functools.lru_cache(maxsize=None)
-def _simulator():
+def simulator():
     """Whether Numba's CUDA simulator is on (Numba reads the variable once, when imported: so does this)."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
@@ -68,7 +68,7 @@ def _check():
                            "'numba-cuda[cu12]' for a CUDA 12 driver)")
     from numba import cuda
 
-    if not _simulator():
+    if not simulator():
         try:
             ok = cuda.is_available()
         except Exception:  # a broken driver install raises instead of answering
@@ -91,7 +91,7 @@ def grid(n):
     """``(blocks, threads per block)`` of a launch over ``n`` elements: one thread an element in blocks of 256 on a
     GPU, at least 128 blocks (the extra ones exit at once; fewer would make numba-cuda warn of low occupancy at every
     small launch) and at most 2**20 (the kernels loop past that); :data:`_SIM_GRID` in the simulator."""
-    if _simulator():
+    if simulator():
         return _SIM_GRID
     return min(max((n + 255) // 256, 128), 1 << 20), 256
 
@@ -107,7 +107,7 @@ def on_stream(handle):
     ``torch.cuda.current_stream().cuda_stream``) inside the block, so they order with the framework's work."""
     cuda = require()
     previous = stream()
-    _state.stream = cuda.external_stream(handle) if handle and not _simulator() else 0
+    _state.stream = cuda.external_stream(handle) if handle and not simulator() else 0
     try:
         yield
     finally:

@@ -15,11 +15,11 @@ from . import device as dev
 
 
 def _scan_tile():
-    return 16 if dev._simulator() else 1024
+    return 16 if dev.simulator() else 1024
 
 
 def _radix_tile():
-    return 64 if dev._simulator() else 1024
+    return 64 if dev.simulator() else 1024
 
 
 def exclusive_scan(values, out):

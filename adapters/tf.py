@@ -339,8 +339,7 @@ class CrfRnnLayer(keras.layers.Layer):
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
                                         or num_classes < 2):
             raise ValueError(f"`num_classes` must be an integer >= 2 or None, got {num_classes!r}")
-        if isinstance(num_iterations, bool) or not isinstance(num_iterations, (int, np.integer)) or num_iterations < 0:
-            raise ValueError(f"`num_iterations` must be an integer >= 0, got {num_iterations!r}")
+        check_n_iter(num_iterations, "num_iterations")
         check_normalization(normalization)
         self.image_dims = image_dims
         self.num_classes = None if num_classes is None else int(num_classes)

@@ -398,8 +398,7 @@ class CrfRnn(nn.Module):
         super().__init__()
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
             raise ValueError(f"`num_labels` must be an int >= 2, got {num_labels!r}")
-        if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
-            raise ValueError(f"`num_iterations` must be an int >= 0, got {num_iterations!r}")
+        check_n_iter(num_iterations, "num_iterations")
         check_normalization(normalization)
         p = crf_init_params if crf_init_params is not None else DenseCRFParams()
 

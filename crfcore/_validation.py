@@ -5,6 +5,11 @@ import numbers
 import numpy as np
 
 
+class IterationCountError(TypeError, ValueError):
+    """A number of iterations that is not an int: a ``TypeError``, and a ``ValueError`` as ``crf`` and the adapters
+    raised before the check was one (an ``except`` written for either still catches it)."""
+
+
 class LatticeRangeError(ValueError):
     """Features too large for the permutohedral lattice's integer coordinates: kernel widths too small for the
     positions or values they divide. Raised by the lattice and re-raised by the entry points naming the width."""

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_finite, check_nonempty_shape, positive_scalar
+from ._validation import IterationCountError, check_finite, check_nonempty_shape, positive_scalar
 
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
@@ -104,12 +104,13 @@ def compat_matrix(compat, n_labels, name="compat"):
     return arr
 
 
-def check_n_iter(n_iter):
-    """The number of mean-field iterations: an int >= 0 (TypeError for another type, ValueError below 0)."""
+def check_n_iter(n_iter, name="n_iter"):
+    """The number of mean-field iterations: an int >= 0 (TypeError for another type, ValueError below 0).
+    ``name``: the argument's name where it is another (crfasrnn's ``num_iterations``)."""
     if isinstance(n_iter, (bool, np.bool_)) or not isinstance(n_iter, (numbers.Integral, np.integer)):
-        raise TypeError(f"`n_iter` must be an int >= 0, got {type(n_iter).__name__}")
+        raise IterationCountError(f"`{name}` must be an int >= 0, got {type(n_iter).__name__}")
     if n_iter < 0:
-        raise ValueError(f"`n_iter` must be an int >= 0, got {n_iter}")
+        raise ValueError(f"`{name}` must be an int >= 0, got {n_iter}")
     return int(n_iter)
 
 

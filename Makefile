@@ -53,4 +53,4 @@ docs: $(DOCS_STAMP)
 	@echo "docs: docs/_build/html/index.html"
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis docs/_build docs/api
+	rm -rf $(VENV) out .pytest_cache .hypothesis docs/_build docs/api build *.egg-info

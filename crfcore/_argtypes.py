@@ -5,45 +5,28 @@ import argparse
 import math
 
 
-def positive_int(text):
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _bounded(name, convert, least, strict, expected, bound):
+    """The argparse type ``name``: ``convert(text)``, finite, above ``least`` (``strict``) or at least it;
+    ``expected`` and ``bound`` say what was wanted when the text is not a number or the number is out of range."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not (value > least if strict else value >= least) or math.isinf(value):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value if convert is int else text}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def non_negative_int(text):
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text):
-    """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+#: An integer >= 1.
+positive_int = _bounded("positive_int", int, 1, False, "a positive integer", ">= 1")
+#: An integer >= 0.
+non_negative_int = _bounded("non_negative_int", int, 0, False, "an integer >= 0", ">= 0")
+#: A finite number > 0.
+positive_float = _bounded("positive_float", float, 0.0, True, "a positive number", "a finite number > 0")
+#: A finite number >= 0.
+non_negative_float = _bounded("non_negative_float", float, 0.0, False, "a number >= 0", "a finite number >= 0")

@@ -25,7 +25,7 @@ from ._validation import (LatticeRangeError, as_float_array, check_backward_devi
                           check_logits_shape, check_logits_values, check_spatial_dims, host_array,
                           image_shape_with_channels)
 from .features import bilateral_features, spatial_features
-from .params import DEFAULTS, NORMALIZATIONS, CheckedTerm, CrfParams, check_params, potts  # noqa: F401
+from .params import DEFAULTS, NORMALIZATIONS, CheckedTerm, CrfParams, check_params, matrix, potts  # noqa: F401
 from .terms import OUTPUTS, CrfModel, run_backward, term_grads
 from .warmup import numpy_lattice
 
@@ -99,12 +99,10 @@ def _check_image_range(lo, hi, theta_beta):
                       f"units (x257 for 16-bit: {beta * 257:g})", UserWarning, stacklevel=5)
 
 
-def _combined(params):
-    """``A = mu W`` for both kernels, so that ``Z = U - S A_s^T - B A_b^T``."""
-    mu = params.compat
-    a_s = mu * params.w_spatial if np.ndim(params.w_spatial) == 0 else mu @ params.w_spatial
-    a_b = mu * params.w_bilateral if np.ndim(params.w_bilateral) == 0 else mu @ params.w_bilateral
-    return a_s, a_b
+def _parameter_terms(params):
+    """The spatial and the bilateral term's weight, compatibility and normalisation (no features): what their
+    transforms ``A = mu W`` and their weight and compatibility gradients are made from."""
+    return [CheckedTerm(None, w, params.compat, params.normalization) for w in (params.w_spatial, params.w_bilateral)]
 
 
 def image_model(image_flat, spatial_shape, params, dtype):
@@ -185,7 +183,7 @@ def _backward_image(res, g, features):
 
 
 def _numpy_forward(img3, u3, spatial_shape, params, output, out):
-    a_s, a_b = _combined(params)
+    a_s, a_b = (matrix(t) for t in _parameter_terms(params))
     for i in range(u3.shape[0]):
         z, q = numpy_lattice.forward_image(img3[i], u3[i], spatial_shape, params, a_s, a_b)
         out[i] = q if output == "probs" else z
@@ -260,8 +258,8 @@ def meanfield_fwd(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAU
     per_image = []
     for i in range(n_batch):
         # one image at a time on crfcore's compute thread, whichever Python thread calls: no oversubscription
-        per_image.append(_parallel.run(_forward_image, img3[i], np.ascontiguousarray(u3[i]), spatial_shape, params,
-                                       output, bool(keep_residuals), out[i]))
+        per_image.append(_parallel.run(_forward_image, img3[i], u3[i], spatial_shape, params, output,
+                                       bool(keep_residuals), out[i]))
     out = out.reshape(u.shape)
     if not keep_residuals:
         return out, None
@@ -349,17 +347,18 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
     n_sp = p.spatial_dims
     d_compat, d_ws, d_wb = np.zeros((n_lab, n_lab)), 0.0, 0.0
     sums_s = sums_b = d_image = None  # sums over pixels of df * f per feature column, over the batch
+    if features:
+        fs, fb = (term.features for term in residuals.per_image[0].model.terms)
+        sums_s, sums_b = np.zeros(fs.shape[1]), np.zeros(fb.shape[1])
+        d_image = np.empty((n_batch, fb.shape[0], fb.shape[1] - n_sp), dtype=residuals.dtype)
     for i, res in enumerate(residuals.per_image):
-        grads = _parallel.run(_backward_image, res, np.ascontiguousarray(g3[i]), bool(features))
+        grads = _parallel.run(_backward_image, res, g3[i], bool(features))
         d_logits[i] = grads.logits
         ts, tb = grads.terms
         d_compat += ts.compat + tb.compat
         d_ws, d_wb = d_ws + ts.weight, d_wb + tb.weight
         if features:
             fs, fb = (term.features for term in res.model.terms)
-            if d_image is None:
-                sums_s, sums_b = np.zeros(fs.shape[1]), np.zeros(fb.shape[1])
-                d_image = np.empty((n_batch, fb.shape[0], fb.shape[1] - n_sp), dtype=residuals.dtype)
             sums_s += np.einsum("ij,ij->j", ts.features, fs)
             sums_b += np.einsum("ij,ij->j", tb.features, fb)
             # bilateral features are (positions / theta_alpha, image / theta_beta)
@@ -381,8 +380,7 @@ def _cuda_backward(residuals, grad, features):
         d_logits = cuda_device.to_host(d_logits)
         d_image = cuda_device.to_host(d_image) if features else None
     # the terms' weight and compatibility gradients from dA_k, A_k = mu W_k, as crf_bwd gives them
-    terms = [CheckedTerm(None, w, p.compat, p.normalization) for w in (p.w_spatial, p.w_bilateral)]
-    ts, tb = term_grads(terms, (da_s, da_b), (None, None), da_s.shape[0])
+    ts, tb = term_grads(_parameter_terms(p), (da_s, da_b), (None, None), da_s.shape[0])
     if not features:
         sums_s = sums_b = None
     return _grads(p, d_logits, (ts.weight, tb.weight), ts.compat + tb.compat, sums_s, sums_b, d_image)

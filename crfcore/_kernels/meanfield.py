@@ -12,18 +12,29 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .config import JIT, PJIT
 
 
 @intrinsic
-def _as_float64(typingctx, bits):
-    """The float64 whose IEEE bits are the int64 ``bits`` (a register reinterpretation, free)."""
-    sig = types.float64(types.int64)
+def _pow2(typingctx, k):
+    """``2^k`` for a float ``k`` holding an integer whose power is a normal number of its type, built from the
+    exponent bits. The conversion goes through int32 (``cvttps2dq`` / ``cvttpd2dq``), which vectorises on AVX2;
+    a conversion to int64 does not (it needs AVX-512) and kept the whole softmax loop scalar."""
+    if not isinstance(k, types.Float):
+        return None
+    sig = k(k)
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
+        i32 = ir.IntType(32)
+        n = builder.fptosi(args[0], i32)
+        if signature.return_type == types.float32:
+            bits = builder.shl(builder.add(n, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+            return builder.bitcast(bits, ir.FloatType())
+        i64 = ir.IntType(64)
+        bits = builder.shl(builder.add(builder.sext(n, i64), ir.Constant(i64, 1023)), ir.Constant(i64, 52))
+        return builder.bitcast(bits, ir.DoubleType())
 
     return sig, codegen
 
@@ -35,11 +46,24 @@ _LN2_LO = 1.90821492927058770002e-10
 _TAYLOR = tuple(1.0 / math.factorial(i) for i in range(13))
 #: Below this exp(x) is under float64's smallest normal number: the softmax flushes it to zero anyway.
 _EXP_MIN = -708.0
+# float32: ln 2 split so that k * _LN2_HI32 is exact (9 significant bits times |k| <= 126), a degree-7 Taylor
+# polynomial (relative error below 6e-9 on |r| <= ln(2)/2, under float32's rounding), and the bound below which
+# exp(x) is under float32's smallest normal number
+_LOG2E32 = np.float32(_LOG2E)
+_LN2_HI32 = np.float32(0.693359375)
+_LN2_LO32 = np.float32(math.log(2.0) - 0.693359375)
+_TAYLOR32 = tuple(np.float32(c) for c in _TAYLOR[:8])
+_EXP_MIN32 = np.float32(-87.3)
+
+
+def _exp_nonpos(x):
+    """``exp(x)`` for ``x <= 0`` in ``x``'s float type (compiled through its overload)."""
+    raise NotImplementedError("compiled only: see _exp_nonpos_impl")
 
 
 @njit(inline="always", **JIT)
-def _exp_nonpos(x):
-    """``exp(x)`` for ``x <= 0``, to a few float64 ulps, in plain arithmetic that vectorises.
+def _exp_nonpos64(x):
+    """``exp(x)`` for float64 ``x <= 0``, to a few float64 ulps, in plain arithmetic that vectorises.
 
     Numba's ``np.exp`` calls libm one value at a time (no SVML here), which made the softmax of 21 labels
     cost more than the two filterings. ``exp(x) = 2^k exp(r)`` with ``k = round(x / ln 2)``, ``|r| <= ln(2)/2``
@@ -63,8 +87,36 @@ def _exp_nonpos(x):
     p = p * r + c[2]
     p = p * r + 1.0
     p = p * r + 1.0
-    e = p * _as_float64((np.int64(k) + 1023) << 52)
+    e = p * _pow2(k)
     return e if x >= _EXP_MIN else 0.0
+
+
+@njit(inline="always", **JIT)
+def _exp_nonpos32(x):
+    """:func:`_exp_nonpos64` in float32 arithmetic throughout (twice the SIMD lanes, a shorter polynomial):
+    float32 logits make float32 probabilities, and a float64 softmax of them cost a quarter of a 21-label
+    iteration. Relative error about one float32 ulp; 0 below :data:`_EXP_MIN32`."""
+    xc = max(x, _EXP_MIN32)
+    k = np.floor(xc * _LOG2E32 + np.float32(0.5))
+    r = (xc - k * _LN2_HI32) - k * _LN2_LO32
+    c = _TAYLOR32
+    p = c[7]
+    p = p * r + c[6]
+    p = p * r + c[5]
+    p = p * r + c[4]
+    p = p * r + c[3]
+    p = p * r + c[2]
+    p = p * r + c[1]
+    p = p * r + c[0]
+    e = p * _pow2(k)
+    return e if x >= _EXP_MIN32 else e - e
+
+
+@overload(_exp_nonpos, inline="always")
+def _exp_nonpos_impl(x):
+    if x == types.float32:
+        return lambda x: _exp_nonpos32(x)
+    return lambda x: _exp_nonpos64(x)
 
 
 #: Rows per block of the softmax: the block is transposed so that its loops run over rows (SIMD lanes).
@@ -74,15 +126,16 @@ _ROWS = 64
 @njit(**JIT)
 def _softmax_block(zt, r0, nr, out, tiny):
     """Rows ``r0 .. r0 + nr - 1`` of the numerically stable softmax ``exp(z - max z) / sum exp(z - max z)``,
-    from the block's logits already copied label-major into the float64 scratch ``zt`` (L, _ROWS).
+    from the block's logits already copied label-major into the scratch ``zt`` (L, _ROWS), of ``out``'s dtype.
 
     Label-major, every loop runs over the block's rows in SIMD lanes (a row of 21 labels does not fill vector
-    registers), and the exponentials stay in float64 until normalised: nothing subnormal reaches a float32
-    array (each subnormal costs a microcode assist). Values below ``tiny`` become 0.
+    registers). Exponentials below the smallest normal number are 0, so nothing subnormal is computed (each
+    subnormal costs a microcode assist); probabilities below ``tiny`` become 0.
     """
     n_lab = zt.shape[0]
-    mx = np.empty(nr)
-    tot = np.zeros(nr)
+    zero = tiny - tiny  # in the scratch's dtype: a float literal would make the loops float64
+    mx = np.empty(nr, zt.dtype)
+    tot = np.zeros(nr, zt.dtype)
     for t in range(nr):
         mx[t] = zt[0, t]
     for k in range(1, n_lab):
@@ -98,7 +151,7 @@ def _softmax_block(zt, r0, nr, out, tiny):
     for k in range(n_lab):
         for t in range(nr):
             p = zt[k, t] * tot[t]
-            zt[k, t] = p if p >= tiny else 0.0
+            zt[k, t] = p if p >= tiny else zero
     for t in range(nr):
         for k in range(n_lab):
             out[r0 + t, k] = zt[k, t]
@@ -120,19 +173,18 @@ def softmax_rows_bwd(q, dq, out, tiny):
 
 @njit(inline="always", **JIT)
 def _softmax_pair(z0, z1, q, i, tiny):
-    """:func:`_softmax_block` for two labels, the same operations on scalars (one exp)."""
-    if z1 > z0:
-        e = _exp_nonpos(z0 - z1)
-        inv = 1.0 / (e + 1.0)
-        p0 = e * inv
-        p1 = inv
-    else:
-        e = _exp_nonpos(z1 - z0)
-        inv = 1.0 / (1.0 + e)
-        p0 = inv
-        p1 = e * inv
-    q[i, 0] = p0 if p0 >= tiny else 0.0
-    q[i, 1] = p1 if p1 >= tiny else 0.0
+    """:func:`_softmax_block` for two labels, on scalars (one exp), without branches (the loop vectorises):
+    ``e = exp(-|z1 - z0|)`` weighs the smaller logit, ``1 / (1 + e)`` is the larger one's probability."""
+    zero = tiny - tiny  # in the values' dtype (see _softmax_block)
+    one = tiny / tiny
+    e = _exp_nonpos(-abs(z1 - z0))
+    inv = one / (e + one)
+    small = e * inv
+    small = small if small >= tiny else zero
+    inv = inv if inv >= tiny else zero
+    first = z1 > z0
+    q[i, 0] = small if first else inv
+    q[i, 1] = inv if first else small
 
 
 @njit(**PJIT)
@@ -170,19 +222,19 @@ def combine_softmax(u, s, b, a_s, a_b, potts, c_s, c_b, z, q, tiny):
     store_z = z.shape[0] > 0
     has_b = b.shape[0] > 0
     for blk in prange((n + _ROWS - 1) // _ROWS):
-        zt = np.empty((n_lab, _ROWS))
+        zt = np.empty((n_lab, _ROWS), u.dtype)  # the values' dtype: float32 logits get a float32 softmax
         r0 = blk * _ROWS
         nr = min(_ROWS, n - r0)
         for t in range(nr):
             i = r0 + t
             if potts:
-                ts = 0.0
+                ts = c_s - c_s  # in the values' dtype
                 for k in range(n_lab):
                     ts += s[i, k]
                 for k in range(n_lab):
                     zt[k, t] = u[i, k] - c_s * (ts - s[i, k])
                 if has_b:
-                    tb = 0.0
+                    tb = c_b - c_b
                     for k in range(n_lab):
                         tb += b[i, k]
                     for k in range(n_lab):

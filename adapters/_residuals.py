@@ -28,8 +28,10 @@ def residual_bytes(res):
             total += int(v.nbytes)
         elif isinstance(v, (tuple, list)):
             todo.extend(v)
-        elif hasattr(v, "lattice") and hasattr(v.lattice, "nbytes"):  # a kernel: its lattice's index arrays
-            total += int(v.lattice.nbytes)
+        elif hasattr(v, "lattice") and hasattr(v.lattice, "nbytes"):  # a kernel: its lattice's index arrays, once
+            if id(v.lattice) not in seen:  # (the images of a batch hold twins of one cached spatial kernel)
+                seen.add(id(v.lattice))
+                total += int(v.lattice.nbytes)
         elif hasattr(v, "terms") and hasattr(v, "kernels"):  # crfcore.CrfModel: the terms' features, the kernels
             todo.extend(v.terms)
             todo.extend(v.kernels)

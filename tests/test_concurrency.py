@@ -98,3 +98,78 @@ def test_lattice_filter_from_threads():
         outs = list(pool.map(lambda _: crfcore.Lattice(f).filter(v), range(6)))
     for out in outs:
         np.testing.assert_array_equal(out, ref)
+
+
+# ---- a batch's images side by side (parallel.across): small images of a batch each get a thread of their own ----
+
+needs_across = pytest.mark.skipif(not (numba.config.NUMBA_NUM_THREADS >= 2 and _parallel.run(
+    lambda: crfcore._runtime.threads.layer()) in _parallel._THREADSAFE_LAYERS),
+    reason="images side by side need 2 Numba threads and a thread-safe threading layer (TBB or OpenMP)")
+
+
+@needs_across
+def test_across_runs_items_side_by_side_on_one_thread_each():
+    """Every item runs once, its result in its place; the items run on two threads at once (each waits until the
+    other has started), each with one Numba thread, and nested run() calls run in place (no deadlock)."""
+    both = threading.Barrier(2, timeout=30)
+    seen = {}
+
+    def item(i):
+        if i < 2:
+            both.wait()  # both first items run at once, or this times out
+        seen[i] = (threading.get_ident(), numba.get_num_threads())
+        return _parallel.run(lambda: 10 * i)
+
+    assert _parallel.run(_parallel.across, item, 7) == [10 * i for i in range(7)]
+    assert len({ident for ident, _ in seen.values()}) == 2
+    assert {n for _, n in seen.values()} == {1}
+    assert _parallel.run(numba.get_num_threads) == numba.get_num_threads()  # the compute thread's count restored
+
+
+@needs_across
+def test_across_raises_the_first_error_and_takes_no_more_items():
+    ran = []
+
+    def item(i):
+        ran.append(i)
+        if i == 1:
+            raise ValueError("image 1 is bad")
+        threading.Event().wait(0.05)
+        return i
+
+    with pytest.raises(ValueError, match="image 1 is bad"):
+        _parallel.run(_parallel.across, item, 40)
+    assert len(ran) < 40
+
+
+@needs_across
+@pytest.mark.parametrize("n_lab", [2, 5])
+def test_a_batch_side_by_side_equals_its_images_one_by_one(n_lab, monkeypatch):
+    """A batch of small images runs its images on separate threads (one Numba thread each): the output, and the
+    backward's gradients (logits, image, weights, compatibility, widths), equal those of each image alone, bit for
+    bit, also when the batch is not a multiple of the threads and the images differ in content."""
+    from crfcore import inference
+
+    monkeypatch.setenv("CRFCORE_FIRST_CALL", "compile")  # the kernels, not NumPy's first-call path
+    rng = np.random.default_rng(n_lab)
+    images = rng.integers(0, 256, size=(5, 30, 44, 3), dtype=np.uint8)
+    images[1] //= 8  # a flatter image: fewer lattice vertices, a different cost
+    logits = rng.normal(scale=2.0, size=(5, 30, 44, n_lab)).astype(np.float32)
+    g = rng.normal(size=logits.shape).astype(np.float32)
+    calls = []
+    monkeypatch.setattr(_parallel, "across", lambda fn, n, f=_parallel.across: calls.append(n) or f(fn, n))
+    out, res = crfcore.meanfield_fwd(logits, images, n_iter=3)
+    batch = crfcore.meanfield_bwd(res, g)
+    assert calls == [5, 5], "the batch did not go across threads"
+    monkeypatch.setattr(inference, "ACROSS_MAX_PIXELS", 0)  # one image at a time, as before
+    for i in range(5):
+        o, r = crfcore.meanfield_fwd(logits[i], images[i], n_iter=3)
+        np.testing.assert_array_equal(out[i], o)
+        one = crfcore.meanfield_bwd(r, g[i])
+        np.testing.assert_array_equal(batch.logits[i], one.logits)
+        np.testing.assert_array_equal(batch.image[i], one.image)
+    serial_out, serial_res = crfcore.meanfield_fwd(logits, images, n_iter=3)
+    serial = crfcore.meanfield_bwd(serial_res, g)
+    np.testing.assert_array_equal(out, serial_out)
+    for field in batch._fields:  # the batch's sums over images, summed in the images' order either way
+        np.testing.assert_array_equal(getattr(batch, field), getattr(serial, field), err_msg=field)

@@ -30,6 +30,13 @@ class Kernel:
 
         self._work = None
 
+    def with_own_workspace(self):
+        """A kernel sharing this one's lattice and normalisation (read-only) with scratch buffers of its own: a
+        cached kernel that several threads filter with at once (images of a batch on separate threads)."""
+        twin = object.__new__(Kernel)
+        twin.__dict__.update(self.__dict__, _work=None)
+        return twin
+
     def release_workspace(self):
         """Drop the scratch buffers (a kernel kept for later calls should not keep a call's buffers alive)."""
         self._work = None

@@ -1,9 +1,12 @@
 """``python -m benchmarks``: crfcore against Krähenbühl's C++ densecrf (pydensecrf2), side by side, same run.
 
-Every row runs the same input (a real photo with noisy unaries) and the same parameters through each peer, after
-a warm-up call, and reports the median and spread of the repeats, per-phase times of crfcore, peak memory, the
-ratio crfcore / peer and the agreement of the outputs. JIT compilation is measured separately, in a fresh
-process with an empty Numba cache, and never mixed into the timings.
+Every row runs the same input (a real photo with noisy unaries, or the same unaries on a random-noise image) and
+the same parameters through each peer, after a warm-up call, and reports the median and spread of the repeats
+(crfcore on all threads and on one: its per-core speed), per-phase times of crfcore, peak memory, the ratio
+crfcore / peer and the agreement of the outputs. Further sections: 3-D volumes (:mod:`benchmarks.volume`), data
+sets' throughput against one densecrf process per core (:mod:`benchmarks.throughput`), the backward pass, the
+pydensecrf API, several processes and contention for the cores (:mod:`benchmarks.contention`). JIT compilation
+is measured separately, in a fresh process with an empty Numba cache, and never mixed into the timings.
 """
 
 import argparse
@@ -24,26 +27,26 @@ from crfcore._shared import positive_int, run_on_compute_thread, threads
 from crfcore.features import bilateral_features, spatial_features
 from crfcore.lattice import Lattice
 
-from . import first_call
+from . import first_call, volume
 from unet.provenance import provenance
-from .inputs import case
+from .inputs import case, input_case
 from .peers import INSTALL_HINT, KERNELS, _pydensecrf_script, _pydensecrf_setup, dcrf, densecrf, ours
 from .timing import _with_threads, peak_memory, timed, timed_interleaved
 
-def _peak_child(peer, size, n_lab, n_iter):
+def _peak_child(peer, size, n_lab, n_iter, kind="photo"):
     """Runs in a fresh process (see :func:`isolated_peak_memory`): prints the peer's peak memory in MiB."""
-    image, logits = case(size, n_lab)
+    image, logits = input_case(kind, size, n_lab)
     fn = ours if peer == "crfcore" else densecrf
     small_image, small_logits = case(32, n_lab)
     fn(small_logits, small_image, 1)  # load the compiled kernels / libraries, nothing the size of the input
     print(json.dumps(peak_memory(lambda: fn(logits, image, n_iter))))
 
 
-def isolated_peak_memory(peer, size, n_lab, n_iter, threads):
+def isolated_peak_memory(peer, size, n_lab, n_iter, threads, kind="photo"):
     """Peak memory of one peer's call in a fresh process, so that neither peer reuses pages the other (or an
     earlier row) freed: the input is made, the peer warmed up on a 32x32 image, then the call is measured."""
     code = (f"import numba; numba.set_num_threads({threads}); from benchmarks.cli import _peak_child; "
-            f"_peak_child({peer!r}, {size}, {n_lab}, {n_iter})")
+            f"_peak_child({peer!r}, {size}, {n_lab}, {n_iter}, {kind!r})")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     try:
@@ -95,12 +98,12 @@ def _phases(logits, image, repeats):
     return out
 
 
-def bench_row(size, n_lab, n_iter, repeats, threads):
-    image, logits = case(size, n_lab)
-    row = {"size": size, "labels": n_lab, "iterations": n_iter, "pixels": size * size}
+def bench_row(size, n_lab, n_iter, repeats, threads, kind="photo"):
+    image, logits = input_case(kind, size, n_lab)
+    row = {"input": kind, "size": size, "labels": n_lab, "iterations": n_iter, "pixels": size * size}
     numba.set_num_threads(threads)
     q_all = ours(logits, image, n_iter)
-    row["crfcore_peak_mib"] = isolated_peak_memory("crfcore", size, n_lab, n_iter, threads)
+    row["crfcore_peak_mib"] = isolated_peak_memory("crfcore", size, n_lab, n_iter, threads, kind)
     fns = [_with_threads(threads, lambda: ours(logits, image, n_iter)),
            _with_threads(1, lambda: ours(logits, image, n_iter))]
     if dcrf is not None:
@@ -113,7 +116,7 @@ def bench_row(size, n_lab, n_iter, repeats, threads):
     row["phases"] = phases(logits, image, max(1, repeats // 2))
     if dcrf is not None:
         q_ref = densecrf(logits, image, n_iter)
-        row["densecrf_peak_mib"] = isolated_peak_memory("densecrf", size, n_lab, n_iter, 1)
+        row["densecrf_peak_mib"] = isolated_peak_memory("densecrf", size, n_lab, n_iter, 1, kind)
         med, lo, hi = timings[2]
         row.update(densecrf_ms=1e3 * med, densecrf_min_ms=1e3 * lo, densecrf_max_ms=1e3 * hi)
         row["speedup"] = row["densecrf_ms"] / row["crfcore_ms"]
@@ -211,10 +214,17 @@ def bench_batch(repeats, batch=8, size=224, n_lab=2, n_iter=5):
 
 
 def configs(quick, large):
+    """The standard table's rows: ``(input, size, labels, iterations)``."""
     if quick:
-        return [(224, 2, 5), (224, 21, 5), (512, 2, 5)]
+        return [("photo", 224, 2, 5), ("photo", 224, 21, 5), ("photo", 512, 2, 5), ("noise", 224, 2, 5)]
     sizes = [224, 512, 1024] + ([2048] if large else [])
-    return [(s, n, it) for s in sizes for n in (2, 21) for it in (5, 10)]
+    return ([("photo", s, n, it) for s in sizes for n in (2, 21) for it in (5, 10)]
+            + [("noise", s, n, 5) for s in (224, 512) for n in (2, 21)])
+
+
+def volume_configs(quick):
+    """The 3-D rows: ``(shape, labels, iterations)``."""
+    return [((40, 64, 64), 2, 5)] if quick else [((100, 150, 120), 2, 5), ((64, 96, 96), 4, 5)]
 
 
 def _mib(x):
@@ -222,7 +232,8 @@ def _mib(x):
 
 
 def fmt_table(rows):
-    head = (f"{'size':>9} {'L':>3} {'it':>3} | {'crfcore':>9} {'1 thread':>9} {'densecrf':>9} | {'x (all)':>7} "
+    head = (f"{'input':>5} {'size':>9} {'L':>3} {'it':>3} | {'crfcore':>9} {'1 thread':>9} {'densecrf':>9} | "
+            f"{'x (all)':>7} "
             f"{'x (1t)':>6} | {'ms/MP/it':>8} | {'build':>6} {'splat':>6} {'blur':>6} {'slice':>6} | "
             f"{'MiB ours':>8} {'MiB C++':>8} | {'max|dQ|':>8} {'agree %':>8}")
     lines = [head, "-" * len(head)]
@@ -230,7 +241,8 @@ def fmt_table(rows):
         p = r["phases"]
         dc = r.get("densecrf_ms")
         lines.append(
-            f"{r['size']:>4}x{r['size']:<4} {r['labels']:>3} {r['iterations']:>3} | {r['crfcore_ms']:>7.1f}ms "
+            f"{r.get('input', 'photo'):>5} {r['size']:>4}x{r['size']:<4} {r['labels']:>3} {r['iterations']:>3} | "
+            f"{r['crfcore_ms']:>7.1f}ms "
             f"{r['crfcore_1t_ms']:>7.1f}ms {(f'{dc:7.1f}ms' if dc else '      n/a'):>9} | "
             f"{r.get('speedup', float('nan')):>7.2f} {r.get('speedup_1t', float('nan')):>6.2f} | "
             f"{r['crfcore_ms_per_mpix_iter']:>8.1f} | "
@@ -256,11 +268,14 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
         progress("measuring the first calls (fresh processes, empty Numba cache)...")
         result["first_call"] = first_call.measure()
     rows = []
-    for size, n_lab, n_iter in configs(quick, large):
+    for kind, size, n_lab, n_iter in configs(quick, large):
         reps = repeats or (2 if quick else (9 if size <= 224 else 5 if size <= 512 else 3))
-        progress(f"  {size}x{size} L={n_lab} {n_iter} iterations ({reps} repeats)...")
-        rows.append(bench_row(size, n_lab, n_iter, reps, threads))
+        progress(f"  {kind} {size}x{size} L={n_lab} {n_iter} iterations ({reps} repeats)...")
+        rows.append(bench_row(size, n_lab, n_iter, reps, threads, kind))
     result["rows"] = rows
+    progress("  3-D volumes...")
+    result["volume"] = [volume.bench_volume(shape, n, it, repeats or (2 if quick else 3), threads)
+                        for shape, n, it in volume_configs(quick)]
     back_cfg = [(224, 2, 5), (224, 21, 5)] if quick else [(224, 2, 5), (512, 2, 5), (512, 21, 10)]
     progress("  backward pass...")
     result["backward"] = [bench_backward(s, n, it, repeats or (2 if quick else 3)) for s, n, it in back_cfg]
@@ -273,8 +288,14 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
     step_cfg = [(224, 2)] if quick else [(224, 2), (512, 21)]
     result["stepwise"] = [bench_stepwise(s, n, repeats or (3 if quick else 7)) for s, n in step_cfg]
     if not quick and extras:
-        from . import adapters, processes
+        from . import adapters, contention, processes, throughput
 
+        progress("  throughput against one densecrf process per core...")
+        result["throughput"] = [
+            throughput.bench_throughput(224, 2, 5, 64, repeats or 3, seconds=6.0, with_refine=True),
+            throughput.bench_throughput(512, 21, 5, 64, repeats or 2, seconds=8.0)]
+        progress("  under contention (a busy process per core)...")
+        result["contention"] = contention.bench_contention([(224, 2, 5), (512, 21, 5)], repeats or 5, threads)
         progress("  several processes at once...")
         result["processes"] = processes.run(peers=("crfcore",) + (("densecrf",) if dcrf is not None else ()),
                                             progress=progress)
@@ -292,6 +313,16 @@ def run(quick=False, large=False, repeats=None, with_compile=True, progress=prin
 
 def report(result):
     lines = [fmt_table(result["rows"]), ""]
+    if result.get("volume"):
+        lines.append(volume.report(result["volume"]))
+    if result.get("throughput"):
+        from . import throughput
+
+        lines.append(throughput.report(result["throughput"]))
+    if result.get("contention"):
+        from . import contention
+
+        lines.append(contention.report(result["contention"]))
     if result.get("first_call"):
         lines.append(first_call.report(result["first_call"]))
     for b in result["backward"]:

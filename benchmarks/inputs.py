@@ -1,5 +1,6 @@
 """Benchmark inputs: real photographs (scikit-image's bundled samples) with noisy unaries from a reference
-segmentation, seeded."""
+segmentation, seeded; and the same unaries on a random-noise image (every pixel its own colour: the hardest case
+for the lattice, about two vertices per pixel, as textures and the README's quick start)."""
 
 import numpy as np
 
@@ -49,3 +50,21 @@ def case(size, n_labels, photo_name="astronaut", seed=0):
     img = photo(photo_name, size)
     ref = reference_segmentation(img, n_labels, seed)
     return img, noisy_logits(ref, n_labels, seed)
+
+
+#: The kinds of input of the standard table's rows.
+INPUTS = ("photo", "noise")
+
+
+def noise_case(size, n_labels, seed=0):
+    """:func:`case`'s logits on a uniformly random RGB image of the same size (seeded)."""
+    _, logits = case(size, n_labels, seed=seed)
+    image = np.random.default_rng(1000 + seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    return image, logits
+
+
+def input_case(kind, size, n_labels):
+    """``(image, logits)`` of a row: ``kind`` is ``"photo"`` (:func:`case`) or ``"noise"`` (:func:`noise_case`)."""
+    if kind not in INPUTS:
+        raise ValueError(f"unknown input {kind!r}; choose from {INPUTS}")
+    return case(size, n_labels) if kind == "photo" else noise_case(size, n_labels)

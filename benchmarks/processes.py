@@ -21,34 +21,49 @@ def _inputs(seed=0):
     return logits, image
 
 
-def _refine(peer, logits, image):
+def _refine(peer, logits, image, n_iter=N_ITER):
     if peer == "crfcore":
         import crfcore
 
-        return crfcore.meanfield(logits, image, n_iter=N_ITER)
+        return crfcore.meanfield(logits, image, n_iter=n_iter)
     from .peers import densecrf
 
-    return densecrf(logits, image, N_ITER)
+    return densecrf(logits, image, n_iter)
 
 
-def _worker(peer, barrier, seconds, queue):
-    logits, image = _inputs(os.getpid() % 1000)
-    for _ in range(3):
-        _refine(peer, logits, image)
+def _photo_inputs(size, n_lab, k):
+    """The ``k``-th of the benchmark's photo cases (:func:`benchmarks.inputs.case`, photos in turn)."""
+    from .inputs import PHOTOS, case
+
+    image, logits = case(size, n_lab, photo_name=PHOTOS[k % len(PHOTOS)], seed=k)
+    return logits, image
+
+
+def _worker(peer, barrier, seconds, queue, spec=None, index=0):
+    if spec is None:  # random RGB at 224x224 L=2
+        cases, n_iter = [_inputs(os.getpid() % 1000)], N_ITER
+    else:  # (size, labels, iterations): the photo cases, this worker's share of them in turn
+        size, n_lab, n_iter = spec
+        cases = [_photo_inputs(size, n_lab, index + k) for k in range(2)]
+    for k in range(2):
+        _refine(peer, *cases[k % len(cases)], n_iter)
     barrier.wait()
     t0 = time.perf_counter()
     n = 0
     while time.perf_counter() - t0 < seconds:
-        _refine(peer, logits, image)
+        _refine(peer, *cases[n % len(cases)], n_iter)
         n += 1
     queue.put(n / (time.perf_counter() - t0))
 
 
-def concurrent(peer, n_processes, seconds=4.0):
-    """Images/s of each of ``n_processes`` processes running ``peer`` at once."""
+def concurrent(peer, n_processes, seconds=4.0, spec=None):
+    """Images/s of each of ``n_processes`` processes running ``peer`` at once: on random RGB at 224x224 L=2, or with
+    ``spec = (size, labels, iterations)`` on the benchmark's photo cases. Each process runs whole images for at
+    least ``seconds`` (a 1.5 s image ends after the deadline: the rate counts the time it took)."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(n_processes), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(peer, barrier, seconds, queue)) for _ in range(n_processes)]
+    procs = [ctx.Process(target=_worker, args=(peer, barrier, seconds, queue, spec, 2 * i))
+             for i in range(n_processes)]
     for p in procs:
         p.start()
     rates = [queue.get(timeout=600) for _ in procs]

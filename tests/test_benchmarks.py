@@ -37,6 +37,12 @@ def test_quick_json_structure(quick_result):
     for row in result["rows"]:
         assert row["crfcore_peak_mib"] is None or row["crfcore_peak_mib"] > 0  # measured in a fresh process
     assert "ms/MP/it" in stdout and "batch of 8" in stdout
+    assert {row["input"] for row in result["rows"]} == {"photo", "noise"}  # the random-noise row set
+    noise = next(row for row in result["rows"] if row["input"] == "noise")
+    assert noise["phases"]["lattice_vertices"] > noise["pixels"]  # every pixel its own colour: > 1 vertex a pixel
+    (vol,) = result["volume"]
+    assert vol["voxels"] == 40 * 64 * 64 and vol["crfcore_ms"] > 0 and vol["crfcore_1t_ms"] > 0
+    assert "3-D volumes" in stdout
 
 
 def test_quick_agreement_with_densecrf(quick_result):
@@ -47,6 +53,40 @@ def test_quick_agreement_with_densecrf(quick_result):
         assert row["max_abs_dq"] <= 1e-3, row
         assert row["label_agreement_pct"] >= 99.9, row
         assert row["speedup"] > 0 and row["densecrf_ms"] > 0
+    for row in result["volume"]:  # densecrf's generic DenseCRF with crfcore's 3-D features: the same model
+        assert row["label_agreement_pct"] >= 99.9, row
+        assert row["max_abs_dq"] <= 2e-2, row  # float32 features and lattice in densecrf
+
+
+def test_throughput_row_runs_both_peers_and_the_folder():
+    """The throughput section (run by the full ``python -m benchmarks``), small: crfcore's batch and folder, and
+    one densecrf process per core at once on photo inputs."""
+    pytest.importorskip("skimage")
+    from benchmarks import throughput
+
+    row = throughput.bench_throughput(48, 3, 2, 4, 1, seconds=0.5, with_refine=True)
+    assert row["crfcore_batch_images_per_s"] > 0 and row["crfcore_refine_images_per_s"] > 0
+    if "densecrf_images_per_s" in row:
+        assert len(row["densecrf_per_process"]) == row["densecrf_processes"] == os.cpu_count()
+        assert row["speedup"] == pytest.approx(row["crfcore_batch_images_per_s"] / row["densecrf_images_per_s"])
+    assert "batch of 4 at 48x48 L=3" in throughput.report([row])
+
+
+def test_contention_section_starts_and_ends_its_competitors():
+    """The contention section runs a busy process per core while it times, and ends them after (also on error)."""
+    pytest.importorskip("skimage")
+    from benchmarks import contention
+
+    with contention.competitors(2) as procs:
+        assert all(p.poll() is None for p in procs)  # running
+    assert all(p.poll() is not None for p in procs)  # ended and reaped
+    with pytest.raises(RuntimeError), contention.competitors(1) as procs:
+        raise RuntimeError("a measurement failed")
+    assert procs[0].poll() is not None
+    result = contention.bench_contention([(48, 2, 2)], 1, 2, step_cfg=(48, 2))
+    assert result["competitors"] == os.cpu_count() and result["rows"][0]["crfcore_ms"] > 0
+    assert result["stepwise"]["shim_step_ms"] > 0
+    assert "under contention" in contention.report(result)
 
 
 def test_first_call_report_reads_every_measurement():

@@ -26,9 +26,10 @@ def _pyplot():
 
 
 def speed_plot(result, path):
-    """Milliseconds per call against pixels, crfcore and densecrf, one line per (labels, iterations)."""
+    """Milliseconds per call against pixels, crfcore and densecrf, one line per (labels, iterations), photo rows."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    result = dict(result, rows=[r for r in result["rows"] if r.get("input", "photo") == "photo"])
     keys = sorted({(r["labels"], r["iterations"]) for r in result["rows"]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (labels, iters) in enumerate(keys):

@@ -47,13 +47,51 @@ def benchmark_page(files):
                                   "benchmark-DATE.json`."]) + "\n"
     name, r = files[0]
     lines += [_meta(r.get("meta", {})), "", "![crfcore and densecrf over image sizes](../_static/figures/speed.png)",
-              "", "| size | labels | iterations | crfcore ms | crfcore, 1 thread | densecrf ms | densecrf / crfcore "
-              "| max abs ΔQ | labels equal % |", "|---|---|---|---|---|---|---|---|---|"]
+              "", "Inputs: *photo* is a scikit-image sample photo resized, with a segmentation's noisy scores; *noise* "
+              "the same scores on a uniformly random RGB image (about two lattice vertices per pixel: the hardest "
+              "case).", "",
+              "| input | size | labels | iterations | crfcore ms | crfcore, 1 thread | densecrf ms | "
+              "densecrf / crfcore | densecrf / crfcore on 1 thread | max abs ΔQ | labels equal % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
-        lines.append(f"| {row['size']}² | {row['labels']} | {row['iterations']} | {row['crfcore_ms']:.1f} | "
-                     f"{row['crfcore_1t_ms']:.1f} | {_fmt(row.get('densecrf_ms'), '.1f')} | "
-                     f"{_fmt(row.get('speedup'), '.2f')}× | {_fmt(row.get('max_abs_dq'), '.1e')} | "
-                     f"{_fmt(row.get('label_agreement_pct'), '.3f')} |")
+        lines.append(f"| {row.get('input', 'photo')} | {row['size']}² | {row['labels']} | {row['iterations']} | "
+                     f"{row['crfcore_ms']:.1f} | {row['crfcore_1t_ms']:.1f} | {_fmt(row.get('densecrf_ms'), '.1f')} | "
+                     f"{_fmt(row.get('speedup'), '.2f')}× | {_fmt(row.get('speedup_1t'), '.2f')}× | "
+                     f"{_fmt(row.get('max_abs_dq'), '.1e')} | {_fmt(row.get('label_agreement_pct'), '.3f')} |")
+    if r.get("volume"):
+        lines += ["", "## 3-D volumes", "", "A synthetic scan (smooth blobs in one noisy intensity channel) with "
+                  "`spatial_dims=3`, against densecrf's generic `DenseCRF` given the same 3-D features.", "",
+                  "| volume | labels | iterations | crfcore ms | crfcore, 1 thread | densecrf ms | "
+                  "densecrf / crfcore | on 1 thread | labels equal % |", "|---|---|---|---|---|---|---|---|---|"]
+        for v in r["volume"]:
+            lines.append(f"| {'×'.join(map(str, v['shape']))} | {v['labels']} | {v['iterations']} | "
+                         f"{v['crfcore_ms']:.0f} | {v['crfcore_1t_ms']:.0f} | {_fmt(v.get('densecrf_ms'), '.0f')} | "
+                         f"{_fmt(v.get('speedup'), '.2f')}× | {_fmt(v.get('speedup_1t'), '.2f')}× | "
+                         f"{_fmt(v.get('label_agreement_pct'), '.3f')} |")
+    if r.get("throughput"):
+        lines += ["", "## Throughput against one densecrf process per core", "",
+                  "crfcore: one process, the batch given to `crfcore.meanfield` at once (and `crfcore.refine_files` "
+                  "over a folder of the same images); densecrf: one process per core, all at once. Photo inputs.", "",
+                  "| batch | size | labels | crfcore images/s | crfcore refine images/s | densecrf images/s "
+                  "(all processes) | ratio |", "|---|---|---|---|---|---|---|"]
+        for t in r["throughput"]:
+            lines.append(f"| {t['batch']} | {t['size']}² | {t['labels']} | {t['crfcore_batch_images_per_s']:.1f} | "
+                         f"{_fmt(t.get('crfcore_refine_images_per_s'), '.1f')} | "
+                         f"{_fmt(t.get('densecrf_images_per_s'), '.1f')} ({t['densecrf_processes']}) | "
+                         f"{_fmt(t.get('speedup'), '.2f')}× |")
+    c = r.get("contention")
+    if c:
+        lines += ["", "## Under contention", "", f"{c['competitors']} busy processes (one per core) run beside "
+                  "both peers. Photo inputs.", "", "| size | labels | iterations | crfcore ms | crfcore, 1 thread | "
+                  "densecrf ms | densecrf / crfcore | on 1 thread |", "|---|---|---|---|---|---|---|---|"]
+        for row in c["rows"]:
+            lines.append(f"| {row['size']}² | {row['labels']} | {row['iterations']} | {row['crfcore_ms']:.1f} | "
+                         f"{row['crfcore_1t_ms']:.1f} | {_fmt(row.get('densecrf_ms'), '.1f')} | "
+                         f"{_fmt(row.get('speedup'), '.2f')}× | {_fmt(row.get('speedup_1t'), '.2f')}× |")
+        s = c["stepwise"]
+        lines += ["", f"pydensecrf's step-wise `stepInference` at {s['size']}² with {s['labels']} labels: "
+                  f"crfcore.pydensecrf {s['shim_step_ms']:.1f} ms, pydensecrf2 "
+                  f"{_fmt(s.get('densecrf_step_ms'), '.1f')} ms."]
     lines += ["", "## Backward pass", "", "| size | labels | iterations | forward ms | backward ms | backward / "
               "forward | with widths and image ms |", "|---|---|---|---|---|---|---|"]
     for b in r.get("backward", []):
@@ -113,8 +151,9 @@ def demo_page(files):
     return "\n".join(lines) + "\n"
 
 
-#: The rows of the README's "Performance at a glance": (size, labels, iterations).
-README_ROWS = ((224, 2, 5), (512, 2, 5), (512, 21, 10), (1024, 21, 10))
+#: The rows of the README's "Performance at a glance": (input, size, labels, iterations).
+README_ROWS = (("photo", 224, 2, 5), ("photo", 512, 2, 5), ("photo", 512, 21, 10), ("photo", 1024, 21, 10),
+               ("noise", 224, 2, 5), ("noise", 512, 21, 5))
 START = "<!-- performance:start"
 END = "<!-- performance:end -->"
 
@@ -122,17 +161,24 @@ END = "<!-- performance:end -->"
 def readme_table(result):
     """The README's performance table (markdown lines) from a benchmark result."""
     meta = result.get("meta", {})
-    lines = ["| image | labels | iterations | crfcore | C++ densecrf | speed-up |", "|---|---|---|---|---|---|"]
-    for size, labels, iters in README_ROWS:
-        row = next((r for r in result["rows"] if (r["size"], r["labels"], r["iterations"]) == (size, labels, iters)),
-                   None)
+    lines = ["| image | labels | iterations | crfcore | C++ densecrf | speed-up | speed-up, crfcore on 1 thread |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, size, labels, iters in README_ROWS:
+        row = next((r for r in result["rows"] if (r.get("input", "photo"), r["size"], r["labels"], r["iterations"])
+                    == (kind, size, labels, iters)), None)
         if row is None:
             continue
-        lines.append(f"| {size}² | {labels} | {iters} | {row['crfcore_ms']:.0f} ms | "
-                     f"{_fmt(row.get('densecrf_ms'), '.0f')} ms | {_fmt(row.get('speedup'), '.2f')}× |")
+        lines.append(f"| {kind} {size}² | {labels} | {iters} | {row['crfcore_ms']:.0f} ms | "
+                     f"{_fmt(row.get('densecrf_ms'), '.0f')} ms | {_fmt(row.get('speedup'), '.2f')}× | "
+                     f"{_fmt(row.get('speedup_1t'), '.2f')}× |")
+    for v in result.get("volume", [])[:1]:
+        lines.append(f"| volume {'×'.join(map(str, v['shape']))} | {v['labels']} | {v['iterations']} | "
+                     f"{v['crfcore_ms']:.0f} ms | {_fmt(v.get('densecrf_ms'), '.0f')} ms | "
+                     f"{_fmt(v.get('speedup'), '.2f')}× | {_fmt(v.get('speedup_1t'), '.2f')}× |")
     cores = meta.get("machine", {}).get("cores", "?")
     lines += ["", f"Medians, the same input through both in the same run, on {cores} CPU cores (commit "
-                  f"`{meta.get('commit') or '?'}`)."]
+                  f"`{meta.get('commit') or '?'}`). *photo*: a sample photo with a segmentation's noisy scores; "
+                  "*noise*: the same scores on a random RGB image; *volume*: a synthetic 3-D scan, one channel."]
     return lines
 
 

@@ -56,6 +56,25 @@ def test_fork_after_use():
     assert "fork() called from a process already using GNU OpenMP" not in proc.stderr + proc.stdout
 
 
+def test_fork_after_a_batch_side_by_side():
+    """A batch's small images ran on the compute thread and its helpers (each launching kernels through TBB): the
+    idle helpers stop before a fork too, so the fork is clean (no "Unable to join threads") and the child works."""
+    proc = run_script("""
+        batch = crfcore.meanfield(np.stack([logits] * 4), np.stack([image] * 4))
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                out = crfcore.meanfield(np.stack([logits] * 4), np.stack([image] * 4))
+                os._exit(0 if np.array_equal(out, batch) else 3)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status))
+            crfcore.meanfield(np.stack([logits] * 4), np.stack([image] * 4))  # side by side again before the next
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("child 0") == 3, proc.stdout
+    assert "Unable to join threads" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+
+
 def test_fork_pool_after_use():
     proc = run_script("""
         import multiprocessing as mp

@@ -87,17 +87,21 @@ def _launch_numba_threads():
 
 
 def _before_fork():
-    """Stop an idle compute thread before a fork (a new one starts on the next call, in parent and child): a
-    thread that has used TBB keeps it from shutting its workers down cleanly for the fork, which Numba reports as
-    "Unable to join threads to shut down before fork()"."""
-    global _executor, _worker
+    """Stop an idle compute thread, and its helpers, before a fork (new ones start on the next call, in parent and
+    child): a thread that has used TBB (the helpers too, when they ran a batch's images: :func:`across`) keeps it
+    from shutting its workers down cleanly for the fork, which Numba reports as "Unable to join threads to shut
+    down before fork()"."""
+    global _executor, _worker, _helpers
     if _executor is None or _current is not None or not _lock.acquire(blocking=False):
         return  # busy: the child still works, with Numba's warning
     try:
         executor, _executor, _worker = _executor, None, None
+        helpers, _helpers = _helpers, None  # idle too: they only run the compute thread's work
     finally:
         _lock.release()
     executor.shutdown(wait=True)
+    if helpers is not None:
+        helpers.shutdown(wait=True)
     time.sleep(0.02)  # TBB's workers leave the finished thread's arena asynchronously: measured 5/10 forks warned
     # right after a first call without this pause, 0/10 with it
 

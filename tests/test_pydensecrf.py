@@ -281,3 +281,28 @@ def test_inference_without_unary_warns_and_step_checks_q():
         warnings.simplefilter("error")
         q, t1, t2 = d.startInference()
         d.stepInference(q, t1, t2)
+
+
+def test_each_step_wise_call_is_one_hand_off_to_the_compute_thread(monkeypatch):
+    """startInference, stepInference (with both scratch arrays filled), klDivergence and inference each run on
+    crfcore's compute thread in one hand-off: a hand-off per transpose and kernel (7 a step) made step-wise loops
+    slower than pydensecrf's on a machine whose cores were busy (each hand-off waits for two thread wake-ups)."""
+    from crfcore._runtime import parallel
+
+    rng = np.random.default_rng(0)
+    d = dcrf.DenseCRF2D(30, 20, 3)
+    d.setUnaryEnergy(rng.random((3, 600)).astype(np.float32))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=20, srgb=13, rgbim=rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), compat=10)
+    d.inference(1)  # the model and its lattices built
+    hand_offs = []
+    real_call = parallel._call
+    monkeypatch.setattr(parallel, "_call", lambda *a: hand_offs.append(1) or real_call(*a))
+    Q, tmp1, tmp2 = d.startInference()
+    assert len(hand_offs) == 1
+    d.stepInference(Q, tmp1, tmp2)
+    assert len(hand_offs) == 2
+    d.klDivergence(Q)
+    assert len(hand_offs) == 3
+    d.inference(2)
+    assert len(hand_offs) == 4

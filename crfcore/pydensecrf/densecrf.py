@@ -263,15 +263,21 @@ class DenseCRF:
         if niter is None:
             niter = n_iterations
         niter = _count(niter, "niter", least=0)
+        return _parallel.run(self._inference, niter)  # one hand-off to the compute thread for the whole call
+
+    def _inference(self, niter):
         model = self._crf()
         if model is None:  # no pairwise term (or one label): every iteration gives softmax(-U) again
-            return self.startInference()[0]
+            return self._start_inference()[0]
         q, _ = model.forward(self._engine_logits(), n_iter=niter, output="probs", keep_residuals=False)
         return self._transposed(q)
 
     def startInference(self):  # noqa: N802
         """``(Q, tmp1, tmp2)``: ``Q = softmax(-U)`` ``(nlabels, nvar)`` float32 and two scratch arrays of its shape
         for :meth:`stepInference`."""
+        return _parallel.run(self._start_inference)
+
+    def _start_inference(self):
         logits = self._engine_logits()
         if self._nlabel == 1:
             q = np.ones((1, self._nvar), np.float32)
@@ -307,7 +313,14 @@ class DenseCRF:
     def stepInference(self, Q, tmp1, tmp2):  # noqa: N802,N803
         """One mean-field step, in place: ``Q`` (from :meth:`startInference`) becomes the next iterate; ``tmp1``
         receives the energies before normalisation and ``tmp2`` the last term's pairwise energy, as in densecrf,
-        when they are writable arrays of ``Q``'s shape (pydensecrf's Python sees them empty)."""
+        when they are writable arrays of ``Q``'s shape (pydensecrf's Python sees them empty).
+
+        The whole step runs on crfcore's compute thread in one hand-off: a loop of small steps paid a thread wake-up
+        per transpose and kernel (7 a step), which cost more than the step itself on a machine whose cores were
+        busy (224x224 L=2: 18.6 ms a step against pydensecrf2's 9.1 ms with a busy process per core)."""
+        _parallel.run(self._step_inference, Q, tmp1, tmp2)
+
+    def _step_inference(self, Q, tmp1, tmp2):  # noqa: N803
         self._check_q(Q)
         if not Q.flags.writeable or Q.dtype != np.float32:
             raise ValueError("`Q` must be the writable float32 array from startInference (it is updated in place)")
@@ -317,7 +330,7 @@ class DenseCRF:
         if model is None:  # no pairwise term, or one label
             if wanted[0] is not None:
                 wanted[0][...] = -self._energy()
-            Q[...] = self.startInference()[0]
+            Q[...] = self._start_inference()[0]
             return
         q = self._transposed(Q)
         msgs, z = model.step(self._engine_logits(), q)
@@ -335,6 +348,9 @@ class DenseCRF:
     def klDivergence(self, Q):  # noqa: N802,N803
         """densecrf's ``klDivergence(Q)``: ``sum Q log Q + sum U Q + sum_k sum Q * pairwise_k(Q)`` (a label with
         ``Q = 0`` adds 0, also where its energy is ``+inf``; densecrf gives NaN there)."""
+        return _parallel.run(self._kl_divergence, Q)
+
+    def _kl_divergence(self, Q):  # noqa: N803
         self._check_q(Q)
         q_ln = np.ascontiguousarray(Q, dtype=np.float32)
         kl = _parallel.run(SK.entropy_unary, q_ln, self._energy())

@@ -142,11 +142,14 @@ def _text(path):
 
 
 def test_readme_says_what_the_performance_table_measured_and_how_fit_avoids_its_compile():
-    """The table's input is the benchmark's (photos, benchmarks/inputs.py), not the quick start's random noise, which
-    is several times slower; fit's first run compiles the training kernels unless warmed up."""
+    """The table says each row's input (photos, benchmarks/inputs.py; the quick start's random noise, several times
+    slower; a 3-D volume); fit's first run compiles the training kernels unless warmed up."""
     text = _text(README)
+    table = text.split("<!-- performance:start")[1].split("<!-- performance:end -->")[0]
+    assert "| photo 224² |" in table and "| noise 224² |" in table and "| volume " in table, table
     after = text.split("<!-- performance:end -->")[1].split("All rows")[0]
-    assert "Measured on photos" in after and "Random noise like the quick start's is" in after, after
+    assert "Photo rows run scikit-image's samples" in after and "random-noise image like the quick start's" in after, \
+        after
     fit = text.split("**Fit the parameters**")[1].split("```")[0]
     assert "`crfcore warmup --training`" in fit, fit
 

@@ -363,3 +363,37 @@ def test_alpha_is_not_a_colour(rng, tmp_path):
     np.testing.assert_array_equal(imageio.read_image(str(tmp_path / "a.tif")), image)
     np.testing.assert_array_equal(imageio.read_image(str(tmp_path / "a.png")), image)
     assert imageio.read_image(str(tmp_path / "data.tif")).shape == (20, 30, 4)  # a fourth data channel stays
+
+
+def test_small_images_go_to_meanfield_in_batches_with_the_results_of_one_at_a_time(rng, tmp_path, monkeypatch):
+    """A folder of small images of two shapes with a bad file among them: the images of one shape go to meanfield
+    as batches (side by side on the cores), each output (labels and probabilities) equals that image refined alone,
+    the bad file is reported alone, and an image too large to read ahead (here: anything over 1 kB) is read when its
+    turn comes, with the same result."""
+    from crfcore.refine import job as refine_job
+
+    imgs, scs = scene_folders(rng, tmp_path, [f"a{i}" for i in range(5)])
+    for i in range(3):
+        image, probs, _ = scene(rng, h=40, w=30)
+        Image.fromarray(image).save(imgs / f"b{i}.png")
+        np.save(scs / f"b{i}.npy", probs)
+    image, probs, _ = scene(rng)
+    probs[5, 5, 1] = np.nan
+    Image.fromarray(image).save(imgs / "a2x.png")
+    np.save(scs / "a2x.npy", probs)
+    batches = []
+    real = refine_job.meanfield
+    monkeypatch.setattr(refine_job, "meanfield", lambda lg, im, **kw: batches.append(lg.shape) or real(lg, im, **kw))
+    for ahead_bytes, out in ((refine_job.AHEAD_BYTES, tmp_path / "o1"), (1000, tmp_path / "o2")):
+        monkeypatch.setattr(refine_job, "AHEAD_BYTES", ahead_bytes)
+        batches.clear()
+        summary = crfcore.refine_files(str(imgs), str(scs), str(out), save_probs=True, progress=False, **KW)
+        assert summary.done == 8 and [f for f, _ in summary.failed] == [str(imgs / "a2x.png")]
+        assert all(len(shape) == 4 and shape[0] >= 2 for shape in batches), batches  # only batches reach here
+        assert sum(shape[0] for shape in batches) >= 6, batches  # most images went in batches
+        for name in [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(3)]:
+            image = np.asarray(Image.open(imgs / f"{name}.png"))
+            probs = np.load(scs / f"{name}.npy")
+            q = crfcore.meanfield(np.log(np.maximum(probs, 1e-8)).astype(np.float32), image, **KW)
+            np.testing.assert_array_equal(read_labels(out / f"{name}.png")[1], q.argmax(-1))
+            np.testing.assert_array_equal(np.load(out / f"{name}.npy"), q.astype(np.float16))

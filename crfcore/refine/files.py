@@ -23,11 +23,12 @@ import time
 import warnings
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from ..params import DEFAULTS, check_params
 from . import imageio, tiling
-from .job import Job, outputs, refine_one
+from .job import Job, outputs, refine_jobs
 from .manifest import Manifest
 
 SCORE_KINDS = ("probs", "logits")
@@ -284,11 +285,8 @@ def _run(out, options, image_files, score_files, overwrite, dask, progress):
 
 
 def _run_local(jobs, _):
-    for job in jobs:
-        try:
-            yield job, refine_one(job)
-        except ValueError as exc:
-            yield job, exc
+    # small images of one shape in batches of two per thread: side by side on the cores (job.refine_jobs)
+    yield from refine_jobs(jobs, batch_size=2 * numba.get_num_threads())
 
 
 def _write_failures(out, failed):

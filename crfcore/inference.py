@@ -13,6 +13,7 @@ CRF-as-RNN, Zheng et al. 2015)::
 iterations in reverse (densecrf's ``DenseCRF::gradient``) for the exact gradient of the unrolled loop.
 """
 
+import os
 import threading
 import warnings
 from typing import NamedTuple
@@ -146,6 +147,15 @@ _SPATIAL_CACHE_ENTRIES = 4
 _spatial_lock = threading.Lock()  # images of a batch side by side: the first builds the shape's kernel, others wait
 
 
+def _new_spatial_lock():  # a child forked while another thread built a kernel must not inherit the lock held
+    global _spatial_lock
+    _spatial_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_spatial_lock)
+
+
 def _spatial_kernel(spatial_shape, theta_gamma, normalization, dtype):
     """The spatial term's features ``p / theta_gamma`` (read-only float64) and its :class:`Kernel`, built once per
     shape, widths, normalisation and dtype (the newest few kept)."""
@@ -173,17 +183,19 @@ def _cached_spatial_kernel(spatial_shape, theta_gamma, normalization, dtype):
     return hit
 
 
-#: Images of at most this many pixels run side by side when a batch has several (one Numba thread each), larger
-#: ones one at a time on every thread. Two threads on one image of 224x224 run ~1.1x faster than one thread, two
-#: images at once ~1.8x; at 1024x1024 one image on two threads is already ~1.8x (and holds half the memory).
+#: Images of at most this many pixels run side by side when a batch has several (each on its share of the threads),
+#: larger ones one at a time on every thread. On 2 cores two threads on one 224x224 image run ~1.1-1.3x faster than
+#: one thread, two images at once ~1.8x; at 1024x1024 one image on two threads is already ~1.8x.
 ACROSS_MAX_PIXELS = 640 * 640
+#: The pixels of the images in flight at once: their memory stays that of one call of 1280x1280.
+ACROSS_PIXELS_AT_ONCE = 4 * ACROSS_MAX_PIXELS
 
 
 def _each_image(n_batch, n_pixels, fn):
     """``[fn(i) for i in range(n_batch)]`` on the compute thread: small images side by side (see
-    :data:`ACROSS_MAX_PIXELS`), else one after the other."""
+    :data:`ACROSS_MAX_PIXELS`, :data:`ACROSS_PIXELS_AT_ONCE`), else one after the other."""
     if n_pixels <= ACROSS_MAX_PIXELS:
-        return _parallel.across(fn, n_batch)
+        return _parallel.across(fn, n_batch, at_once=max(1, ACROSS_PIXELS_AT_ONCE // max(n_pixels, 1)))
     return [fn(i) for i in range(n_batch)]
 
 
@@ -388,7 +400,8 @@ def meanfield_bwd(residuals, grad, *, features=True, device=None):
         return terms, np.einsum("ij,ij->j", ts.features, fs), np.einsum("ij,ij->j", tb.features, fb)
 
     # like the forward, on the compute thread: images one after the other, or small ones side by side
-    for (compat, ws, wb), image_sums_s, image_sums_b in _parallel.run(_each_image, n_batch, g3.shape[1], one_image):
+    per_image = _parallel.run(_each_image, n_batch, g3.shape[1], one_image)
+    for (compat, ws, wb), image_sums_s, image_sums_b in per_image:
         d_compat += compat  # summed in the images' order, whichever thread ran them
         d_ws, d_wb = d_ws + ws, d_wb + wb
         if features:

@@ -121,9 +121,37 @@ def test_across_runs_items_side_by_side_on_one_thread_each():
         return _parallel.run(lambda: 10 * i)
 
     assert _parallel.run(_parallel.across, item, 7) == [10 * i for i in range(7)]
-    assert len({ident for ident, _ in seen.values()}) == 2
-    assert {n for _, n in seen.values()} == {1}
+    width = min(7, numba.get_num_threads())
+    assert len({ident for ident, _ in seen.values()}) == width
+    assert {n for _, n in seen.values()} == {numba.get_num_threads() // width}  # each its share of the threads
     assert _parallel.run(numba.get_num_threads) == numba.get_num_threads()  # the compute thread's count restored
+    seen.clear()
+    assert _parallel.run(_parallel.across, lambda i: seen.setdefault(i, threading.get_ident()), 6, 1) == [
+        seen[i] for i in range(6)]
+    assert len(set(seen.values())) == 1  # at_once=1: one at a time
+
+
+@needs_across
+def test_across_raises_the_first_error_whichever_thread_had_it():
+    """Two items fail on two threads, one 0.2 s after the other: the first error is raised, whether the compute
+    thread or a helper had it (the compute thread's own, later error used to win)."""
+    import time
+
+    for _ in range(4):  # which thread takes which item varies
+        both, lock, order = threading.Barrier(2, timeout=30), threading.Lock(), []
+
+        def item(i):
+            both.wait()
+            with lock:
+                first = not order
+                order.append(threading.get_ident())
+            if first:
+                raise ValueError("first")
+            time.sleep(0.2)
+            raise RuntimeError("second")
+
+        with pytest.raises(ValueError, match="first"):
+            _parallel.run(_parallel.across, item, 2)
 
 
 @needs_across
@@ -157,7 +185,8 @@ def test_a_batch_side_by_side_equals_its_images_one_by_one(n_lab, monkeypatch):
     logits = rng.normal(scale=2.0, size=(5, 30, 44, n_lab)).astype(np.float32)
     g = rng.normal(size=logits.shape).astype(np.float32)
     calls = []
-    monkeypatch.setattr(_parallel, "across", lambda fn, n, f=_parallel.across: calls.append(n) or f(fn, n))
+    monkeypatch.setattr(_parallel, "across", lambda fn, n, at_once=None, f=_parallel.across: calls.append(n) or f(
+        fn, n, at_once))
     out, res = crfcore.meanfield_fwd(logits, images, n_iter=3)
     batch = crfcore.meanfield_bwd(res, g)
     assert calls == [5, 5], "the batch did not go across threads"

@@ -75,6 +75,25 @@ def test_fork_after_a_batch_side_by_side():
     assert "Unable to join threads" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
 
 
+def test_fork_while_another_thread_builds_a_spatial_kernel():
+    """A child forked while another thread holds the spatial kernels' lock (building one) gets a free lock: its
+    first call runs rather than waiting forever."""
+    proc = run_script("""
+        from crfcore import inference
+        inference._spatial_lock.acquire()  # as a thread building a kernel at the fork
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)  # a hang ends the child (status -14) instead of the test
+            out = crfcore.meanfield(logits[:50], image[:50])
+            os._exit(0 if out.shape == (50, 80, 3) else 3)
+        inference._spatial_lock.release()
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "child 0" in proc.stdout, proc.stdout
+
+
 def test_fork_pool_after_use():
     proc = run_script("""
         import multiprocessing as mp

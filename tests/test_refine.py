@@ -397,3 +397,26 @@ def test_small_images_go_to_meanfield_in_batches_with_the_results_of_one_at_a_ti
             q = crfcore.meanfield(np.log(np.maximum(probs, 1e-8)).astype(np.float32), image, **KW)
             np.testing.assert_array_equal(read_labels(out / f"{name}.png")[1], q.argmax(-1))
             np.testing.assert_array_equal(np.load(out / f"{name}.npy"), q.astype(np.float16))
+
+
+def test_a_full_disk_in_a_batch_keeps_what_was_written(rng, tmp_path, monkeypatch):
+    """A write that fails (a full disk) in the middle of a batch stops the run; the outputs written before it are
+    recorded, so a rerun skips them and does the rest."""
+    from crfcore.refine import imageio
+
+    imgs, scs = scene_folders(rng, tmp_path, [f"a{i}" for i in range(4)])
+    out = tmp_path / "o"
+    real, writes = imageio.write_labels, []
+
+    def write_labels(path, labels, n_labels):
+        if len(writes) == 2:
+            raise imageio.WriteError(28, f"No space left on device: {path}")
+        writes.append(path)
+        return real(path, labels, n_labels)
+
+    monkeypatch.setattr(imageio, "write_labels", write_labels)
+    with pytest.raises(imageio.WriteError):
+        crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **KW)
+    monkeypatch.setattr(imageio, "write_labels", real)
+    summary = crfcore.refine_files(str(imgs), str(scs), str(out), progress=False, **KW)
+    assert (summary.skipped, summary.done) == (2, 2)

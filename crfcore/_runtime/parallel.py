@@ -155,27 +155,31 @@ def can_go_across(n):
     return n >= 2 and numba.get_num_threads() >= 2 and _threads.layer() in _THREADSAFE_LAYERS
 
 
-def across(fn, n):
-    """``[fn(i) for i in range(n)]``, the items spread over the compute thread (the caller) and up to
-    ``numba.get_num_threads() - 1`` helper threads, each thread taking the next item when it is done with one
-    and running its kernels on one Numba thread. For batches of images too small to keep every thread busy on
-    one image: each image then gets a core to itself, rather than every image all of them in turn (on 2 cores, a
-    224x224 image on 2 threads runs about 1.1x faster than on 1, two images at once nearly 2x).
+def across(fn, n, at_once=None):
+    """``[fn(i) for i in range(n)]``, the items spread over the compute thread (the caller) and helper threads:
+    ``min(n, at_once, numba.get_num_threads())`` items at a time, each thread taking the next item when it is done
+    with one and running its kernels on its share of Numba's threads (one each when there are as many items as
+    threads). For batches of images too small to keep every thread busy on one image (on 2 cores, a 224x224 image
+    on 2 threads runs about 1.1x faster than on 1, two images at once nearly 2x); ``at_once`` bounds the memory of
+    the items in flight.
 
     Serial where :func:`can_go_across` says no. Raises the first error (the other threads take no new items
-    then). Each thread runs its items as the compute thread would: nested :func:`run` calls run in place and
+    then). Each thread runs its items as the compute thread would: nested :func:`run` calls run in place,
+    :func:`spread` gets the thread's share (the helper pool holds enough threads for all of them) and
     :func:`checkpoint` cancels them.
     """
-    if not can_go_across(n):
+    total = numba.get_num_threads()
+    threads = min(int(n), total, int(at_once) if at_once is not None else total)
+    if threads < 2 or not can_go_across(n):
         return [fn(i) for i in range(n)]
-    threads = min(int(n), numba.get_num_threads())
+    share = total // threads  # threads * share <= total: spread() inside the items never waits for a helper
     results = [None] * n
     items, taking = iter(range(n)), threading.Lock()
     failed = []
 
     def work():
         previous, was_computing = numba.get_num_threads(), getattr(_local, "computing", False)
-        numba.set_num_threads(1)
+        numba.set_num_threads(share)
         _local.computing = True
         try:
             while not failed:
@@ -185,9 +189,9 @@ def across(fn, n):
                     return
                 try:
                     results[i] = fn(i)
-                except BaseException as e:
+                except BaseException as e:  # the first of all threads' errors is raised below
                     failed.append(e)
-                    raise
+                    return
         finally:
             numba.set_num_threads(previous)
             _local.computing = was_computing

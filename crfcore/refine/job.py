@@ -35,18 +35,21 @@ def refine_one(job):
 
 
 def refine_jobs(jobs, batch_size):
-    """``(job, pixels or ValueError)`` for each of ``jobs``, in order, as :func:`refine_one` would give them; a
+    """``(job, pixels or ValueError)`` for each of ``jobs``, as :func:`refine_one` would give them; a
     :class:`~crfcore.refine.imageio.WriteError` stops it. Small images read one after the other wait (at most
-    ``batch_size``) and those of one shape and label count go to :func:`crfcore.meanfield` as one batch, which runs
-    them side by side on the cores (a 224x224 image alone keeps two cores only half busy); the results are those of
-    one image at a time. An image that needs tiles is refined at once, alone (nothing else is held meanwhile)."""
+    ``batch_size``, and together no more memory than one image may use) and those of one shape and label count go
+    to :func:`crfcore.meanfield` as one batch, which runs them side by side on the cores (a 224x224 image alone
+    keeps two cores only half busy); the results are those of one image at a time. An image that needs tiles is
+    refined at once, alone (nothing else is held meanwhile). Results come as they are written, not in order."""
     pending = []
-    for job, prepared in _read_ahead(jobs, batch_size):
+    for job, prepared in _read_ahead(jobs, min(batch_size, READ_AHEAD)):
         if isinstance(prepared, ValueError):
             yield from _flush(pending)
             yield job, prepared
             continue
         if _small(prepared):
+            if pending and sum(p.whole for _, p in pending) + prepared.whole > prepared.budget:
+                yield from _flush(pending)  # a batch stays within what one image may use (max_memory)
             pending.append((job, prepared))
             if len(pending) >= batch_size:
                 yield from _flush(pending)
@@ -64,6 +67,8 @@ def _small(prepared):
 #: What an image read ahead (and its scores) may take decoded: larger ones are read when their turn comes, so that
 #: reading ahead never holds a large image (64 MiB: a 640x640 image with 21 float64 scores is 69 MB).
 AHEAD_BYTES = 64 << 20
+#: Files read ahead at most (one reader thread: a few keep it busy while a batch computes).
+READ_AHEAD = 4
 
 
 def _read_ahead(jobs, depth):
@@ -73,7 +78,8 @@ def _read_ahead(jobs, depth):
     turn comes, with the full memory bound."""
     jobs = iter(jobs)
     ahead = collections.deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="crfcore-refine-read") as reader:
+    reader = ThreadPoolExecutor(1, thread_name_prefix="crfcore-refine-read")
+    try:
         while True:
             while len(ahead) < depth:
                 job = next(jobs, None)
@@ -87,6 +93,8 @@ def _read_ahead(jobs, depth):
             if prepared is None:  # large, or failed: read here with the full bound (and its own error)
                 prepared = _outcome(job, functools.partial(_prepare, job))
             yield job, prepared
+    finally:  # also when the run stops early (Ctrl-C, a full disk): the reads not started never are
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 def _read_small(job):
@@ -111,6 +119,9 @@ def _flush(pending):
             continue
         key = (prepared.image.shape, prepared.image.dtype, logits.shape, logits.dtype)
         groups.setdefault(key, []).append((k, logits))
+    for k, exc in out.items():
+        yield waiting[k][0], exc
+    done = set(out)
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -119,11 +130,13 @@ def _flush(pending):
             q = meanfield(np.stack([lg for _, lg in members]), images, **waiting[members[0][0]][0].options["crf"])
         except (ValueError, MemoryError):  # one image's fault (or too much at once): each alone below says which
             continue
-        for i, (k, _) in enumerate(members):
-            job, prepared = waiting[k]
-            out[k] = _outcome(job, lambda: _finish(job, prepared, q[i]))
+        for i, (k, _) in enumerate(members):  # each written and yielded at once: a full disk stops the run after
+            job, prepared = waiting[k]  # the outputs already recorded
+            done.add(k)
+            yield job, _outcome(job, lambda: _finish(job, prepared, q[i]))
     for k, (job, prepared) in enumerate(waiting):
-        yield job, out[k] if k in out else _outcome(job, lambda: _finish(job, prepared))
+        if k not in done:
+            yield job, _outcome(job, lambda: _finish(job, prepared))
 
 
 def _outcome(job, fn):
@@ -150,6 +163,8 @@ class _Prepared(NamedTuple):
     n_lab: int
     tile: object
     pixels: int
+    whole: float  # the estimated bytes of its mean field in one piece
+    budget: int  # the bytes one image's mean field may use (after the label map and the interpreter)
 
 
 def _prepare(job, read_bytes=None):
@@ -191,7 +206,7 @@ def _prepare(job, read_bytes=None):
     budget = limit - h * w * itemsize - tiling.BASELINE_BYTES
     whole = h * w * (tiling.BYTES_PER_PIXEL[0] + tiling.BYTES_PER_PIXEL[1] * n_lab)
     tile = o["tile"] or (None if whole <= budget else tiling.tile_for_memory(max(budget, 1), n_lab, o["overlap"]))
-    return _Prepared(image, logits, n_lab, tile, h * w)
+    return _Prepared(image, logits, n_lab, tile, h * w, whole, budget)
 
 
 def _finish(job, prepared, q=None):

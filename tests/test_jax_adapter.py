@@ -48,7 +48,11 @@ def test_equals_the_core_and_keeps_the_dtype(rng, dtype):
     out = crf_refine(logits.astype(dtype), image, n_iter=3, **WIDTHS)
     assert out.dtype == dtype and out.shape == logits.shape
     ref, _ = crfcore.meanfield_fwd(logits.astype(dtype), image.astype(dtype), n_iter=3, output="logits", **WIDTHS)
-    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-6)
+    # the adapter hands the core its compatibility as a matrix (and keeps no residuals without a gradient): the
+    # same model computed in another order, equal to the precision of the dtype (float32 softmaxes are float32
+    # throughout: both are within ~3e-6 of the float64 result at these logits of up to ~12)
+    tol = 2e-5 if dtype == np.float32 else 1e-6
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=tol, atol=tol)
 
 
 def test_check_grads_for_every_argument(rng):

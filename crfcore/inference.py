@@ -291,7 +291,7 @@ def meanfield_fwd(logits, image, *, n_iter=DEFAULTS["n_iter"], theta_alpha=DEFAU
         except OverflowError:  # vertex keys too wide for the NumPy lattice: the compiled one
             pass
     # on crfcore's compute thread, whichever Python thread calls (no oversubscription): one image at a time on all
-    # threads, or small images of a batch side by side, one thread each (_images_across)
+    # threads, or small images of a batch side by side, each on its share of them (_each_image)
     per_image = _parallel.run(_each_image, n_batch, n, lambda i: _forward_image(
         img3[i], u3[i], spatial_shape, params, output, bool(keep_residuals), out[i]))
     out = out.reshape(u.shape)

@@ -1,5 +1,7 @@
 """A Gaussian kernel of the CRF: a lattice with densecrf's normalisation, and its features gradient."""
 
+import copy
+
 import numpy as np
 
 from .._kernels import meanfield as MK
@@ -33,8 +35,8 @@ class Kernel:
     def with_own_workspace(self):
         """A kernel sharing this one's lattice and normalisation (read-only) with scratch buffers of its own: a
         cached kernel that several threads filter with at once (images of a batch on separate threads)."""
-        twin = object.__new__(Kernel)
-        twin.__dict__.update(self.__dict__, _work=None)
+        twin = copy.copy(self)
+        twin._work = None
         return twin
 
     def release_workspace(self):

@@ -45,7 +45,6 @@ class _Job:
 
 _lock = threading.Lock()
 _executor = None
-_worker = None  # ident of the compute thread
 _current = None  # the job the compute thread runs
 _local = threading.local()  # ``computing``: True on the compute thread and on helpers running its images (across)
 
@@ -91,11 +90,11 @@ def _before_fork():
     child): a thread that has used TBB (the helpers too, when they ran a batch's images: :func:`across`) keeps it
     from shutting its workers down cleanly for the fork, which Numba reports as "Unable to join threads to shut
     down before fork()"."""
-    global _executor, _worker, _helpers
+    global _executor, _helpers
     if _executor is None or _current is not None or not _lock.acquire(blocking=False):
         return  # busy: the child still works, with Numba's warning
     try:
-        executor, _executor, _worker = _executor, None, None
+        executor, _executor = _executor, None
         helpers, _helpers = _helpers, None  # idle too: they only run the compute thread's work
     finally:
         _lock.release()
@@ -149,12 +148,6 @@ def _helper_pool():
 _THREADSAFE_LAYERS = ("tbb", "omp")
 
 
-def can_go_across(n):
-    """Whether :func:`across` would spread ``n`` items over threads: at least two items and two Numba threads, and
-    a threading layer that takes kernel launches from several threads at once."""
-    return n >= 2 and numba.get_num_threads() >= 2 and _threads.layer() in _THREADSAFE_LAYERS
-
-
 def across(fn, n, at_once=None):
     """``[fn(i) for i in range(n)]``, the items spread over the compute thread (the caller) and helper threads:
     ``min(n, at_once, numba.get_num_threads())`` items at a time, each thread taking the next item when it is done
@@ -163,14 +156,15 @@ def across(fn, n, at_once=None):
     on 2 threads runs about 1.1x faster than on 1, two images at once nearly 2x); ``at_once`` bounds the memory of
     the items in flight.
 
-    Serial where :func:`can_go_across` says no. Raises the first error (the other threads take no new items
+    Serial for fewer than two items or threads, or a threading layer that does not take kernel launches from
+    several threads at once (:data:`_THREADSAFE_LAYERS`). Raises the first error (the other threads take no new items
     then). Each thread runs its items as the compute thread would: nested :func:`run` calls run in place,
     :func:`spread` gets the thread's share (the helper pool holds enough threads for all of them) and
     :func:`checkpoint` cancels them.
     """
     total = numba.get_num_threads()
     threads = min(int(n), total, int(at_once) if at_once is not None else total)
-    if threads < 2 or not can_go_across(n):
+    if threads < 2 or _threads.layer() not in _THREADSAFE_LAYERS:
         return [fn(i) for i in range(n)]
     share = total // threads  # threads * share <= total: spread() inside the items never waits for a helper
     results = [None] * n
@@ -208,12 +202,11 @@ def across(fn, n, at_once=None):
 
 
 def _reset_after_fork():
-    global _lock, _executor, _worker, _current, _launched, _helpers, _local
+    global _lock, _executor, _current, _launched, _helpers, _local
     _local = threading.local()
     _helpers = None  # the helper threads did not survive the fork
     _lock = threading.Lock()  # another thread may have held it at the fork
     _executor = None  # the child has no compute thread: make a new one on first use
-    _worker = None
     _current = None
     _launched = False  # the child's threading layer starts anew: start it with the signals blocked again
 
@@ -230,8 +223,7 @@ def checkpoint():
 
 
 def _call(job, threads, fn, args, kwargs):
-    global _worker, _current
-    _worker = threading.get_ident()
+    global _current
     _local.computing = True
     if job.cancelled:
         raise Cancelled("the caller was interrupted before the work started")

@@ -1,6 +1,7 @@
 """One file's refinement: what a local run and a Dask worker both execute (:func:`refine_one`)."""
 
 import collections
+import contextlib
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -215,19 +216,17 @@ def _finish(job, prepared, q=None):
     labels_path, probs_path = outputs(job)
     h, w = prepared.image.shape[:2]
     labels = np.empty((h, w), np.uint8 if prepared.n_lab <= 256 else np.uint16)
+    probs_file = (imageio.probs_file(probs_path, (h, w, prepared.n_lab)) if probs_path is not None
+                  else contextlib.nullcontext())
     try:
-        if q is not None:
-            labels[...] = q.argmax(-1)
-            if probs_path is not None:
-                with imageio.probs_file(probs_path, (h, w, prepared.n_lab)) as probs:
-                    probs[...] = q
-        elif probs_path is not None:
-            with imageio.probs_file(probs_path, (h, w, prepared.n_lab)) as probs:
+        with probs_file as probs:
+            if q is None:
                 tiling.refine_tiled(prepared.logits, prepared.image, tile=prepared.tile, overlap=job.options["overlap"],
                                     labels_out=labels, probs_out=probs, **job.options["crf"])
-        else:
-            tiling.refine_tiled(prepared.logits, prepared.image, tile=prepared.tile, overlap=job.options["overlap"],
-                                labels_out=labels, **job.options["crf"])
+            else:
+                labels[...] = q.argmax(-1)
+                if probs is not None:
+                    probs[...] = q
     except ValueError as exc:
         raise ValueError(f"{job.image}: {exc}") from None
     imageio.write_labels(labels_path, labels, prepared.n_lab)

@@ -449,10 +449,10 @@ def _common(p, out_required=True):
     p.add_argument("--n-test", type=positive_int, default=60, help="synthetic test images (default 60)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="TensorFlow's deterministic ops: one seed gives the same weights within a process, and "
-                        "across runs with --threads 1 (default on; --no-deterministic allows the others)")
+                        "across runs (ops run one after another, each on all cores; default on; --no-deterministic allows "
+                        "the others)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="TensorFlow's threads (default: all cores); 1 makes two runs of one command bit-identical "
-                        "(with --deterministic), at the price of one core")
+                   help="TensorFlow's intra-op threads (default: all cores)")
 
 
 def _unet_opts(p):

@@ -72,14 +72,26 @@ def set_deterministic(enabled=True, threads=None):
     a fixed order. The switch is global to the process; ``python -m unet`` turns it on unless
     ``--no-deterministic``.
 
-    That makes two trainings in one process agree bit for bit; two processes still differ after a few steps
-    unless TensorFlow computes on one thread: ``threads=1`` (TensorFlow's intra- and inter-op threads; it must come
-    before TensorFlow runs its first op) gave bit-identical weights in two processes, where the default thread pools
-    did not (measured with ``docs/scripts/determinism_cost.py``).
+    TensorFlow's inter-op thread pool runs independent ops in whichever order its threads free up, and with it two
+    processes drifted apart after a few steps; on, this switch therefore runs ops one after another (each op still
+    uses all cores: the intra-op pool), which gave bit-identical weights in two processes for about 10 % more time
+    per U-Net step on 2 cores (measured with ``docs/scripts/determinism_cost.py``). The thread pools can only be set
+    before TensorFlow runs its first op; later the switch leaves them as they are.
+
+    Parameters
+    ----------
+    enabled : bool
+        On (deterministic ops, inter-op pool of one thread) or off (TensorFlow's defaults for the ops).
+    threads : int, optional
+        TensorFlow's intra-op threads (default: all cores).
     """
     if threads is not None:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if enabled:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow has started: its pools are fixed for this process
+            pass
     if enabled:
         tf.config.experimental.enable_op_determinism()
     else:  # no public name for the way back in TensorFlow 2.21

@@ -50,7 +50,7 @@ def main(argv=None):
     p.add_argument("--jit-compile", choices=["auto", "xla", "none"], default="auto",
                    help="Keras's jit_compile: auto (the demo's), xla, none (crossval's)")
     p.add_argument("--modes", nargs="+", choices=["on", "off"], default=["on", "off"])
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow's threads (0: its default, all cores)")
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow's intra-op threads (0: its default, all cores)")
     args = p.parse_args(argv)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=repo)

@@ -20,7 +20,7 @@ from unet.pipeline import attach_crf  # noqa: E402
     (["train", "--out", "x", "--epochs", "-3"], "--epochs: must be >= 1"),
     (["train", "--out", "x", "--batch-size", "0"], "--batch-size: must be >= 1"),
     (["train", "--out", "x", "--size", "0"], "--size: must be >= 1"),
-    (["train", "--out", "x", "--size", "100"], "--size: must be a multiple of 16"),
+    (["train", "--out", "x", "--size", "100"], "--size: must be a multiple of 32"),
     (["train", "--out", "x", "--n-train", "0"], "--n-train: must be >= 1"),
     (["evaluate", "--out", "x", "--model", "m.keras", "--n-test", "0"], "--n-test: must be >= 1"),
     (["export", "--out", "x", "--model", "m.keras", "--n-check", "0"], "--n-check: must be >= 1"),

@@ -83,7 +83,7 @@ def tiny():
     pytest.importorskip("tensorflow")
     from unet import data
 
-    return data.synthetic_splits(8, 4, 0, seed=0, size=48)
+    return data.synthetic_splits(8, 4, 0, seed=0, size=64)
 
 
 def _dev_loss(model, ds):
@@ -117,7 +117,7 @@ def test_fine_tuning_starts_from_the_init_model(tiny):
                              init=attach_crf(first, learn_widths=False), learning_rate=1e-12, keep_best=False)
     for a, b in zip(reference, _trained(from_crf)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="takes \\(48, 48\\) images but the data is 32x32"):
+    with pytest.raises(ValueError, match="takes \\(64, 64\\) images but the data is 32x32"):
         from unet import data
 
         small = data.synthetic_splits(2, 1, 0, seed=0, size=32)
@@ -173,3 +173,39 @@ def test_crf_stage_keeps_the_epoch_with_the_best_dev_dice_and_islands(tiny, isla
     kept = metrics.summarise(model.predict(tiny["dev"].images, verbose=0).argmax(-1).astype(np.uint8),
                              tiny["dev"].masks)
     assert kept["dice"] - island_cost * kept["islands_per_image"] == pytest.approx(scores.max(), abs=1e-6)
+
+
+def test_recomputed_batchnorm_predicts_as_the_batch_statistics(tiny):
+    """After ``recompute_batchnorm(model, x)`` the model in inference mode gives on ``x`` what training mode (batch
+    statistics) gives: the moving averages it replaced did not."""
+    import keras
+
+    from unet.model import build_unet
+    from unet.pipeline import recompute_batchnorm
+
+    keras.utils.set_random_seed(0)
+    model = build_unet(size=64)
+    x = tiny["train"].images
+    model(x, training=True)  # moving averages one step from their start: far from the batch's
+    batch = np.asarray(model(x, training=True))
+    assert np.abs(np.asarray(model(x, training=False)) - batch).max() > 1e-2
+    recompute_batchnorm(model, x)
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), batch, rtol=1e-3, atol=1e-3)
+    assert all(layer.momentum == 0.99 for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_the_default_unet_is_separable_below_its_first_level():
+    import keras
+
+    from unet.model import build_unet
+
+    model = build_unet(size=64)
+    kinds = {layer.name: type(layer) for layer in model.layers}
+    assert kinds["down0_conv0"] is keras.layers.Conv2D and kinds["dec0_conv1"] is keras.layers.Conv2D
+    separable = keras.layers.SeparableConv2D
+    assert kinds["down1_conv0"] is separable and kinds["bottleneck_conv1"] is separable
+    assert model.get_layer("down4_conv0").output.shape[1:3] == (4, 4)  # five levels
+    plain = build_unet(size=64, filters=(8, 16, 32, 64), bottleneck=128, separable_from=5)
+    assert not any(isinstance(layer, keras.layers.SeparableConv2D) for layer in plain.layers)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_unet(size=48)

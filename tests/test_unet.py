@@ -140,7 +140,7 @@ def test_tiny_end_to_end_cli(tmp_path):
     from unet.cli import main
 
     out = str(tmp_path / "run")
-    common = ["--out", out, "--size", "48", "--n-train", "8", "--n-dev", "4", "--n-test", "4"]
+    common = ["--out", out, "--size", "64", "--n-train", "8", "--n-dev", "4", "--n-test", "4"]
     assert main(["train", *common, "--epochs", "1", "--batch-size", "4"]) == 0
     assert os.path.exists(os.path.join(out, "unet.keras"))
     assert main(["add-crf", *common, "--unet", os.path.join(out, "unet.keras"), "--n-crf", "8",
@@ -180,7 +180,7 @@ def test_tiny_end_to_end_cli(tmp_path):
     assert "U-Net + trained CRF-RNN layer" in text and "figures/" in text
     assert "densecrf's default parameters (not tuned)" in text and "crfcore.fit on the dev split" in text
     figures = os.listdir(os.path.join(out, "figures"))
-    assert figures and Image.open(os.path.join(out, "figures", figures[0])).size == (4 * 48 + 12, 48)
+    assert figures and Image.open(os.path.join(out, "figures", figures[0])).size == (4 * 64 + 12, 64)
     # deployment: SavedModel + TFLite, checked against Keras by the command itself (it fails otherwise)
     exp = str(tmp_path / "export")
     assert main(["export", "--model", os.path.join(out, "unet_crf.keras"), "--out", exp, "--n-check", "3"]) == 0
@@ -211,3 +211,23 @@ def test_a_tiny_demo_writes_its_results_file(tmp_path):
     (title, methods), = result["metrics"].items()
     assert set(methods) >= {"unet", "unet+crf-rnn"} and all(0 <= m["dice"] <= 1 for m in methods.values())
     assert (out / "report.md").exists()
+
+
+def test_generator_draws_bundled_pictures_and_cables():
+    """scikit-image's bundled photos (no download) become pictures and things on the desk; cables are dark."""
+    pytest.importorskip("skimage")
+    photos, textures = synth._library("photos"), synth._library("textures")
+    assert len(photos) >= 5 and len(textures) >= 2
+    assert all(p.dtype == np.float32 and p.ndim == 3 and p.shape[2] == 3 and 0 <= p.min() and p.max() <= 1
+               for p in photos + textures)
+    pic = synth._picture(np.random.default_rng(0), 30, 50)
+    assert pic.shape == (30, 50, 3) and 0 <= pic.min() and pic.max() <= 1 and pic.std() > 0.02
+    canvas = Image.new("RGB", (64, 64), (255, 255, 255))
+    synth._cables(np.random.default_rng(1), canvas, 64, 64, 1)
+    drawn = np.asarray(canvas).max(-1) < 100
+    assert 20 < drawn.sum() < 64 * 64 // 4  # a thin dark curve
+    sides = [drawn[0].any(), drawn[-1].any(), drawn[:, 0].any(), drawn[:, -1].any()]
+    assert sum(sides) >= 2  # from one edge of the frame to another
+    canvas = Image.new("RGB", (64, 64), (128, 128, 128))
+    assert synth._printed(np.random.default_rng(2), canvas, 32, 32, 10)
+    assert np.asarray(canvas).std() > 5

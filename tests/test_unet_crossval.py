@@ -16,7 +16,7 @@ def tiny():
     pytest.importorskip("tensorflow")
     from unet import data
 
-    return data.synthetic_splits(8, 4, 0, seed=3, size=48)
+    return data.synthetic_splits(8, 4, 0, seed=3, size=64)
 
 
 def _weights(model):
@@ -68,7 +68,7 @@ def test_averaging_the_last_epochs(tiny):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-def _folder(tmp_path, n=6, groups=("bgA", "bgB", "bgC"), size=48):
+def _folder(tmp_path, n=6, groups=("bgA", "bgB", "bgC"), size=64):
     """``n`` synthetic photos as files, with a manifest whose ``source_file`` column starts with their group."""
     from unet import synth
 
@@ -89,7 +89,7 @@ def test_groups_from_a_manifest_column(tmp_path):
     from unet import data
 
     path = _folder(tmp_path)
-    ds = data.load_folder(path, size=48)
+    ds = data.load_folder(path, size=64)
     assert data.groups(ds, path, "source_file") == ["bgA", "bgB", "bgC"] * 2
     assert ds.shapes == [(48, 64)] * 6  # the files' own size, before resizing
     with pytest.raises(ValueError, match="no column 'group'.*source_file"):

@@ -245,7 +245,8 @@ def cmd_demo(args):
     settings = {
         "data": args.data or f"embedded synthetic generator (seed {args.seed}): {args.n_train} train, "
                              f"{args.n_dev} dev, {args.n_test} test, {args.n_crf} for the CRF stage",
-        "U-Net": f"{args.epochs} epochs, batch {args.batch_size}, {args.size}x{args.size}",
+        "U-Net": f"{args.epochs} epochs, batch {args.batch_size}, {args.size}x{args.size}, {unet.count_params():,} "
+                 f"weights",
         "CRF-RNN stage": f"{args.crf_epochs} epoch(s), batch {args.crf_batch_size}, U-Net frozen, start "
                          f"{args.crf_start}, {_widths_setting(args)}, boundary weight "
                          f"{args.crf_boundary_weight} (margin {args.crf_boundary_margin} px), initial bilateral weight "
@@ -422,11 +423,11 @@ def cmd_export(args):
 
 
 def image_size(text):
-    """argparse type: the U-Net's input side, a positive multiple of 16 (four 2x poolings)."""
+    """argparse type: the U-Net's input side, a positive multiple of 32 (five 2x poolings)."""
     value = positive_int(text)
-    if value % 16:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 16 (the U-Net pools four times), got {value}; "
-                                         f"e.g. {max(16, value - value % 16)} or {value - value % 16 + 16}")
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 (the U-Net pools five times), got {value}; "
+                                         f"e.g. {max(32, value - value % 32)} or {value - value % 32 + 32}")
     return value
 
 
@@ -443,8 +444,8 @@ def _common(p, out_required=True):
     p.add_argument("--data", help="folder with images/ and masks/ (same stems); default: the synthetic generator")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, splits and training")
     p.add_argument("--size", type=image_size, default=224,
-                   help="image side fed to the U-Net, a multiple of 16 (default 224)")
-    p.add_argument("--n-train", type=positive_int, default=800, help="synthetic training images (default 800)")
+                   help="image side fed to the U-Net, a multiple of 32 (default 224)")
+    p.add_argument("--n-train", type=positive_int, default=560, help="synthetic training images (default 560)")
     p.add_argument("--n-dev", type=positive_int, default=40, help="synthetic dev images (default 40)")
     p.add_argument("--n-test", type=positive_int, default=60, help="synthetic test images (default 60)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
@@ -476,8 +477,8 @@ def _unet_opts(p):
 
 
 def _crf_opts(p):
-    p.add_argument("--n-crf", type=positive_int, default=160,
-                   help="synthetic images for the CRF stage (default 160)")
+    p.add_argument("--n-crf", type=positive_int, default=128,
+                   help="synthetic images for the CRF stage (default 128)")
     p.add_argument("--crf-epochs", type=positive_int, default=12,
                    help="CRF-RNN epochs (default 12: the learned colour width still widens, and the islands fall, "
                         "after 8)")
@@ -548,7 +549,7 @@ def parser():
     d = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic data (what `make demo` runs)",
                        description="Generate synthetic receipt photos, train the U-Net, add and train the CRF-RNN "
                                    "layer, evaluate on the synthetic test split and on SmartDoc real photos when "
-                                   "../shared/data/smartdoc18 exists, and write OUT/report.md. About 10 minutes "
+                                   "../shared/data/smartdoc18 exists, and write OUT/report.md. About 16 minutes "
                                    "on 2 CPU cores with the defaults.")
     _common(d)
     _unet_opts(d)

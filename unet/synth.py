@@ -2,18 +2,25 @@
 
 Each sample is rendered at ``supersample`` times the output size and box-filtered down, like a camera sensor:
 
-1. a surface (wood, tiles, fabric, plain painted or laminated desk, stone, dark), lit unevenly;
-2. clutter near the edges (mug-like ellipses, books, cables, pens), sometimes a stray sheet of paper;
-3. the paper: a texture (text-like lines, a heading, a table, a barcode) mapped onto a random perspective quad
-   with a curl/crumple displacement, a drop shadow on the surface beneath it, and crease shading;
-4. occasionally an object lying across the paper (a pen or cable; the mask, like SmartDoc's, still covers it);
+1. a surface (wood, tiles, fabric, plain painted or laminated desk, often near paper white, stone, dark, a tinted
+   brick, grass or gravel texture, or a photo out of focus), lit unevenly;
+2. things on the desk (mug-like ellipses, books, cables, pens, magazines and photo prints), sometimes 1-3 sheets
+   of paper beneath the document, each with its thin shadow (background, like SmartDoc's paper stacks);
+3. the paper: a texture (text-like lines, a heading, a table, a picture, a barcode) mapped onto a random
+   perspective quad with a curl/crumple displacement, a drop shadow on the surface beneath it, and crease shading;
+4. often things lying across the paper (pens, markers) and long cables across the whole frame (the mask, like
+   SmartDoc's, still covers the paper beneath them);
 5. camera effects: a soft shadow across the scene, colour cast, blur, noise and JPEG compression.
+
+Pictures and textures are scikit-image's bundled images (part of its wheel: nothing is downloaded); without
+scikit-image the generator draws flat shapes in their place.
 
 The mask is the set of (supersampled) pixels whose inverse-warped coordinates fall on the paper, the very test
 that decides where the paper texture is drawn, so it covers the drawn paper exactly.
 """
 
 import io
+import threading
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -37,13 +44,63 @@ def _smooth_noise(rng, h, w, scale, octaves=3):
     return out / max(out.max(), 1e-9)
 
 
+#: scikit-image's bundled pictures (shipped inside its wheel: nothing is downloaded): photos for magazine pages,
+#: pictures in documents and things on the desk, and grey textures for surfaces.
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+               "colorwheel", "camera", "moon", "coins", "clock")
+TEXTURE_NAMES = ("brick", "grass", "gravel")
+_LIBRARY = {}
+_LIBRARY_LOCK = threading.Lock()
+
+
+def _library(kind):
+    """The bundled pictures of ``kind`` (``"photos"`` or ``"textures"``) as float32 RGB in [0, 1], loaded once;
+    an empty list where scikit-image is missing (the generator then draws flat shapes only)."""
+    with _LIBRARY_LOCK:
+        if kind not in _LIBRARY:
+            try:
+                from skimage import data as bundled
+            except ImportError:
+                bundled = None
+            out = []
+            for name in (PHOTO_NAMES if kind == "photos" else TEXTURE_NAMES) if bundled else ():
+                try:
+                    im = np.asarray(getattr(bundled, name)(), dtype=np.float32)
+                except Exception:  # a picture this scikit-image version does not bundle
+                    continue
+                im = im / 255.0 if im.max() > 1 else im
+                im = np.repeat(im[..., None], 3, -1) if im.ndim == 2 else im[..., :3]
+                out.append(np.ascontiguousarray(im))
+            _LIBRARY[kind] = out
+        return _LIBRARY[kind]
+
+
+def _picture(rng, h, w, kind="photos"):
+    """A random crop of a bundled picture resized to ``(h, w, 3)``, colours jittered; None without scikit-image."""
+    pics = _library(kind)
+    if not pics or h < 2 or w < 2:
+        return None
+    pic = pics[int(rng.integers(len(pics)))]
+    ph, pw = pic.shape[:2]
+    scale = rng.uniform(0.35, 1.0)
+    ch = max(2, int(min(ph, pw * h / w) * scale))
+    cw = max(2, int(min(pw, ch * w / h)))
+    y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+    crop = (pic[y0:y0 + ch, x0:x0 + cw] * 255).astype(np.uint8)
+    out = np.asarray(Image.fromarray(crop).resize((int(w), int(h)), Image.BILINEAR), dtype=np.float64) / 255.0
+    if rng.uniform() < 0.5:
+        out = out[:, ::-1]
+    return np.clip(out * rng.uniform(0.85, 1.1, size=3), 0, 1)
+
+
 def _colour(rng, base, jitter):
     return np.clip(np.asarray(base) + rng.uniform(-jitter, jitter, size=3), 0, 1)
 
 
 def background(rng, h, w):
     """A textured surface, float (h, w, 3) in [0, 1]."""
-    kind = rng.choice(["wood", "wood", "tiles", "fabric", "plain", "plain", "plain", "stone", "dark"])
+    kind = rng.choice(["wood", "wood", "tiles", "fabric", "plain", "plain", "plain", "stone", "dark", "texture",
+                       "photo"])
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     if kind == "wood":
         angle = rng.uniform(0, np.pi)
@@ -66,10 +123,21 @@ def background(rng, h, w):
         base = _colour(rng, rng.uniform(0.1, 0.8, size=3), 0.05)
         img = base * (0.75 + 0.35 * weave[..., None]) * (0.9 + 0.2 * _smooth_noise(rng, h, w, 20)[..., None])
     elif kind == "plain":  # painted or laminated desks, often close to paper white
-        base = _colour(rng, rng.choice([[0.85, 0.78, 0.78], [0.8, 0.8, 0.82], [0.9, 0.85, 0.75], [0.7, 0.7, 0.7]]),
-                       0.1)
+        base = _colour(rng, rng.choice([[0.85, 0.78, 0.78], [0.8, 0.8, 0.82], [0.9, 0.85, 0.75], [0.7, 0.7, 0.7],
+                                        [0.93, 0.88, 0.9], [0.9, 0.9, 0.92]]), 0.06)
         img = base * (0.92 + 0.1 * _smooth_noise(rng, h, w, max(h, w) / 4)[..., None])
         img = img + rng.normal(0, 0.01, size=(h, w, 1))
+    elif kind == "texture":  # brick, grass, gravel in grey, tinted
+        tex = _picture(rng, h, w, "textures")
+        if tex is None:
+            return background(rng, h, w)
+        base = _colour(rng, rng.uniform(0.3, 0.85, size=3), 0.05)
+        img = base * (0.6 + 0.6 * tex.mean(-1, keepdims=True))
+    elif kind == "photo":  # anything: a photo out of focus behind the document
+        img = _picture(rng, h, w)
+        if img is None:
+            return background(rng, h, w)
+        img = ndimage.gaussian_filter(img, (rng.uniform(0, 3), rng.uniform(0, 3), 0)) * rng.uniform(0.6, 1.0)
     elif kind == "stone":
         n = _smooth_noise(rng, h, w, rng.uniform(2, 10), octaves=4)
         base = _colour(rng, [0.6, 0.6, 0.6], 0.2)
@@ -104,6 +172,15 @@ def paper_texture(rng, receipt):
         if rng.uniform() > density:
             y += 2 * line_h
             continue
+        if not receipt and rng.uniform() < 0.04 and y < ph * 0.7:  # a picture (magazines, data sheets)
+            pic_w = int((pw - 2 * margin) * rng.uniform(0.3, 1.0))
+            pic_h = int(min(ph * 0.85 - y, ph * rng.uniform(0.1, 0.35)))
+            pic = _picture(rng, pic_h, pic_w)
+            if pic is not None:
+                x0 = margin + int(rng.integers(0, pw - 2 * margin - pic_w + 1))
+                img.paste(Image.fromarray((pic * 255).astype(np.uint8)), (x0, int(y)))
+                y += pic_h + 2 * line_h
+                continue
         if not receipt and rng.uniform() < 0.05:  # a table
             rows = int(rng.integers(3, 7))
             for r in range(rows + 1):
@@ -187,7 +264,25 @@ def warp_paper(rng, tex, quad, h, w):
     return rgb, mask, shading
 
 
-def _clutter(rng, draw, h, w, n, near_edges=True):
+def _printed(rng, canvas, x, y, s):
+    """A magazine, book cover or photo print (a bundled picture, a white border sometimes) lying at ``(x, y)``."""
+    ph, pw = int(s * rng.uniform(1.6, 3.0)), int(s * rng.uniform(1.2, 2.2))
+    pic = _picture(rng, ph, pw)
+    if pic is None:
+        return False
+    if rng.uniform() < 0.3:  # a photo print's white border
+        b = max(1, int(min(ph, pw) * 0.06))
+        pic[:b], pic[-b:], pic[:, :b], pic[:, -b:] = 0.95, 0.95, 0.95, 0.95
+    item = Image.fromarray((pic * 255).astype(np.uint8))
+    angle = rng.uniform(0, 360)
+    item = item.rotate(angle, resample=Image.BILINEAR, expand=True)
+    alpha = Image.new("L", (pw, ph), 255).rotate(angle, resample=Image.BILINEAR, expand=True)
+    canvas.paste(item, (int(x - item.width / 2), int(y - item.height / 2)), alpha)
+    return True
+
+
+def _clutter(rng, canvas, h, w, n, near_edges=True):
+    draw = ImageDraw.Draw(canvas)
     for _ in range(n):
         if near_edges:
             side = rng.integers(4)
@@ -196,9 +291,11 @@ def _clutter(rng, draw, h, w, n, near_edges=True):
         else:
             x, y = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
         col = tuple(int(c) for c in rng.integers(0, 255, size=3))
-        kind = rng.integers(4)
+        kind = rng.integers(5)
         s = rng.uniform(0.05, 0.2) * min(h, w)
-        if kind == 0:  # mug, fruit
+        if kind == 4 and _printed(rng, canvas, x, y, s):
+            continue
+        if kind in (0, 4):  # mug, fruit
             draw.ellipse([x - s, y - s * rng.uniform(0.6, 1), x + s, y + s], fill=col, outline=(40, 40, 40), width=2)
         elif kind == 1:  # book, phone, magazine
             pts = np.array([[-s, -1.4 * s], [s, -1.4 * s], [s, 1.4 * s], [-s, 1.4 * s]])
@@ -216,6 +313,24 @@ def _clutter(rng, draw, h, w, n, near_edges=True):
             a = rng.uniform(0, np.pi)
             d = np.array([np.cos(a), np.sin(a)]) * s * 1.2
             draw.line([tuple(np.array([x, y]) - d), tuple(np.array([x, y]) + d)], fill=col, width=int(max(3, s / 6)))
+
+
+def _cables(rng, canvas, h, w, n):
+    """``n`` long cables across the frame: smooth dark curves from one edge to another (over the paper too)."""
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(n):
+        ends = []
+        for side in rng.choice(4, size=2, replace=False):
+            t = rng.uniform(0, 1)
+            ends.append([(0, t * h), (w, t * h), (t * w, 0), (t * w, h)][side])
+        ctrl = np.array([ends[0], *(rng.uniform(0.1, 0.9, size=(2, 2)) * [w, h]), ends[1]])
+        t = np.linspace(0, 1, 64)[:, None]  # a cubic Bezier curve through the four points' hull
+        pts = ((1 - t) ** 3 * ctrl[0] + 3 * (1 - t) ** 2 * t * ctrl[1] + 3 * (1 - t) * t ** 2 * ctrl[2]
+               + t ** 3 * ctrl[3])
+        grey = int(rng.integers(5, 70))
+        draw.line([tuple(p) for p in pts], fill=(grey, grey, grey), width=int(max(2, rng.uniform(0.005, 0.014)
+                                                                                      * min(h, w))),
+                  joint="curve")
 
 
 def render(rng, size=224, supersample=2, layers=None):
@@ -236,16 +351,19 @@ def render(rng, size=224, supersample=2, layers=None):
     bg = background(rng, h, w)
     # clutter and stray sheets on the surface
     canvas = Image.fromarray((bg * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    _clutter(rng, draw, h, w, int(rng.integers(0, 6)))
+    _clutter(rng, canvas, h, w, int(rng.integers(0, 9)))
     bg = np.asarray(canvas, dtype=np.float64) / 255.0
     receipt = rng.uniform() < 0.5
     tex = paper_texture(rng, receipt)
     quad = random_quad(rng, h, w, tex.shape[0] / tex.shape[1])
-    if rng.uniform() < 0.15:  # a sheet beneath the document: background, like SmartDoc's paper stacks
-        under = quad + rng.normal(0, 0.08 * size * supersample, size=(1, 2)) + rng.normal(0, 3, size=(4, 2))
-        rgb_u, m_u, _ = warp_paper(rng, paper_texture(rng, False), under, h, w)
-        bg = np.where(m_u[..., None], rgb_u * 0.97, bg)
+    if rng.uniform() < 0.3:  # sheets beneath the document: background, like SmartDoc's paper stacks
+        for _ in range(int(rng.integers(1, 4))):
+            under = quad + rng.normal(0, rng.choice([0.02, 0.08]) * size * supersample, size=(1, 2)) \
+                + rng.normal(0, 0.01 * size * supersample, size=(4, 2))
+            rgb_u, m_u, _ = warp_paper(rng, paper_texture(rng, rng.uniform() < 0.2), under, h, w)
+            edge = ndimage.gaussian_filter(m_u.astype(np.float64), rng.uniform(0.5, 2) * supersample)
+            bg = bg * (1 - rng.uniform(0.05, 0.3) * edge[..., None])  # its thin shadow
+            bg = np.where(m_u[..., None], rgb_u * rng.uniform(0.9, 1.0), bg)
     rgb, mask, shading = warp_paper(rng, tex, quad, h, w)
     # drop shadow of the paper on the surface
     offset = rng.normal(0, 0.01 * h, size=2)
@@ -256,9 +374,13 @@ def render(rng, size=224, supersample=2, layers=None):
     if layers is not None:
         layers.update(background=bg, paper=rgb * shading[..., None], composite=img.copy(), mask=mask.copy(),
                       quad=quad)
-    if rng.uniform() < 0.3:  # an object across the paper (still labelled paper, as in SmartDoc)
+    across, cables = rng.uniform() < 0.4, rng.uniform() < 0.4
+    if across or cables:  # objects across the paper, cables across the frame (still paper, as in SmartDoc)
         canvas = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
-        _clutter(rng, ImageDraw.Draw(canvas), h, w, 1, near_edges=False)
+        if across:
+            _clutter(rng, canvas, h, w, int(rng.integers(1, 4)), near_edges=False)
+        if cables:
+            _cables(rng, canvas, h, w, int(rng.integers(1, 3)))
         img = np.asarray(canvas, dtype=np.float64) / 255.0
     # lighting: gradient, soft cast shadow, colour cast
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)

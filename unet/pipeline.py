@@ -147,14 +147,10 @@ def recompute_batchnorm(model, images):
     return model
 
 
-def _batchnorm_of_training(model, train, seed, epoch, augmentation):
-    """:func:`recompute_batchnorm` on :data:`BATCHNORM_IMAGES` training images, augmented as in training."""
+def _batchnorm_of_training(model, train, seed, epoch, augmented):
+    """:func:`recompute_batchnorm` on :data:`BATCHNORM_IMAGES` training images, ``augmented`` as in training."""
     pick = np.random.default_rng([seed, 1000 + epoch]).permutation(len(train))[:BATCHNORM_IMAGES]
-    x, y = train.images[pick], train.masks[pick]
-    if augmentation:
-        x, _ = augment(x, y, seed=[seed, 1000 + epoch],
-                       strength=augmentation if isinstance(augmentation, dict) else None)
-    recompute_batchnorm(model, x)
+    recompute_batchnorm(model, augmented(train.images[pick], train.masks[pick], [seed, 1000 + epoch])[0])
 
 
 def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0, verbose=1, augmentation=True,
@@ -187,9 +183,9 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         Keras's: XLA compiles the training step (on 2 cores ~15-40 s before the first step; worth it for the
         demo's hundreds of steps, not for a fine-tuning of a few dozen).
 
-    Unless ``freeze_batchnorm``, after every epoch (before the dev loss) and after averaging, the batch
-    normalisation's statistics are recomputed on :data:`BATCHNORM_IMAGES` augmented training images
-    (:func:`recompute_batchnorm`): the dev loss judges the model as it will predict.
+    Unless ``freeze_batchnorm``, after every epoch with a dev set (before the dev loss), after the last one and
+    after averaging, the batch normalisation's statistics are recomputed on :data:`BATCHNORM_IMAGES` augmented
+    training images (:func:`recompute_batchnorm`): the dev loss judges the model as it will predict.
 
     Returns
     -------
@@ -227,18 +223,20 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     history = {"loss": [], "val_loss": [], "best_epoch": None}
     best = (np.inf, None)
     averaged = []
+    strength = augmentation if isinstance(augmentation, dict) else None
+
+    def augmented(images, masks, draw):
+        return augment(images, masks, seed=draw, strength=strength) if augmentation else (images, masks)
+
     for epoch in range(epochs):
         if verbose:
             print(f"U-Net epoch {epoch + 1}/{epochs}")
-        if augmentation:
-            x, y = augment(train.images, train.masks, seed=[seed, epoch],
-                           strength=augmentation if isinstance(augmentation, dict) else None)
-        else:
-            x, y = train.images, train.masks
+        x, y = augmented(train.images, train.masks, [seed, epoch])
         h = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
         history["loss"] += h.history["loss"]
-        if not freeze_batchnorm:
-            _batchnorm_of_training(model, train, seed, epoch, augmentation)
+        # the statistics of these weights: for the dev loss, and for the last epoch's model when it is returned
+        if not freeze_batchnorm and (len(dev) or (epoch == epochs - 1 and not average_last)):
+            _batchnorm_of_training(model, train, seed, epoch, augmented)
         val = model.evaluate(dev.images, dev.masks, batch_size=batch_size, verbose=0) if len(dev) else None
         if val is not None:
             history["val_loss"].append(val)
@@ -256,7 +254,7 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     else:
         history["best_epoch"] = epochs
     if averaged and not freeze_batchnorm:  # averaged weights have no statistics of their own: the last epoch's images
-        _batchnorm_of_training(model, train, seed, epochs - 1, augmentation)
+        _batchnorm_of_training(model, train, seed, epochs - 1, augmented)
     return model, history
 
 

@@ -18,6 +18,8 @@ def pytest_configure(config):
     os.environ["CRFCORE_FIRST_CALL"] = "compile"
     # torch.compile's on-disk cache does not see a custom op's fake implementation change: one cache per run
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="crfcore-inductor-"))
+    # the receipt pipeline's cached synthetic start model: never the user's cache, and empty at the start of a run
+    os.environ["CRFCORE_CACHE"] = tempfile.mkdtemp(prefix="crfcore-cache-")
 
 
 settings.register_profile(

@@ -50,24 +50,6 @@ def test_training_twice_with_one_seed_gives_the_same_weights(tiny):
     assert max(float(np.abs(a - b).max()) for a, b in zip(u0, u2)) > 1e-3
 
 
-def test_averaging_the_last_epochs(tiny):
-    """``average_last``: the returned weights are the mean of the last epochs' (here one: the last epoch's)."""
-    from unet.pipeline import _average_weights, train_unet
-
-    a = [np.array([1.0, 2.0], np.float32), np.array(3, np.int64)]
-    b = [np.array([3.0, 6.0], np.float32), np.array(5, np.int64)]
-    avg = _average_weights([a, b])
-    np.testing.assert_array_equal(avg[0], [2.0, 4.0])
-    assert avg[0].dtype == np.float32 and avg[1] == 5  # counters keep the last value
-    model, history = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, average_last=1,
-                                augmentation=False, jit_compile=False)
-    last, h_last = train_unet(tiny["train"], tiny["dev"], epochs=1, batch_size=4, verbose=0, keep_best=False,
-                              augmentation=False, jit_compile=False)
-    assert history["averaged_epochs"] == [1] and h_last["best_epoch"] == 1
-    for x, y in zip(_weights(model), _weights(last)):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
-
-
 def _folder(tmp_path, n=6, groups=("bgA", "bgB", "bgC"), size=64):
     """``n`` synthetic photos as files, with a manifest whose ``source_file`` column starts with their group."""
     from unet import synth
@@ -110,25 +92,32 @@ def test_smartdoc_has_three_backgrounds_of_six_photos():
     assert set(ds.shapes) == {(288, 512)}
 
 
-def test_a_tiny_crossval_writes_mean_and_spread(tmp_path):
-    """``python -m unet crossval`` on 8 photos of 2 groups, 2 seeds: every photo is tested once per seed, and the
-    summary's mean and spread are those of the seeds' pooled Dice."""
+def test_a_tiny_crossval_writes_mean_and_spread(tmp_path, monkeypatch, capsys):
+    """``python -m unet crossval`` on 8 photos of 2 groups, 2 seeds, fine-tuning the cached synthetic start model
+    (here an untrained U-Net put in its place): every photo is tested once per seed, and the summary's mean and
+    spread are those of the seeds' pooled Dice."""
     pytest.importorskip("tensorflow")
+    from unet import store
     from unet.cli import main
+    from unet.model import build_unet
 
+    monkeypatch.setenv("CRFCORE_CACHE", str(tmp_path / "cache"))
+    start = store.remember_synthetic_start(build_unet(size=32), 32)
     path = _folder(tmp_path / "data", n=8, groups=("bgA", "bgB"), size=32)
     out = str(tmp_path / "cv")
     assert main(["crossval", "--data", path, "--out", out, "--size", "32", "--group-by", "source_file",
-                 "--seeds", "0", "1", "--epochs", "1", "--batch-size", "4", "--crf-epochs", "1",
-                 "--dev-fraction", "0.25", "--average-last", "1"]) == 0
+                 "--seeds", "0", "1", "--epochs", "1", "--batch-size", "4", "--crf-epochs", "1"]) == 0
+    assert f"fine-tuning the synthetic start model {start} (cached)" in capsys.readouterr().out
     with open(os.path.join(out, "results.json")) as f:
         result = json.load(f)
     folds = result["settings"]["folds"]
     assert [f["name"] for f in folds] == ["bgA", "bgB"]
     assert sorted(sum((f["test"] for f in folds), [])) == [f"{i:03d}" for i in range(8)]
+    assert result["settings"]["init"] == "synthetic" and result["settings"]["dev_fraction"] == 0
+    assert result["settings"]["U-Net"]["average_last"] == 6 and result["settings"]["U-Net"]["warmup"] == 2
     assert len(result["runs"]) == 4
     for run in result["runs"]:
-        assert run["n_test"] == 4 and run["n_train"] + run["n_dev"] == 4 and run["n_dev"] == 1
+        assert run["n_test"] == 4 and run["n_train"] == 4 and run["n_dev"] == 0
         assert run["unet_averaged_epochs"] == [1]
     for method in ("unet", "unet+crf-rnn"):
         seeds = [result["per_seed"][s][method] for s in ("0", "1")]

@@ -49,41 +49,56 @@ def _splits(args, with_crf=False, only=None):
 
 def _load(path):
     """A saved model, or a clear error: missing, not a .keras file, corrupt or truncated."""
-    import keras
-
-    import crfcore.adapters.tf  # noqa: F401  (registers CrfRnnLayer for loading)
-    import unet.model  # noqa: F401
-
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no model at {path!r}; run `python -m unet train --out DIR` first")
-    if os.path.isdir(path) or not path.endswith(".keras"):
-        raise SystemExit(f"error: {path!r} is not a .keras model file (from `python -m unet train` or `add-crf`)")
-    import zipfile
+    from . import store
 
     try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-        if bad is not None:
-            raise zipfile.BadZipFile(f"member {bad!r} is corrupt")
-    except zipfile.BadZipFile as exc:
-        raise SystemExit(f"error: {path!r} is corrupt or truncated ({exc}); train it again") from None
-    try:
-        return keras.models.load_model(path)
-    except Exception as exc:  # Keras raises many types for damaged or foreign files
-        raise SystemExit(f"error: cannot load the model {path!r}: {type(exc).__name__}: {exc}") from None
+        return store.load(path)
+    except store.ModelFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def save_model(model, path):
-    """``model.save(path)`` atomically: written to a temporary file beside it, then renamed, so an interrupted
-    save never leaves a truncated model behind (an older one stays intact)."""
-    tmp = f"{path}.partial-{os.getpid()}.keras"
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """:func:`unet.store.save`: atomically, never a truncated model."""
+    from . import store
+
+    return store.save(model, path)
+
+
+#: The U-Net's training defaults from scratch (the demo's, on synthetic photos) and when fine-tuning a model (by
+#: default the cached synthetic start model, with --data): measured on SmartDoc held out by background, see the
+#: design notes (docs/design/receipt-experiments.md).
+FROM_SCRATCH = dict(epochs=8, lr=3e-3, warmup=0, average_last=0)
+FINE_TUNING = dict(epochs=24, lr=1e-3, warmup=2, average_last=6)
+
+
+def _resolve_unet_defaults(args):
+    """Fill the U-Net flags left unset: ``--init synthetic`` with ``--data`` (else none), and the epochs, learning
+    rate, warm-up and averaging of :data:`FINE_TUNING` when there is a model to start from, else
+    :data:`FROM_SCRATCH`."""
+    if args.init is None:
+        args.init = "synthetic" if args.data else "none"
+    defaults = FROM_SCRATCH if args.init == "none" else FINE_TUNING
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def _init_model(args):
+    """The model ``--init`` names: None (``none``), the cached synthetic start model (``synthetic``, trained once
+    if the cache has none for ``--size``) or a .keras file."""
+    if args.init == "none":
+        return None
+    if args.init == "synthetic":
+        from . import store
+
+        try:
+            model, path, trained = store.synthetic_start(args.size, verbose=_keras_verbose(), progress=_progress())
+        except store.ModelFileError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"fine-tuning the synthetic start model {path}" + ("" if trained else " (cached)"))
+        return model
+    return _load(args.init)
 
 
 def _has_crf(model):
@@ -96,7 +111,7 @@ def cmd_train(args, parts=None):
     parts = parts or _splits(args)
     if args.data and getattr(args, "mix_synthetic", 0):
         parts = dict(parts, train=parts["train"].concat(_rehearsal(args)))
-    init = _load(args.init) if getattr(args, "init", None) else None
+    init = _init_model(args)
     t0 = time.perf_counter()
     model, history = pipeline.train_unet(parts["train"], parts["dev"], epochs=args.epochs,
                                          batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
@@ -225,12 +240,26 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
     return summary
 
 
+def _trains_the_synthetic_start(args):
+    """Whether ``args`` train the U-Net :func:`unet.store.synthetic_start` would: synthetic photos, its settings."""
+    from . import store
+
+    settings = dict(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs, batch_size=args.batch_size,
+                    learning_rate=args.lr, seed=args.seed)
+    return (not args.data and args.init == "none" and settings == store.SYNTHETIC_SETTINGS and args.augment is True
+            and not args.warmup and not args.average_last and not args.freeze_bn and args.deterministic)
+
+
 def cmd_demo(args):
     t0 = time.perf_counter()
     parts = _splits(args, with_crf=True)
     t_data = time.perf_counter() - t0
     unet = cmd_train(args, parts)
     t_unet = time.perf_counter() - t0 - t_data
+    if _trains_the_synthetic_start(args):
+        from . import store
+
+        print(f"kept as the start model of `train --data`: {store.remember_synthetic_start(unet, args.size)}")
     crf_model = cmd_add_crf(args, unet=unet, parts=parts)
     t_crf = time.perf_counter() - t0 - t_data - t_unet
     # the comparison the learned widths must stand: the CRF-RNN with the hand-tuned widths held fixed
@@ -326,7 +355,7 @@ def cmd_crossval(args):
     t0 = time.perf_counter()
     full = data.load_folder(args.data, size=args.size)
     folds = _folds(args, full)
-    init = _load(args.init) if args.init else None
+    init = _init_model(args)
     rehearsal = _rehearsal(args) if args.mix_synthetic else None
     methods = ("unet", "unet+crf-rnn")
     runs, per_image = [], {}
@@ -457,23 +486,29 @@ def _common(p, out_required=True):
 
 
 def _unet_opts(p):
-    p.add_argument("--epochs", type=positive_int, default=8, help="U-Net epochs (default 8)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="U-Net epochs (default 8 from scratch, 24 fine-tuning)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="U-Net batch size (default 8)")
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="U-Net learning rate (default 3e-3, cosine decay)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="U-Net learning rate, cosine decay (default 3e-3 from scratch, 1e-3 fine-tuning)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="flips, small rotations, scale and colour jitter each epoch (default on)")
     p.add_argument("--init", default=None,
-                   help="fine-tune this .keras model (e.g. a U-Net trained on synthetic photos) instead of starting "
-                        "from scratch; the weights of the best dev epoch are kept either way")
-    p.add_argument("--average-last", type=non_negative_int, default=0,
-                   help="keep the mean of the weights of the last N epochs instead of the best dev epoch (0: off)")
+                   help="start from this model: 'synthetic' (the U-Net trained on synthetic photos with the demo's "
+                        "defaults, cached per --size: `make demo` leaves it there, else it is trained once, about 10 "
+                        "minutes), a .keras file, or 'none' (from scratch). Default: synthetic with --data, else "
+                        "none")
+    p.add_argument("--average-last", type=non_negative_int, default=None,
+                   help="keep the mean of the weights of the last N epochs instead of the best dev epoch (0: off; "
+                        "default 6 fine-tuning, else 0)")
     p.add_argument("--mix-synthetic", type=non_negative_int, default=0,
                    help="with --data, add this many synthetic photos to the U-Net's training photos (rehearsal: a "
                         "fine-tuned model keeps what the synthetic photos taught, clutter and paper stacks; default 0)")
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="with --init, hold the batch normalisation layers as the init model left them (default off)")
-    p.add_argument("--warmup", type=non_negative_int, default=0,
-                   help="epochs of linear learning-rate warm-up before the cosine decay (default 0)")
+    p.add_argument("--warmup", type=non_negative_int, default=None,
+                   help="epochs of linear learning-rate warm-up before the cosine decay (default 2 fine-tuning, "
+                        "else 0)")
 
 
 def _crf_opts(p):
@@ -570,9 +605,10 @@ def parser():
                         "else --folds")
     c.add_argument("--folds", type=positive_int, default=3,
                    help="without groups, this many folds of a seeded shuffle (default 3)")
-    c.add_argument("--dev-fraction", type=float, default=0.25,
-                   help="share of the training photos held out as the dev set that picks the epochs (default 0.25; "
-                        "0: none, the last epoch or --average-last)")
+    c.add_argument("--dev-fraction", type=float, default=0.0,
+                   help="share of the training photos held out as a dev set that picks the U-Net's epoch (without "
+                        "--average-last) and the CRF's (default 0: every training photo trains, the U-Net's last "
+                        "epochs are averaged and the CRF's last epoch is kept)")
     x = sub.add_parser("export", help="SavedModel + TensorFlow Lite of a U-Net + CRF-RNN model, checked against Keras",
                        description="Clone a model from add-crf onto the pure-TensorFlow CRF backend, write "
                                    "OUT/saved_model and OUT/model.tflite (built-in ops only), run both on a few "
@@ -594,5 +630,7 @@ def main(argv=None):
         from . import pipeline
 
         pipeline.set_deterministic(args.deterministic, threads=args.threads)
+    if hasattr(args, "init") and args.command != "export":
+        _resolve_unet_defaults(args)
     commands[args.command](args)
     return 0

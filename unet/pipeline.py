@@ -220,6 +220,9 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     else:
         schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss(), jit_compile=jit_compile)
+    # the optimizer's slots made now, not inside the first step: a tf.function that creates variables is traced
+    # twice (measured: the first step of a 64 px U-Net took 13 s, 5.7 s with the slots built before)
+    model.optimizer.build(model.trainable_variables)
     history = {"loss": [], "val_loss": [], "best_epoch": None}
     best = (np.inf, None)
     averaged = []
@@ -362,6 +365,9 @@ def train_crf(crf_model, train, dev, *, epochs=2, batch_size=4, learning_rate=0.
     matrices = [v for v in crf_model.trainable_weights if all(v is not w for w in widths)]
     opt = keras.optimizers.Adam(learning_rate)
     opt_widths = keras.optimizers.Adam(widths_learning_rate)
+    opt.build(matrices)  # before the step's tf.function, which would otherwise be traced twice (as in train_unet)
+    if widths:
+        opt_widths.build(widths)
     loss_fn = _loss()
 
     margin = boundary_margin if boundary_weight else 0  # no boundary term: no distance transforms

@@ -224,7 +224,8 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
         dev = _splits(args)["dev"]
     meanfield_params = None
     if dev is not None and len(dev):
-        print(f"fitting meanfield's parameters on the dev split ({min(len(dev), 16)} images, crfcore.fit)")
+        print(f"fitting meanfield's parameters on the dev split ({min(len(dev), pipeline.FIT_IMAGES)} images, "
+              f"crfcore.fit)")
         meanfield_params = pipeline.fit_postprocessing(unet, dev)
         import numpy as np
 
@@ -584,7 +585,7 @@ def parser():
     d = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic data (what `make demo` runs)",
                        description="Generate synthetic receipt photos, train the U-Net, add and train the CRF-RNN "
                                    "layer, evaluate on the synthetic test split and on SmartDoc real photos when "
-                                   "../shared/data/smartdoc18 exists, and write OUT/report.md. About 16 minutes "
+                                   "../shared/data/smartdoc18 exists, and write OUT/report.md. About 15 minutes "
                                    "on 2 CPU cores with the defaults.")
     _common(d)
     _unet_opts(d)

@@ -167,7 +167,9 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         e.g. one trained on synthetic photos before a small real data set.
     keep_best : bool
         Return the weights of the epoch with the lowest dev loss (when ``dev`` is not empty and ``average_last`` is
-        0).
+        0). The dev loss is computed from the middle epoch on (``epochs // 2``, 0-based): with the cosine decay the
+        first half did not hold the best epoch in any demo run (the last one did, 4 of 4), and each check costs a
+        batch-statistics pass and a dev pass (~6 s at 224 px).
     average_last : int
         Return the mean of the weights at the end of the last ``average_last`` epochs (0: off), the way stochastic
         weight averaging does: no dev set is needed to choose an epoch, and on a few dozen photos the average
@@ -183,8 +185,8 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         Keras's: XLA compiles the training step (on 2 cores ~15-40 s before the first step; worth it for the
         demo's hundreds of steps, not for a fine-tuning of a few dozen).
 
-    Unless ``freeze_batchnorm``, after every epoch with a dev set (before the dev loss), after the last one and
-    after averaging, the batch normalisation's statistics are recomputed on :data:`BATCHNORM_IMAGES` augmented
+    Unless ``freeze_batchnorm``, after every epoch with a dev loss (before it), after the last one and after
+    averaging, the batch normalisation's statistics are recomputed on :data:`BATCHNORM_IMAGES` augmented
     training images (:func:`recompute_batchnorm`): the dev loss judges the model as it will predict.
 
     Returns
@@ -192,7 +194,8 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     model : keras.Model
         Image in [0, 1] -> logits.
     history : dict
-        Per-epoch ``loss`` and ``val_loss``, and ``best_epoch`` (1-based) whose weights were kept.
+        Per-epoch ``loss``; ``val_loss`` of the epochs ``val_epochs`` (1-based); ``best_epoch`` (1-based) whose
+        weights were kept.
     """
     keras.utils.set_random_seed(seed)
     size = train.images.shape[1]
@@ -223,7 +226,7 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     # the optimizer's slots made now, not inside the first step: a tf.function that creates variables is traced
     # twice (measured: the first step of a 64 px U-Net took 13 s, 5.7 s with the slots built before)
     model.optimizer.build(model.trainable_variables)
-    history = {"loss": [], "val_loss": [], "best_epoch": None}
+    history = {"loss": [], "val_loss": [], "val_epochs": [], "best_epoch": None}
     best = (np.inf, None)
     averaged = []
     strength = augmentation if isinstance(augmentation, dict) else None
@@ -237,12 +240,14 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         x, y = augmented(train.images, train.masks, [seed, epoch])
         h = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
         history["loss"] += h.history["loss"]
+        validate = len(dev) and epoch >= epochs // 2
         # the statistics of these weights: for the dev loss, and for the last epoch's model when it is returned
-        if not freeze_batchnorm and (len(dev) or (epoch == epochs - 1 and not average_last)):
+        if not freeze_batchnorm and (validate or (epoch == epochs - 1 and not average_last)):
             _batchnorm_of_training(model, train, seed, epoch, augmented)
-        val = model.evaluate(dev.images, dev.masks, batch_size=batch_size, verbose=0) if len(dev) else None
+        val = model.evaluate(dev.images, dev.masks, batch_size=batch_size, verbose=0) if validate else None
         if val is not None:
             history["val_loss"].append(val)
+            history["val_epochs"].append(epoch + 1)
             if keep_best and not average_last and val < best[0]:
                 best = (val, model.get_weights())
                 history["best_epoch"] = epoch + 1
@@ -446,7 +451,11 @@ def crf_weights(crf_model):
     return out
 
 
-def fit_postprocessing(unet, dev, *, max_images=16, max_iter=30, batch_size=8, progress=False):
+#: Dev images :func:`fit_postprocessing` fits on: each costs ~6 s of crfcore.fit at 224 px on 2 cores.
+FIT_IMAGES = 8
+
+
+def fit_postprocessing(unet, dev, *, max_images=FIT_IMAGES, max_iter=30, batch_size=8, progress=False):
     """``crfcore.fit`` on (up to ``max_images`` of) the dev split: the meanfield parameters a user would tune for
     post-processing this U-Net, for images in 0-255 as :func:`predict` gives them."""
     n = min(len(dev), max_images)

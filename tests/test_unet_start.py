@@ -31,6 +31,7 @@ def test_fine_tuning_is_the_default_with_data_and_training_from_scratch_without(
 
 def test_the_demo_with_its_defaults_trains_the_synthetic_start_model():
     assert cli._trains_the_synthetic_start(_args("demo", "--out", "o"))
+    assert cli._trains_the_synthetic_start(_args("train", "--out", "o"))
     assert dict(n_train=560, n_dev=40, epochs=8, batch_size=8, learning_rate=3e-3, seed=0) == store.SYNTHETIC_SETTINGS
     for other in (["--n-train", "8"], ["--seed", "1"], ["--epochs", "9"], ["--data", "d"], ["--no-augment"],
                   ["--average-last", "2"], ["--init", "m.keras"], ["--no-deterministic"]):

@@ -123,6 +123,10 @@ def cmd_train(args, parts=None):
     pipeline.save_json({"history": history, "seconds": time.perf_counter() - t0}, os.path.join(args.out,
                                                                                                "unet_history.json"))
     print(f"U-Net trained in {time.perf_counter() - t0:.0f} s -> {path}")
+    if _trains_the_synthetic_start(args):
+        from . import store
+
+        print(f"kept as the start model of `train --data`: {store.remember_synthetic_start(model, args.size)}")
     return model
 
 
@@ -242,7 +246,8 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
 
 
 def _trains_the_synthetic_start(args):
-    """Whether ``args`` train the U-Net :func:`unet.store.synthetic_start` would: synthetic photos, its settings."""
+    """Whether ``args`` (of ``train`` or ``demo``) train the U-Net :func:`unet.store.synthetic_start` would:
+    synthetic photos, its settings."""
     from . import store
 
     settings = dict(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs, batch_size=args.batch_size,
@@ -257,10 +262,6 @@ def cmd_demo(args):
     t_data = time.perf_counter() - t0
     unet = cmd_train(args, parts)
     t_unet = time.perf_counter() - t0 - t_data
-    if _trains_the_synthetic_start(args):
-        from . import store
-
-        print(f"kept as the start model of `train --data`: {store.remember_synthetic_start(unet, args.size)}")
     crf_model = cmd_add_crf(args, unet=unet, parts=parts)
     t_crf = time.perf_counter() - t0 - t_data - t_unet
     # the comparison the learned widths must stand: the CRF-RNN with the hand-tuned widths held fixed

@@ -195,7 +195,7 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         Image in [0, 1] -> logits.
     history : dict
         Per-epoch ``loss``; ``val_loss`` of the epochs ``val_epochs`` (1-based); ``best_epoch`` (1-based) whose
-        weights were kept.
+        weights were kept; ``seconds`` spent on augmentation, ``fit``, batch statistics and the dev set.
     """
     keras.utils.set_random_seed(seed)
     size = train.images.shape[1]
@@ -234,16 +234,28 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
     def augmented(images, masks, draw):
         return augment(images, masks, seed=draw, strength=strength) if augmentation else (images, masks)
 
+    seconds = {"augment": 0.0, "fit": 0.0, "batchnorm": 0.0, "dev": 0.0}
+    clock = time.perf_counter()
+
+    def lap(part):
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[part] += now - clock
+        clock = now
+
     for epoch in range(epochs):
         if verbose:
             print(f"U-Net epoch {epoch + 1}/{epochs}")
         x, y = augmented(train.images, train.masks, [seed, epoch])
+        lap("augment")
         h = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
+        lap("fit")
         history["loss"] += h.history["loss"]
         validate = len(dev) and epoch >= epochs // 2
         # the statistics of these weights: for the dev loss, and for the last epoch's model when it is returned
         if not freeze_batchnorm and (validate or (epoch == epochs - 1 and not average_last)):
             _batchnorm_of_training(model, train, seed, epoch, augmented)
+            lap("batchnorm")
         val = model.evaluate(dev.images, dev.masks, batch_size=batch_size, verbose=0) if validate else None
         if val is not None:
             history["val_loss"].append(val)
@@ -253,6 +265,9 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
                 history["best_epoch"] = epoch + 1
         if average_last and epoch >= epochs - average_last:
             averaged.append(model.get_weights())
+        lap("dev")
+        if verbose:
+            print(f"  {sum(seconds.values()):.0f} s so far: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     if averaged:
         model.set_weights(_average_weights(averaged))
         history["best_epoch"] = None
@@ -263,6 +278,8 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         history["best_epoch"] = epochs
     if averaged and not freeze_batchnorm:  # averaged weights have no statistics of their own: the last epoch's images
         _batchnorm_of_training(model, train, seed, epochs - 1, augmented)
+        lap("batchnorm")
+    history["seconds"] = seconds
     return model, history
 
 

@@ -27,7 +27,8 @@ def _keras_verbose():
 
 
 def _splits(args, with_crf=False, only=None):
-    """train/dev/test (and crf) datasets from ``--data`` or the synthetic generator (``only``: just that split)."""
+    """train/dev/test (and crf) datasets from ``--data`` or the synthetic generator; ``only`` (a split's name or a
+    tuple of names): just those synthetic splits (each is its own seeded stream, so the same photos either way)."""
     from . import data
 
     if args.data:
@@ -36,11 +37,9 @@ def _splits(args, with_crf=False, only=None):
         parts["crf"] = parts["train"]
         return parts
     n = dict(train=args.n_train, dev=args.n_dev, test=args.n_test)
-    if only is not None:
-        return {only: data.synthetic(n[only], data.stream_seed(args.seed, only), size=args.size,
-                                     progress=_progress())}
-    parts = data.synthetic_splits(n["train"], n["dev"], n["test"], seed=args.seed, size=args.size,
-                                  progress=_progress())
+    names = (only,) if isinstance(only, str) else tuple(only or data.SPLITS)
+    parts = {name: data.synthetic(n[name], data.stream_seed(args.seed, name), size=args.size, progress=_progress())
+             for name in names}
     if with_crf:
         parts["crf"] = data.synthetic(args.n_crf, data.stream_seed(args.seed, "crf"), size=args.size,
                                         progress=_progress())
@@ -108,7 +107,7 @@ def _has_crf(model):
 def cmd_train(args, parts=None):
     from . import pipeline
 
-    parts = parts or _splits(args)
+    parts = parts or _splits(args, only=("train", "dev"))  # the test split is evaluate's
     if args.data and getattr(args, "mix_synthetic", 0):
         parts = dict(parts, train=parts["train"].concat(_rehearsal(args)))
     init = _init_model(args)
@@ -137,7 +136,7 @@ def cmd_add_crf(args, unet=None, parts=None):
     if _has_crf(unet):
         raise SystemExit(f"error: {args.unet!r} already has a CRF-RNN layer; pass the U-Net from `python -m unet "
                          f"train` (its unet.keras)")
-    parts = parts or _splits(args, with_crf=True)
+    parts = parts or _splits(args, with_crf=True, only=("dev",))  # the CRF trains on photos of its own
     t0 = time.perf_counter()
     crf_model = pipeline.attach_crf(unet, {"bilateral_weight": args.crf_bilateral_weight}, start=args.crf_start,
                                     learn_widths=_learned_widths(args), guide=args.crf_guide)

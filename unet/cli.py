@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from crfcore._shared import non_negative_float, non_negative_int, positive_float, positive_int  # noqa: E402
 
+from . import store  # noqa: E402  (the standard library only: cheap at start-up)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
 
@@ -48,19 +50,13 @@ def _splits(args, with_crf=False, only=None):
 
 def _load(path):
     """A saved model, or a clear error: missing, not a .keras file, corrupt or truncated."""
-    from . import store
-
     try:
         return store.load(path)
     except store.ModelFileError as exc:
         raise SystemExit(f"error: {exc}") from None
 
 
-def save_model(model, path):
-    """:func:`unet.store.save`: atomically, never a truncated model."""
-    from . import store
-
-    return store.save(model, path)
+save_model = store.save  # atomically: never a truncated model
 
 
 #: The U-Net's training defaults from scratch (the demo's, on synthetic photos) and when fine-tuning a model (by
@@ -89,8 +85,6 @@ def _init_model(args):
     if args.init == "none":
         return None
     if args.init == "synthetic":
-        from . import store
-
         try:
             model, path, trained = store.synthetic_start(args.size, verbose=_keras_verbose(), progress=_progress())
         except store.ModelFileError as exc:
@@ -123,8 +117,6 @@ def cmd_train(args, parts=None):
                                                                                                "unet_history.json"))
     print(f"U-Net trained in {time.perf_counter() - t0:.0f} s -> {path}")
     if _trains_the_synthetic_start(args):
-        from . import store
-
         print(f"kept as the start model of `train --data`: {store.remember_synthetic_start(model, args.size)}")
     return model
 
@@ -247,8 +239,6 @@ def cmd_evaluate(args, unet=None, crf_model=None, parts=None, settings=None):
 def _trains_the_synthetic_start(args):
     """Whether ``args`` (of ``train`` or ``demo``) train the U-Net :func:`unet.store.synthetic_start` would:
     synthetic photos, its settings."""
-    from . import store
-
     settings = dict(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs, batch_size=args.batch_size,
                     learning_rate=args.lr, seed=args.seed)
     return (not args.data and args.init == "none" and settings == store.SYNTHETIC_SETTINGS and args.augment is True
@@ -631,7 +621,7 @@ def main(argv=None):
         from . import pipeline
 
         pipeline.set_deterministic(args.deterministic, threads=args.threads)
-    if hasattr(args, "init") and args.command != "export":
+    if hasattr(args, "init"):  # the commands that train a U-Net
         _resolve_unet_defaults(args)
     commands[args.command](args)
     return 0

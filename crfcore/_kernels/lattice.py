@@ -146,7 +146,9 @@ def feature_range(features):
 def _simplex_block(features, scale, b0, nb, el, r0, rank):
     """Elevate points ``b0 .. b0 + nb - 1`` (``el``), round them to their remainder-0 point (``r0``) and rank
     their residuals (``rank``): the enclosing simplex (Adams et al. 2010, p. 5-10), coordinate by coordinate over
-    the block's points (SIMD lanes).
+    the block's points (SIMD lanes). ``r0`` and ``rank`` are float64 arrays holding integers (exact far beyond the
+    lattice's coordinate bound): with int64 ones the loops did not vectorise (AVX2 has no conversion between float64
+    and int64), and the embedding took 1.25-1.5x as long.
 
     The float64 arithmetic is plain IEEE in the paper's order, which the pure-TensorFlow lattice repeats step by
     step, so points on a simplex boundary land in the same simplex in both. The feature gradient calls it again
@@ -155,7 +157,7 @@ def _simplex_block(features, scale, b0, nb, el, r0, rank):
     d = features.shape[1]
     d1 = d + 1
     inv_d1 = 1.0 / d1
-    total = np.zeros(nb, dtype=np.int64)
+    total = np.zeros(nb)
     # elevation y = E f (p. 5): cumulative sums of the scaled features
     for t in range(nb):
         el[0, t] = 0.0
@@ -165,28 +167,29 @@ def _simplex_block(features, scale, b0, nb, el, r0, rank):
             cf = features[b0 + t, j - 1] * sj
             el[j, t] = el[0, t] - j * cf
             el[0, t] = el[0, t] + cf
-    # closest remainder-0 point by rounding each coordinate to a multiple of d + 1
+    # closest remainder-0 point by rounding each coordinate to a multiple of d + 1 (integers held exactly in
+    # float64: a float to int64 conversion does not vectorise on AVX2, and these loops then would not either)
     for i in range(d1):
         for t in range(nb):
             v = el[i, t] * inv_d1
-            up = np.int64(np.ceil(v)) * d1
-            down = np.int64(np.floor(v)) * d1
+            up = np.ceil(v) * d1
+            down = np.floor(v) * d1
             x = up if up - el[i, t] < el[i, t] - down else down
             r0[i, t] = x
             total[t] += x
-            rank[i, t] = 0
+            rank[i, t] = 0.0
     # rank of each coordinate's residual: the enclosing simplex
     for i in range(d):
         for j in range(i + 1, d1):
             for t in range(nb):
-                lt = np.int64(el[i, t] - r0[i, t] < el[j, t] - r0[j, t])
+                lt = 1.0 if el[i, t] - r0[i, t] < el[j, t] - r0[j, t] else 0.0
                 rank[i, t] += lt
-                rank[j, t] += 1 - lt
+                rank[j, t] += 1.0 - lt
     # bring the point back onto the plane when the rounded coordinates do not sum to zero
     for i in range(d1):
         for t in range(nb):
-            rk = rank[i, t] + total[t] // d1
-            fix = np.int64(rk < 0) - np.int64(rk > d)
+            rk = rank[i, t] + total[t] / d1
+            fix = (1.0 if rk < 0 else 0.0) - (1.0 if rk > d else 0.0)
             rank[i, t] = rk + fix * d1
             r0[i, t] += fix * d1
 
@@ -206,7 +209,7 @@ def _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev
     # srt[d - r] - srt[d - r + 1], and vertex 0 takes srt[d] + (1 - srt[0])
     for i in range(d1):
         for t in range(nb):
-            srt[rank[i, t], t] = (el[i, t] - r0[i, t]) * inv_d1
+            srt[np.int64(rank[i, t]), t] = (el[i, t] - r0[i, t]) * inv_d1
     for t in range(nb):
         q = (b0 + t) * d1
         weights[q] = srt[d, t] + (1.0 - srt[0, t])
@@ -252,12 +255,12 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
                 offsets[p * d1 + r] = offsets[(p - 1) * d1 + r]
             continue
         for i in range(d1):
-            inverse[rank[i, t - 1]] = i
+            inverse[np.int64(rank[i, t - 1])] = i
         # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
         for w in range(n_words):
             key[w] = 0
         for k in range(d):
-            key[word[k]] += np.uint64(r0[k, t - 1] - lo[k]) << fshift[k]
+            key[word[k]] += np.uint64(np.int64(r0[k, t - 1]) - lo[k]) << fshift[k]
         if n_words == 1:
             k1 = key[0]
             for r in range(d1):
@@ -311,9 +314,9 @@ def embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, key
     capacity = np.int64(8192)  # np.int64(...): a literal would compile a second specialisation (seconds)
     tkeys, tids, shift = _table(store, np.int64(0), capacity)
     el = np.empty((d1, _BLOCK))
-    r0 = np.empty((d1, _BLOCK), dtype=np.int64)
-    rank = np.empty((d1, _BLOCK), dtype=np.int64)
-    prev = np.empty((2, d1), dtype=np.int64)
+    r0 = np.empty((d1, _BLOCK))
+    rank = np.empty((d1, _BLOCK))
+    prev = np.empty((2, d1))
     srt = np.empty((d1, _BLOCK))
     same = np.empty(_BLOCK, dtype=np.bool_)
     m = np.int64(0)
@@ -637,14 +640,14 @@ def weights_to_features(features, scale, grad_w, out):
         b0 = blk * _BLOCK
         nb = min(_BLOCK, n - b0)
         el = np.empty((d1, _BLOCK))
-        r0 = np.empty((d1, _BLOCK), dtype=np.int64)
-        rank = np.empty((d1, _BLOCK), dtype=np.int64)
+        r0 = np.empty((d1, _BLOCK))
+        rank = np.empty((d1, _BLOCK))
         de = np.empty(d1)
         _simplex_block(features, scale, b0, nb, el, r0, rank)
         for t in range(nb):
             p = b0 + t
             for i in range(d1):
-                a = d - rank[i, t]
+                a = d - np.int64(rank[i, t])
                 b = a + 1 if a < d else 0
                 de[i] = (grad_w[p, a] - grad_w[p, b]) * inv_d1
             run = 0.0

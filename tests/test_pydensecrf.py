@@ -219,6 +219,24 @@ def test_step_inference_and_kl_divergence_agree(rng):
                                atol=1e-5)
 
 
+def test_step_wise_after_a_term_is_added(rng):
+    """The step-wise loop keeps its scratch from step to step; a term added between steps is filtered too."""
+    img = photo((30, 40))
+    unary = -np.log(rng.dirichlet(np.ones(3), size=30 * 40).T)
+    d = build(dcrf, img, unary, [("gaussian", dict(sxy=3, compat=3))])
+    q, tmp1, tmp2 = d.startInference()
+    d.stepInference(q, tmp1, tmp2)
+    d.addPairwiseBilateral(sxy=20, srgb=13, rgbim=img, compat=5)
+    d.stepInference(q, tmp1, tmp2)
+    fresh = build(dcrf, img, unary, [("gaussian", dict(sxy=3, compat=3)), ("bilateral", dict(sxy=20, srgb=13,
+                                                                                               compat=5))])
+    ref = build(dcrf, img, unary, [("gaussian", dict(sxy=3, compat=3))]).inference(1)
+    r1, r2 = np.empty_like(ref), np.empty_like(ref)
+    fresh.stepInference(ref, r1, r2)
+    np.testing.assert_allclose(q, ref, atol=1e-6)
+    np.testing.assert_allclose(tmp2, r2, atol=1e-6)
+
+
 # --- what pydensecrf gets wrong ------------------------------------------------------------------------------------
 
 def test_any_dtype_and_layout_just_works(rng):

@@ -57,7 +57,12 @@ class Kernel:
 
 def share_workspace(kernels, n_channels, dtype):
     """Give the kernels one set of scratch buffers for ``n_channels`` channels (they filter one after the
-    other), sized for the largest lattice: a workspace per kernel would cost ~20 % more memory at 21 labels."""
+    other), sized for the largest lattice: a workspace per kernel would cost ~20 % more memory at 21 labels.
+
+    Kernels that all hold buffers for these channels and dtype keep them: a step-wise loop (densecrf's
+    ``stepInference``) calls this once a step, and fresh buffers cost their page faults each time."""
+    if all(k._work is not None and k._work[0].shape[1] == n_channels and k._work[0].dtype == dtype for k in kernels):
+        return
     rows = max(k.lattice.arrays.remap.shape[0] for k in kernels)
     verts = max(k.lattice.num_vertices for k in kernels) + 1
     flat = [np.empty(rows * n_channels, dtype), np.empty(verts * n_channels, dtype),

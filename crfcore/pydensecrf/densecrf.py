@@ -195,6 +195,7 @@ class DenseCRF:
         self._logits = None  # -U^T (N, L), the engine's layout, made once per unary
         self._pairwise = []
         self._model = None
+        self._buffers = None  # stepInference's scratch, kept from step to step
 
     # --- setup ---------------------------------------------------------------------------------------------------
 
@@ -228,6 +229,7 @@ class DenseCRF:
     def _add(self, features, compat, kernel, normalization):
         self._pairwise.append(_Pairwise(features, compat, self._nlabel, kernel, normalization))
         self._model = None
+        self._buffers = None
 
     # --- inference -----------------------------------------------------------------------------------------------
 
@@ -251,9 +253,9 @@ class DenseCRF:
             self._model = CrfModel([p.term() for p in self._pairwise], self._nvar, self._nlabel, np.float32)
         return self._model
 
-    def _transposed(self, x, scale=1.0):
-        """``scale * x.T`` as a C-contiguous float32 array (a blocked, parallel transpose)."""
-        out = np.empty(x.shape[::-1], np.float32)
+    def _transposed(self, x, scale=1.0, out=None):
+        """``scale * x.T`` as a C-contiguous float32 array (a blocked, parallel transpose), into ``out`` if given."""
+        out = np.empty(x.shape[::-1], np.float32) if out is None else out
         _parallel.run(MK.transpose_scaled, np.ascontiguousarray(x, dtype=np.float32), np.float32(scale), out)
         return out
 
@@ -332,8 +334,8 @@ class DenseCRF:
                 wanted[0][...] = -self._energy()
             Q[...] = self._start_inference()[0]
             return
-        q = self._transposed(Q)
-        msgs, z = model.step(self._engine_logits(), q)
+        q, msgs, z = self._step_buffers()
+        model.step(self._engine_logits(), self._transposed(Q, out=q), msgs, z)
         self._write_transposed(q, Q)
         if wanted[0] is not None:  # densecrf's Potts energy is -w K Q; the engine's w (J - I) K Q adds w sum_l KQ
             shift = np.zeros(self._nvar, np.float32)
@@ -344,6 +346,16 @@ class DenseCRF:
         if wanted[1] is not None:
             energy, scale = self._term_energy(msgs[-1], len(msgs) - 1)
             self._write_transposed(energy, wanted[1], scale=scale)
+
+    def _step_buffers(self):
+        """``(q, msgs, z)``: the engine-layout ``(N, L)`` arrays of a step (``Q``, one message per term, ``Z``), made
+        once and kept from step to step: fresh arrays cost their page faults every step (four 22 MB arrays at
+        512x512 with 21 labels)."""
+        if self._buffers is None:
+            shape = (self._nvar, self._nlabel)
+            self._buffers = (np.empty(shape, np.float32), [np.empty(shape, np.float32) for _ in self._pairwise],
+                             np.empty(shape, np.float32))
+        return self._buffers
 
     def klDivergence(self, Q):  # noqa: N802,N803
         """densecrf's ``klDivergence(Q)``: ``sum Q log Q + sum U Q + sum_k sum Q * pairwise_k(Q)`` (a label with

@@ -227,8 +227,40 @@ def _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev
     same[0] &= b0 > first
 
 
+@njit(inline="always", **JIT_EXACT)
+def _one_word_keys(r0, rank, nb, lo, fields, vkeys):
+    """``vkeys[r, t]``: the one-word key of the vertex of remainder ``r`` of the block's point ``t``, for all points
+    at once (SIMD lanes; :func:`_block_vertices` then only probes). The vertex of remainder ``r`` is ``rem0`` plus
+    ``r`` on every coordinate, less ``d + 1`` on each coordinate ranked above ``d - r``.
+
+    Coordinates go through int32 (they fit: ``crfcore.lattice._MAX_COORD``), whose conversion from float64
+    vectorises on AVX2 where int64's does not; the subtraction of ``lo`` is in int64 (the field may need 31 bits).
+    """
+    d1 = r0.shape[0]
+    d = d1 - 1
+    _, fshift, ones = fields
+    for t in range(nb):
+        vkeys[0, t] = 0
+    for k in range(d):
+        lk = lo[k]
+        sk = fshift[k]
+        for t in range(nb):
+            vkeys[0, t] += np.uint64(np.int64(np.int32(r0[k, t])) - lk) << sk
+    for r in range(1, d1):
+        step = np.uint64(r) * ones[0]
+        for t in range(nb):
+            vkeys[r, t] = vkeys[0, t] + step
+    for i in range(d):
+        down = np.uint64(d1) << fshift[i]
+        zero = down - down
+        for r in range(1, d1):
+            above = d - r
+            for t in range(nb):
+                vkeys[r, t] -= down if rank[i, t] > above else zero
+
+
 @njit(**JIT_EXACT)
-def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids, shift):
+def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, vkeys, offsets, store, m, tkeys, tids, shift):
     """Chunk-local vertices of the block's points ``t, t + 1, ...``, numbered in order of first use.
 
     Stops before a point that could fill the hash table past a quarter (few collisions), returning ``(t, m)``
@@ -254,22 +286,10 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
             for r in range(d1):
                 offsets[p * d1 + r] = offsets[(p - 1) * d1 + r]
             continue
-        for i in range(d1):
-            inverse[np.int64(rank[i, t - 1])] = i
-        # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
-        for w in range(n_words):
-            key[w] = 0
-        for k in range(d):
-            key[word[k]] += np.uint64(np.int64(r0[k, t - 1]) - lo[k]) << fshift[k]
-        if n_words == 1:
-            k1 = key[0]
+        if n_words == 1:  # the keys are in vkeys (_one_word_keys)
             for r in range(d1):
-                vk[r] = k1
-                vh[r] = _slot1(k1, shift)
-                k1 += ones[0]
-                k = inverse[d - r]
-                if k < d:
-                    k1 -= np.uint64(d1) << fshift[k]
+                vk[r] = vkeys[r, t - 1]
+                vh[r] = _slot1(vk[r], shift)
             for r in range(d1):
                 k1 = vk[r]
                 h, e = _probe1(tkeys, tids, k1, vh[r], mask)
@@ -281,6 +301,13 @@ def _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m
                     m += 1
                 offsets[p * d1 + r] = e
             continue
+        for i in range(d1):
+            inverse[np.int64(rank[i, t - 1])] = i
+        # the d + 1 vertices: rem0, then +1 on every coordinate and -(d + 1) on the one ranked d - r
+        for w in range(n_words):
+            key[w] = 0
+        for k in range(d):
+            key[word[k]] += np.uint64(np.int64(r0[k, t - 1]) - lo[k]) << fshift[k]
         for r in range(d1):
             h = _lookup(tkeys, tids, key, shift)
             e = tids[h]
@@ -319,16 +346,20 @@ def embed_chunk(features, scale, lo, fields, chunk, c, ci, offsets, weights, key
     prev = np.empty((2, d1))
     srt = np.empty((d1, _BLOCK))
     same = np.empty(_BLOCK, dtype=np.bool_)
+    one_word = keys.shape[1] == 1
+    vkeys = np.empty((d1, _BLOCK if one_word else 0), dtype=np.uint64)
     m = np.int64(0)
     first = c * chunk
     end = min(n, first + chunk)
     for b0 in range(first, end, _BLOCK):
         nb = min(_BLOCK, end - b0)
         _elevate_block(features, scale, b0, nb, first, el, r0, rank, srt, same, prev, weights)
+        if one_word:
+            _one_word_keys(r0, rank, nb, lo, fields, vkeys)
         t = np.int64(0)
         while True:
-            t, m = _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, offsets, store, m, tkeys, tids,
-                                   shift)
+            t, m = _block_vertices(b0, t, nb, el, r0, rank, same, lo, fields, vkeys, offsets, store, m, tkeys,
+                                   tids, shift)
             if t == nb:
                 break
             capacity *= 2

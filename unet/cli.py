@@ -38,10 +38,9 @@ def _splits(args, with_crf=False, only=None):
         parts = data.split(full, args.data, seed=args.seed)
         parts["crf"] = parts["train"]
         return parts
-    n = dict(train=args.n_train, dev=args.n_dev, test=args.n_test)
     names = (only,) if isinstance(only, str) else tuple(only or data.SPLITS)
-    parts = {name: data.synthetic(n[name], data.stream_seed(args.seed, name), size=args.size, progress=_progress())
-             for name in names}
+    parts = data.synthetic_splits(args.n_train, args.n_dev, args.n_test, args.seed, size=args.size,
+                                  progress=_progress(), only=names)
     if with_crf:
         parts["crf"] = data.synthetic(args.n_crf, data.stream_seed(args.seed, "crf"), size=args.size,
                                         progress=_progress())

@@ -325,10 +325,11 @@ def synthetic(n, seed, size=224, workers=None, progress=None):
     return Dataset(images, masks, [f"synth{seed}_{i:05d}" for i in range(n)])
 
 
-def synthetic_splits(n_train, n_dev, n_test, seed, size=224, progress=None):
-    """Disjoint synthetic train/dev/test sets (different seeds per split)."""
+def synthetic_splits(n_train, n_dev, n_test, seed, size=224, progress=None, only=SPLITS):
+    """Disjoint synthetic train/dev/test sets (different seeds per split); ``only``: just the splits named (each is
+    its own seeded stream, so the same photos either way)."""
     return {name: synthetic(n, stream_seed(seed, name), size, progress=progress)
-            for name, n in zip(SPLITS, (n_train, n_dev, n_test))}
+            for name, n in zip(SPLITS, (n_train, n_dev, n_test)) if name in only}
 
 
 def groups(dataset, path, column=None):

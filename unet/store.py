@@ -120,7 +120,8 @@ def synthetic_start(size, settings=None, verbose=1, progress=None):
     print(f"no synthetic start model for {size} px in the cache yet: training it once on {s['n_train']} synthetic "
           f"photos ({s['epochs']} epochs; about 10 minutes at 224 px on 2 cores), kept at {path}", file=sys.stderr)
     t0 = time.perf_counter()
-    parts = data.synthetic_splits(s["n_train"], s["n_dev"], 0, seed=s["seed"], size=size, progress=progress)
+    parts = data.synthetic_splits(s["n_train"], s["n_dev"], 0, seed=s["seed"], size=size, progress=progress,
+                                  only=("train", "dev"))
     model, _ = pipeline.train_unet(parts["train"], parts["dev"], epochs=s["epochs"], batch_size=s["batch_size"],
                                    learning_rate=s["learning_rate"], seed=s["seed"], verbose=verbose)
     remember_synthetic_start(model, size, settings)

@@ -43,8 +43,12 @@ class Kernel:
         """Drop the scratch buffers (a kernel kept for later calls should not keep a call's buffers alive)."""
         self._work = None
 
+    def has_workspace(self, n_channels, dtype):
+        """Whether the kernel holds scratch buffers for ``n_channels`` channels of ``dtype``."""
+        return self._work is not None and self._work[0].shape[1] == n_channels and self._work[0].dtype == dtype
+
     def workspace(self, n_channels, dtype):
-        if self._work is None or self._work[0].shape[1] != n_channels or self._work[0].dtype != dtype:
+        if not self.has_workspace(n_channels, dtype):
             self._work = self.lattice.workspace(n_channels, dtype)
         return self._work
 
@@ -61,7 +65,7 @@ def share_workspace(kernels, n_channels, dtype):
 
     Kernels that all hold buffers for these channels and dtype keep them: a step-wise loop (densecrf's
     ``stepInference``) calls this once a step, and fresh buffers cost their page faults each time."""
-    if all(k._work is not None and k._work[0].shape[1] == n_channels and k._work[0].dtype == dtype for k in kernels):
+    if all(k.has_workspace(n_channels, dtype) for k in kernels):
         return
     rows = max(k.lattice.arrays.remap.shape[0] for k in kernels)
     verts = max(k.lattice.num_vertices for k in kernels) + 1

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._runtime import parallel as _parallel
-from ._engine.iterations import Transform, backward_one, filter_all, forward_one, step_one, tiny
+from ._engine.iterations import Transform, backward_one, filter_all, forward_one, tiny
 from ._engine.kernel import FeatureGrad, Kernel
 from ._kernels import meanfield as MK
 from ._validation import (as_float_array, check_backward_device, check_device, check_finite, check_logits_shape_2d,
@@ -159,23 +159,6 @@ class CrfModel:
         msgs = [np.empty_like(q) for _ in self.kernels]
         _parallel.run(filter_all, q, self.kernels, msgs)
         return msgs
-
-    def step(self, u, q, msgs=None, z=None):
-        """One mean-field iteration from ``q``, in place (densecrf's ``stepInference``); returns ``(msgs, z)``.
-
-        ``u`` (the logits) and ``q`` are C-contiguous ``(N, L)`` arrays of the compute dtype (their values are not
-        checked: a caller's own arrays). ``msgs`` (one ``(N, L)`` array per term) receives the messages ``K_k Q``
-        of the given ``q``, ``z`` the logits ``Z`` of the new one; both are allocated when None.
-        """
-        shape = (self.num_points, self.num_labels)
-        for arr, name in ((u, "u"), (q, "q")):
-            if not (isinstance(arr, np.ndarray) and arr.shape == shape and arr.dtype == self.dtype
-                    and arr.flags.c_contiguous):
-                raise ValueError(f"`{name}` must be a C-contiguous {self.dtype} array of shape {shape}")
-        msgs = [np.empty_like(q) for _ in self.kernels] if msgs is None else msgs
-        z = np.empty_like(q) if z is None else z
-        _parallel.run(step_one, u, q, self.kernels, self.transform, msgs, z)
-        return msgs, z
 
     def matrices(self):
         """The label transforms ``A_k = mu_k W_k`` (float64), as in ``Z = logits - sum_k (K_k Q) A_k^T``."""

@@ -126,13 +126,6 @@ def filter_all(q, kernels, msgs):
         kern.apply(q, m)
 
 
-def step_one(u, q, kernels, tr, msgs, z):
-    """One iteration from a given ``Q`` (densecrf's ``stepInference``): the messages ``K_k Q`` into ``msgs`` (one
-    ``(N, L)`` array per kernel), ``Z`` into ``z`` and the next ``Q`` into ``q``, in place."""
-    filter_all(q, kernels, msgs)
-    _update(u, msgs, tr, np.empty_like(u) if len(kernels) > 2 else u, z, q)
-
-
 def backward_one(dz, kernels, tr, q_in, msgs, feature_grads=None):
     """Reverse the iterations of one image from ``dZ_T``; returns ``(dU, [dA_k])`` (float64 ``dA_k``).
 

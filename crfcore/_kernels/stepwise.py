@@ -6,39 +6,68 @@ No checking here: :mod:`crfcore.pydensecrf.densecrf` validates and allocates. Th
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from .config import PJIT
+from .meanfield import softmax_columns
 
-#: Rows and columns of a transposed block (as :func:`crfcore._kernels.meanfield.transpose_scaled`).
-_BLOCK = 64
-
-
-@njit(**PJIT)
-def transpose_shifted(src, shift, out):
-    """``out[l, i] = src[i, l] + shift[i]``: an ``(N, L)`` array to ``(L, N)`` with a per-point shift (densecrf's
-    energies from the engine's, which differ by a per-point constant for Potts terms), in parallel blocks."""
-    rows, cols = src.shape
-    col_blocks = (cols + _BLOCK - 1) // _BLOCK
-    for b in prange(((rows + _BLOCK - 1) // _BLOCK) * col_blocks):
-        r0 = (b // col_blocks) * _BLOCK
-        c0 = (b % col_blocks) * _BLOCK
-        r1 = min(rows, r0 + _BLOCK)
-        c1 = min(cols, c0 + _BLOCK)
-        for c in range(c0, c1):
-            for r in range(r0, r1):
-                out[c, r] = src[r, c] + shift[r]
+#: Points per block of :func:`step_finish` (64 as fast, 1024 1.3x slower: the blocks leave the L1 cache).
+STEP_POINTS = 256
 
 
 @njit(**PJIT)
-def weighted_row_sums(s, w, shift):
-    """``shift[i] += w * sum_l s[i, l]`` (the Potts part of densecrf's energies)."""
-    n, n_lab = s.shape
-    for i in prange(n):
-        tot = 0.0
+def step_finish(u, msgs, mats, diagonal, q, tmp1, tmp2, tiny):
+    """The rest of densecrf's ``stepInference`` once the messages are filtered, in one pass in densecrf's layout:
+    ``tmp2_k = (K_k Q) M_k^T`` (term ``k``'s energy), ``tmp1 = -U - sum_k tmp2_k``, ``Q = softmax(tmp1)``.
+
+    ``u`` ``(L, N)``: the unary energies (``+inf``: an impossible label, probability 0); ``msgs`` ``(K, N, L)``:
+    the messages ``K_k Q`` in the engine's layout; ``mats`` ``(K, L, L)``: each term's ``M_k`` (Potts ``-w I``),
+    applied in O(L) a point where ``diagonal[k]``. ``q``, ``tmp1``, ``tmp2`` ``(L, N)`` receive the new ``Q``, the
+    energies before normalisation and the last term's energy; ``tmp1``/``tmp2`` without rows are not stored.
+
+    Blocks of :data:`STEP_POINTS` points are turned label-major in the cache, so that the outputs are written in
+    their own layout and the softmax runs over points in SIMD lanes: no transposed copy of an ``(N, L)`` array
+    goes through memory (the step took 1.25-1.3x less time than with the engine's update and three transposes).
+    """
+    n_lab, n = u.shape
+    store1 = tmp1.shape[0] > 0
+    store2 = tmp2.shape[0] > 0
+    for blk in prange((n + STEP_POINTS - 1) // STEP_POINTS):
+        zt = np.empty((n_lab, STEP_POINTS), u.dtype)
+        et = np.empty((n_lab, STEP_POINTS), u.dtype)
+        r0 = blk * STEP_POINTS
+        nr = min(STEP_POINTS, n - r0)
         for k in range(n_lab):
-            tot += s[i, k]
-        shift[i] += w * tot
+            for t in range(nr):
+                zt[k, t] = -u[k, r0 + t]
+        for m in range(msgs.shape[0]):
+            if diagonal[m]:
+                for t in range(nr):
+                    for k in range(n_lab):
+                        et[k, t] = mats[m, k, k] * msgs[m, r0 + t, k]
+            else:
+                for t in range(nr):
+                    for k in range(n_lab):
+                        acc = tiny - tiny  # in the values' dtype
+                        for j in range(n_lab):
+                            acc += mats[m, k, j] * msgs[m, r0 + t, j]
+                        et[k, t] = acc
+            for k in range(n_lab):
+                for t in range(nr):
+                    zt[k, t] -= et[k, t]
+        if store2:
+            for k in range(n_lab):
+                for t in range(nr):
+                    tmp2[k, r0 + t] = et[k, t]
+        if store1:
+            for k in range(n_lab):
+                for t in range(nr):
+                    tmp1[k, r0 + t] = zt[k, t]
+        softmax_columns(zt, nr, tiny)
+        for k in range(n_lab):
+            for t in range(nr):
+                q[k, r0 + t] = zt[k, t]
 
 
 @njit(**PJIT)

@@ -25,7 +25,7 @@ import numpy as np
 from .._kernels import meanfield as MK
 from .._kernels import stepwise as SK
 from .._runtime import parallel as _parallel
-from .._engine.iterations import softmax
+from .._engine.iterations import filter_all, softmax, tiny
 from .._validation import check_finite, check_logits_values
 from ..terms import CrfModel, PairwiseTerm
 from .errors import ArgumentTypeError, LengthError
@@ -294,22 +294,12 @@ class DenseCRF:
             raise ValueError(f"`{name}` must be the ({self._nlabel}, {self._nvar}) array from startInference, got "
                              f"{getattr(q, 'shape', type(q).__name__)}")
 
-    def _write_transposed(self, src, out, shift=None, scale=1.0):
-        """``out[...] = scale * src.T`` (+ ``shift`` per point) for an ``(N, L)`` ``src`` and an ``(L, N)`` ``out``
-        of the caller's (written in place, through a contiguous copy when it is not C-contiguous float32)."""
-        dest = out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
-        if shift is None:
-            _parallel.run(MK.transpose_scaled, src, np.float32(scale), dest)
-        else:
-            _parallel.run(SK.transpose_shifted, src, shift, dest)
-        if dest is not out:
-            out[...] = dest
-
     def _term_energy(self, msg, k):
-        """densecrf's ``pairwise_k->apply(Q)`` from the engine's message ``K_k Q`` ``(N, L)``, still ``(N, L)``."""
+        """densecrf's ``pairwise_k->apply(Q)`` from the engine's message ``K_k Q`` ``(N, L)``, still ``(N, L)``, as
+        ``(array, scale)``."""
         p = self._pairwise[k]
         if p.kind == "potts":
-            return msg, -p.matrix  # -w K Q, scaled while transposed
+            return msg, -p.matrix  # -w K Q, the scale applied to the dot product
         return (msg.astype(np.float64) @ p.energy_matrix(self._nlabel).T).astype(np.float32), 1.0
 
     def stepInference(self, Q, tmp1, tmp2):  # noqa: N802,N803
@@ -334,27 +324,26 @@ class DenseCRF:
                 wanted[0][...] = -self._energy()
             Q[...] = self._start_inference()[0]
             return
-        q, msgs, z = self._step_buffers()
-        model.step(self._engine_logits(), self._transposed(Q, out=q), msgs, z)
-        self._write_transposed(q, Q)
-        if wanted[0] is not None:  # densecrf's Potts energy is -w K Q; the engine's w (J - I) K Q adds w sum_l KQ
-            shift = np.zeros(self._nvar, np.float32)
-            for p, m in zip(self._pairwise, msgs):
-                if p.kind == "potts":
-                    _parallel.run(SK.weighted_row_sums, m, np.float32(p.matrix), shift)
-            self._write_transposed(z, wanted[0], shift=shift)
-        if wanted[1] is not None:
-            energy, scale = self._term_energy(msgs[-1], len(msgs) - 1)
-            self._write_transposed(energy, wanted[1], scale=scale)
+        q, msgs, mats, diagonal = self._step_buffers()
+        filter_all(self._transposed(Q, out=q), model.kernels, list(msgs))
+        outs = [np.empty((0, 0), np.float32) if t is None  # without rows: not stored
+                else t if t.flags.c_contiguous and t.dtype == np.float32 else np.empty(t.shape, np.float32)
+                for t in (Q, *wanted)]
+        SK.step_finish(self._energy(), msgs, mats, diagonal, *outs, tiny(np.float32))
+        for given, out in zip((Q, *wanted), outs):
+            if given is not None and out is not given:  # a caller's array of another layout or dtype
+                given[...] = out
 
     def _step_buffers(self):
-        """``(q, msgs, z)``: the engine-layout ``(N, L)`` arrays of a step (``Q``, one message per term, ``Z``), made
-        once and kept from step to step: fresh arrays cost their page faults every step (four 22 MB arrays at
-        512x512 with 21 labels)."""
+        """``(q, msgs, mats, diagonal)``: ``Q`` in the engine's ``(N, L)`` layout, one message per term ``(K, N,
+        L)``, and the terms' label transforms as densecrf applies them (``(K, L, L)`` float32, and which are
+        diagonal). Made once and kept from step to step: fresh arrays cost their page faults every step (22 MB
+        each at 512x512 with 21 labels)."""
         if self._buffers is None:
-            shape = (self._nvar, self._nlabel)
-            self._buffers = (np.empty(shape, np.float32), [np.empty(shape, np.float32) for _ in self._pairwise],
-                             np.empty(shape, np.float32))
+            n, n_lab = self._nvar, self._nlabel
+            mats = np.stack([p.energy_matrix(n_lab) for p in self._pairwise]).astype(np.float32)
+            self._buffers = (np.empty((n, n_lab), np.float32), np.empty((len(mats), n, n_lab), np.float32), mats,
+                             np.array([p.kind != "matrix" for p in self._pairwise]))
         return self._buffers
 
     def klDivergence(self, Q):  # noqa: N802,N803
@@ -371,8 +360,9 @@ class DenseCRF:
         model = self._crf()
         if model is None:
             return float(kl)
-        q = self._transposed(q_ln)
-        for k, m in enumerate(model.messages(q)):
+        q, msgs, _, _ = self._step_buffers()
+        filter_all(self._transposed(q_ln, out=q), model.kernels, list(msgs))
+        for k, m in enumerate(msgs):
             energy, scale = self._term_energy(m, k)
             kl += scale * _parallel.run(SK.dot64, q, energy)
         return float(kl)

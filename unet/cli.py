@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from crfcore._shared import non_negative_float, non_negative_int, positive_float, positive_int  # noqa: E402
 
 from . import store  # noqa: E402  (the standard library only: cheap at start-up)
+from .array_pipelines import without_autotune  # noqa: E402  (likewise)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMARTDOC = os.path.join(REPO, "..", "shared", "data", "smartdoc18")
@@ -622,5 +623,6 @@ def main(argv=None):
         pipeline.set_deterministic(args.deterministic, threads=args.threads)
     if hasattr(args, "init"):  # the commands that train a U-Net
         _resolve_unet_defaults(args)
-    commands[args.command](args)
+    with without_autotune():  # Keras's array pipelines: autotuned, fit stalled for up to 17 s at its end
+        commands[args.command](args)
     return 0

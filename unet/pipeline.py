@@ -16,6 +16,7 @@ import crfcore
 from crfcore.adapters.tf import CrfRnnLayer
 
 from . import metrics
+from .array_pipelines import without_autotune
 from .augment import augment
 from .model import build_unet
 
@@ -243,31 +244,33 @@ def train_unet(train, dev, *, epochs=8, batch_size=8, learning_rate=3e-3, seed=0
         seconds[part] += now - clock
         clock = now
 
-    for epoch in range(epochs):
-        if verbose:
-            print(f"U-Net epoch {epoch + 1}/{epochs}")
-        x, y = augmented(train.images, train.masks, [seed, epoch])
-        lap("augment")
-        h = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
-        lap("fit")
-        history["loss"] += h.history["loss"]
-        validate = len(dev) and epoch >= epochs // 2
-        # the statistics of these weights: for the dev loss, and for the last epoch's model when it is returned
-        if not freeze_batchnorm and (validate or (epoch == epochs - 1 and not average_last)):
-            _batchnorm_of_training(model, train, seed, epoch, augmented)
-            lap("batchnorm")
-        val = model.evaluate(dev.images, dev.masks, batch_size=batch_size, verbose=0) if validate else None
-        if val is not None:
-            history["val_loss"].append(val)
-            history["val_epochs"].append(epoch + 1)
-            if keep_best and not average_last and val < best[0]:
-                best = (val, model.get_weights())
-                history["best_epoch"] = epoch + 1
-        if average_last and epoch >= epochs - average_last:
-            averaged.append(model.get_weights())
-        lap("dev")
-        if verbose:
-            print(f"  {sum(seconds.values()):.0f} s so far: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    with without_autotune():  # one fit per epoch: an autotuned pipeline stalled up to 17 s at each fit's end
+        for epoch in range(epochs):
+            if verbose:
+                print(f"U-Net epoch {epoch + 1}/{epochs}")
+            x, y = augmented(train.images, train.masks, [seed, epoch])
+            lap("augment")
+            h = model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
+            lap("fit")
+            history["loss"] += h.history["loss"]
+            validate = len(dev) and epoch >= epochs // 2
+            # the statistics of these weights: for the dev loss, and for the last epoch's model when it is returned
+            if not freeze_batchnorm and (validate or (epoch == epochs - 1 and not average_last)):
+                _batchnorm_of_training(model, train, seed, epoch, augmented)
+                lap("batchnorm")
+            val = model.evaluate(dev.images, dev.masks, batch_size=batch_size, verbose=0) if validate else None
+            if val is not None:
+                history["val_loss"].append(val)
+                history["val_epochs"].append(epoch + 1)
+                if keep_best and not average_last and val < best[0]:
+                    best = (val, model.get_weights())
+                    history["best_epoch"] = epoch + 1
+            if average_last and epoch >= epochs - average_last:
+                averaged.append(model.get_weights())
+            lap("dev")
+            if verbose:
+                parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+                print(f"  {sum(seconds.values()):.0f} s so far: {parts}")
     if averaged:
         model.set_weights(_average_weights(averaged))
         history["best_epoch"] = None

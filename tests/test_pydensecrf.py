@@ -324,3 +324,19 @@ def test_each_step_wise_call_is_one_hand_off_to_the_compute_thread(monkeypatch):
     assert len(hand_offs) == 3
     d.inference(2)
     assert len(hand_offs) == 4
+
+
+def test_kl_entropy_kernel_matches_float64_numpy(rng):
+    """klDivergence's ``sum Q log max(Q, 1e-20) + sum U Q`` (a vectorised log of its own) against NumPy's log in
+    float64, over probabilities from 1e-30 to 1, zeros where the energy is +inf, and a negative Q."""
+    from crfcore._kernels.stepwise import entropy_unary
+
+    q = rng.dirichlet(np.ones(5), size=3000).T.astype(np.float32)
+    q[:, :40] = (10.0 ** rng.uniform(-30, 0, size=(5, 40))).astype(np.float32)
+    q[0, 40:60], q[1, 60] = 0.0, -1e-3
+    u = rng.uniform(0, 6, size=q.shape).astype(np.float32)
+    u[0, 40:60] = np.inf
+    p = q.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # 0 * inf where a label is impossible: masked out
+        safe = np.where(p != 0, p * (np.log(np.maximum(p, np.float32(1e-20))) + u), 0.0)
+    assert entropy_unary(q, u) == pytest.approx(safe.sum(), rel=1e-13)
